@@ -1,0 +1,31 @@
+"""taylorseer_fx: TaylorSeer feature forecasting for diffusion transformers, as a torch.compile backend.
+
+Public API:
+
+- :func:`taylorseer_backend` -- ``torch.compile(model, backend=taylorseer_backend(policy=...))``;
+  also ``backend="taylorseer"`` by name.
+- Policies: :class:`FixedPolicy`, :class:`MaskPolicy`, :class:`AutoPolicy`, :func:`load_policy`.
+- :func:`taylor_seer` -- the seed decorator for one module with a single tensor output.
+- :class:`Forecaster` -- the forecast math (``newton`` and ``taylor`` forms).
+"""
+
+__version__ = "0.1.0"
+
+from .forecast import Forecaster
+from .policy import AutoPolicy, FixedPolicy, MaskPolicy, load_policy
+from .decorator import taylor_seer
+
+try:  # the backend arrives with the compiler pass; the engine works without it
+    from .backend import taylorseer_backend
+except ImportError:  # pragma: no cover
+    pass
+
+__all__ = [
+    "AutoPolicy",
+    "FixedPolicy",
+    "Forecaster",
+    "MaskPolicy",
+    "load_policy",
+    "taylor_seer",
+    "taylorseer_backend",
+]
