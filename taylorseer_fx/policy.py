@@ -1,0 +1,474 @@
+"""Policies: per step, compute the model (region) or forecast it. Knows nothing of graphs or tensors.
+
+A :class:`Policy` is an immutable config (a frozen dataclass: readable ``repr``, equality, hashable).
+``policy.start(num_steps)`` returns a fresh per-generation :class:`Schedule`; its
+``decide(step, estimate=None)`` answers True (compute) or False (forecast) for 0-based steps called in
+increasing order (a repeated step returns the same answer; a smaller step raises).
+
+Every policy computes step 0, the ``warmup`` first steps, the ``cooldown`` last steps (needs the step
+count) and never forecasts more than ``max_forecast_run`` steps in a row.
+
+- :class:`FixedPolicy` -- one compute every ``interval`` steps, counted from the last compute. The first
+  gap after warm-up is ``phase`` (0 means ``interval``), and every step from ``compute_from`` on is
+  computed. Those four numbers express every public schedule exactly; the anchor classmethods
+  (:meth:`~FixedPolicy.official`, :meth:`~FixedPolicy.openvino`, :meth:`~FixedPolicy.diffusers`,
+  :meth:`~FixedPolicy.seed`) take the anchors' own parameter names.
+- :class:`MaskPolicy` -- an explicit list of compute steps; steps beyond the mask are computed.
+- :class:`AutoPolicy` -- forecast while the estimated relative error (summed over the current forecast
+  run when ``accumulate``) stays <= ``threshold``.
+
+Presets live in ``policies/*.toml`` (``kind = "fixed" | "official" | "openvino" | "diffusers" | "seed" |
+"mask" | "auto"`` plus the constructor's fields, and an optional ``description``) and load with
+:func:`load_policy` by name or by path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+__all__ = [
+    "FORMS", "COORDINATES", "Policy", "Schedule", "FixedPolicy", "MaskPolicy", "AutoPolicy",
+    "load_policy", "policy_from_dict", "available_policies",
+]
+
+FORMS = ("newton", "taylor")
+COORDINATES = ("timestep", "step")
+_COMMON = ("order", "form", "coordinate", "warmup", "cooldown", "max_forecast_run", "num_steps",
+           "derivatives_from")
+_ANCHOR_OVERRIDES = ("form", "coordinate", "max_forecast_run", "num_steps")
+
+
+def _check_int(owner: str, name: str, value: Any, low: int | None, optional: bool = False) -> None:
+    """ValueError naming the field unless value is an int >= low (any int when low is None)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        allowed = "an int" + ("" if low is None else f" >= {low}") + (" or None" if optional else "")
+        raise ValueError(f"{owner}: {name} must be {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class Policy:
+    """Base of all policies. Fields common to every policy (see the module docstring)."""
+
+    order: int = 1
+    form: str = "newton"
+    coordinate: str | None = None  # None: "step" for taylor, "timestep" for newton
+    warmup: int | None = None  # None: order + 1
+    cooldown: int = 0
+    max_forecast_run: int | None = None
+    num_steps: int | None = None
+    derivatives_from: int = 0
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _validate(self) -> None:
+        n = type(self).__name__
+        _check_int(n, "order", self.order, 0)
+        if self.form not in FORMS:
+            raise ValueError(f"{n}: form must be one of {FORMS}, got {self.form!r}")
+        if self.coordinate is None:
+            self._set("coordinate", "step" if self.form == "taylor" else "timestep")
+        if self.coordinate not in COORDINATES:
+            raise ValueError(f"{n}: coordinate must be one of {COORDINATES}, got {self.coordinate!r}")
+        if self.form == "taylor" and self.coordinate != "step":
+            raise ValueError(f"{n}: coordinate must be 'step' for form='taylor', got {self.coordinate!r}")
+        if self.warmup is None:
+            self._set("warmup", self.order + 1)
+        _check_int(n, "warmup", self.warmup, 1)
+        if self.form == "newton" and self.warmup < self.order + 1:
+            raise ValueError(f"{n}: warmup must be >= order + 1 = {self.order + 1} for form='newton' "
+                             f"(order + 1 points before the first forecast), got {self.warmup}")
+        _check_int(n, "cooldown", self.cooldown, 0)
+        _check_int(n, "max_forecast_run", self.max_forecast_run, 1, optional=True)
+        _check_int(n, "num_steps", self.num_steps, 1, optional=True)
+        _check_int(n, "derivatives_from", self.derivatives_from, 0)
+
+    def __repr__(self) -> str:
+        fs = [f for f in fields(self) if f.repr]
+        ordered = [f for f in fs if f.name not in _COMMON] + [f for f in fs if f.name in _COMMON]
+        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in ordered if getattr(self, f.name) is not None]
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def needs_num_steps(self) -> bool:
+        return self.cooldown > 0
+
+    def start(self, num_steps: int | None = None) -> "Schedule":
+        """A fresh per-generation decider. Raises ValueError naming num_steps when it is needed but unknown."""
+        n = self.num_steps if num_steps is None else num_steps
+        _check_int(type(self).__name__, "num_steps", n, 1, optional=True)
+        if n is None and self.needs_num_steps():
+            raise ValueError(f"{self!r} needs num_steps (cooldown counts from the end): pass "
+                             "start(num_steps=...) or set num_steps")
+        end = None if n is None or self.cooldown == 0 else n - self.cooldown
+        return self._schedule(n, end)
+
+    def _schedule(self, num_steps: int | None, end: int | None) -> "Schedule":
+        raise NotImplementedError
+
+    def compute_steps(self, num_steps: int,
+                      estimate: Callable[[int, int], float] | None = None) -> list[int]:
+        """0-based compute steps of one generation, by stepping ``decide``. ``estimate(step, since)``
+        (``since`` = steps since the last compute) feeds adaptive policies; fixed ones ignore it."""
+        sched = self.start(num_steps)
+        out = []
+        for s in range(num_steps):
+            est = None
+            if estimate is not None and sched.last_compute is not None:
+                est = (lambda s=s, k=s - sched.last_compute: estimate(s, k))
+            if sched.decide(s, est):
+                out.append(s)
+        return out
+
+
+class Schedule:
+    """Per-generation (and per-region, when decisions are per region) decider of one policy."""
+
+    def __init__(self, policy: Policy, num_steps: int | None, end: int | None) -> None:
+        self.policy = policy
+        self.num_steps = num_steps
+        self.end = end  # every step >= end is computed (cooldown, compute_from)
+        self.last_compute: int | None = None
+        self._step: int | None = None
+        self._decision = True
+
+    def decide(self, step: int, estimate: Callable[[], float] | None = None) -> bool:
+        """True = compute at ``step``. ``estimate`` is called lazily, at most once, by adaptive policies."""
+        if self._step is not None:
+            if step == self._step:
+                return self._decision
+            if step < self._step:
+                raise ValueError(f"step must increase within a generation ({step} after {self._step}); "
+                                 "call policy.start() for a new generation")
+        decision = bool(self._decide(step, estimate))
+        self._step, self._decision = step, decision
+        if decision:
+            self.last_compute = step
+        return decision
+
+    def derivatives(self, step: int) -> bool:
+        """Whether a compute at ``step`` may form derivative factors (taylor warm-up gating)."""
+        return step >= self.policy.derivatives_from
+
+    def _forced(self, step: int) -> bool:
+        p = self.policy
+        return (step < p.warmup or self.last_compute is None
+                or (self.end is not None and step >= self.end)
+                or (p.max_forecast_run is not None and step - self.last_compute - 1 >= p.max_forecast_run))
+
+    def _decide(self, step: int, estimate: Callable[[], float] | None) -> bool:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<Schedule of {self.policy!r} at step {self._step}>"
+
+
+class _FixedSchedule(Schedule):
+    def _decide(self, step, estimate):
+        if self._forced(step):
+            return True
+        p = self.policy
+        gap = (p.phase or p.interval) if self.last_compute < p.warmup else p.interval
+        return step - self.last_compute >= gap
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class FixedPolicy(Policy):
+    """Compute every ``interval`` steps after warm-up (interval=1: never forecast).
+
+    ``phase`` (0 <= phase < interval; 0 means interval) is the gap from the last warm-up step to the
+    first compute after it; later computes are ``interval`` apart. Every step >= ``compute_from`` and
+    every step in the last ``cooldown`` is computed.
+    """
+
+    interval: int = 1
+    phase: int = 0
+    compute_from: int | None = None
+
+    def _validate(self) -> None:
+        super()._validate()
+        n = type(self).__name__
+        _check_int(n, "interval", self.interval, 1)
+        _check_int(n, "phase", self.phase, 0)
+        if self.phase >= self.interval:
+            raise ValueError(f"{n}: phase must be an int in [0, interval={self.interval}), got {self.phase!r}")
+        _check_int(n, "compute_from", self.compute_from, 0, optional=True)
+
+    def _schedule(self, num_steps, end):
+        if self.compute_from is not None:
+            end = self.compute_from if end is None else min(end, self.compute_from)
+        return _FixedSchedule(self, num_steps, end)
+
+    # ---- anchors: the public schedules, with their own parameter names ----
+
+    @staticmethod
+    def _anchor(what: str, taylor_fields: dict, common: dict, **kw) -> "FixedPolicy":
+        unknown = sorted(set(common) - set(_ANCHOR_OVERRIDES))
+        if unknown:
+            raise ValueError(f"FixedPolicy.{what}: unknown field {unknown[0]!r}; allowed overrides: "
+                             f"{_ANCHOR_OVERRIDES}")
+        kw.update(form="taylor")
+        kw.update(common)
+        if kw["form"] == "taylor":  # the derivative gating belongs to the taylor form
+            kw.update(taylor_fields)
+        return FixedPolicy(**kw)
+
+    @classmethod
+    def official(cls, first_enhance: int = 3, fresh_threshold: int = 6, max_order: int = 1,
+                 **common) -> "FixedPolicy":
+        """Official TaylorSeer (``cal_type``): full while step < first_enhance, then a counter that
+        computes when it reaches fresh_threshold - 1. Derivatives from step first_enhance - 1."""
+        _check_int("FixedPolicy.official", "first_enhance", first_enhance, 1)
+        _check_int("FixedPolicy.official", "fresh_threshold", fresh_threshold, 1)
+        _check_int("FixedPolicy.official", "max_order", max_order, 0)
+        return cls._anchor("official", {"derivatives_from": first_enhance - 1}, common,
+                           interval=fresh_threshold, warmup=first_enhance, order=max_order)
+
+    @classmethod
+    def openvino(cls, cache_interval: int = 3, disable_cache_before_step: int = 6,
+                 disable_cache_after_step: int = -2, **common) -> "FixedPolicy":
+        """OpenVINO GenAI TaylorSeer Lite (``TaylorSeerState::should_compute_at_step``): compute when
+        step < b = max(before, 2), or step >= after (negative: num_steps + after), or
+        step - b >= cache_interval - 1 with (step - b - cache_interval + 1) % cache_interval == 0.
+        All steps compute when the resolved after <= before (inactive). Order 1."""
+        w = "FixedPolicy.openvino"
+        _check_int(w, "cache_interval", cache_interval, 2)
+        _check_int(w, "disable_cache_before_step", disable_cache_before_step, 0)
+        _check_int(w, "disable_cache_after_step", disable_cache_after_step, None)
+        after = disable_cache_after_step
+        return cls._anchor("openvino", {}, common, interval=cache_interval, order=1,
+                           warmup=max(disable_cache_before_step, 2),
+                           compute_from=after if after >= 0 else None,
+                           cooldown=-after if after < 0 else 0)
+
+    @classmethod
+    def diffusers(cls, cache_interval: int = 5, disable_cache_before_step: int = 3,
+                  disable_cache_after_step: int | None = None, max_order: int = 1,
+                  **common) -> "FixedPolicy":
+        """diffusers ``TaylorSeerCacheHook``: compute if step < before, or
+        (step - before - 1) % cache_interval == 0, or step >= after. (before=0 would forecast step 0
+        in diffusers, which fails there; here step 0 is computed and the rest of the grid kept.)"""
+        w = "FixedPolicy.diffusers"
+        _check_int(w, "cache_interval", cache_interval, 1)
+        _check_int(w, "disable_cache_before_step", disable_cache_before_step, 0)
+        _check_int(w, "disable_cache_after_step", disable_cache_after_step, None, optional=True)
+        _check_int(w, "max_order", max_order, 0)
+        warmup = max(disable_cache_before_step, 1)
+        phase = (disable_cache_before_step + 2 - warmup) % cache_interval  # grid: before + 1 + k*interval
+        after = disable_cache_after_step
+        return cls._anchor("diffusers", {}, common, interval=cache_interval, warmup=warmup, phase=phase,
+                           order=max_order, compute_from=None if after is None else max(after, 0))
+
+    @classmethod
+    def seed(cls, warmup_steps: int = 4, skip_interval_steps: int = 2, n_derivatives: int = 1,
+             **common) -> "FixedPolicy":
+        """The seed decorator: step < warmup_steps or (step - warmup_steps + 1) % skip_interval_steps == 0.
+        Derivatives from step 2 (``current_step > 1``) in the taylor form."""
+        _check_int("FixedPolicy.seed", "warmup_steps", warmup_steps, 1)
+        _check_int("FixedPolicy.seed", "skip_interval_steps", skip_interval_steps, 1)
+        _check_int("FixedPolicy.seed", "n_derivatives", n_derivatives, 0)
+        return cls._anchor("seed", {"derivatives_from": 2}, common, interval=skip_interval_steps,
+                           warmup=warmup_steps, order=n_derivatives)
+
+
+class _MaskSchedule(Schedule):
+    def _decide(self, step, estimate):
+        mask = self.policy.mask
+        return self._forced(step) or step >= len(mask) or mask[step]
+
+
+@dataclass(frozen=True, kw_only=True, repr=False, init=False)
+class MaskPolicy(Policy):
+    """An explicit schedule: ``compute_steps`` (0-based) or ``mask`` (one bool per step, True = compute).
+
+    With ``compute_steps`` the mask covers ``num_steps`` steps (default: up to the last compute step);
+    steps beyond the mask are always computed (the safe choice). Step 0 must be computed, and for
+    form='newton' the first order + 1 steps. ``warmup`` is the run of leading computes.
+    """
+
+    mask: tuple[bool, ...] = ()
+
+    def __init__(self, compute_steps=None, *, mask=None, num_steps=None, order=1, form="newton",
+                 coordinate=None, derivatives_from=0):
+        n = type(self).__name__
+        _check_int(n, "num_steps", num_steps, 1, optional=True)
+        if (compute_steps is None) == (mask is None):
+            raise ValueError(f"{n}: give exactly one of compute_steps (list of steps) or mask (list of bools)")
+        if mask is None:
+            steps = list(compute_steps)
+            if (not steps or any(isinstance(i, bool) or not isinstance(i, int) for i in steps)
+                    or steps != sorted(set(steps)) or steps[0] < 0):
+                raise ValueError(f"{n}: compute_steps must be increasing ints >= 0, got {compute_steps!r}")
+            if num_steps is not None and steps[-1] >= num_steps:
+                raise ValueError(f"{n}: compute_steps has step {steps[-1]} >= num_steps={num_steps}")
+            mask = [i in set(steps) for i in range(steps[-1] + 1 if num_steps is None else num_steps)]
+        mask = tuple(mask)
+        if not all(isinstance(c, bool) for c in mask) or len(mask) != (num_steps or len(mask)):
+            raise ValueError(f"{n}: mask must be a list of bools (num_steps={num_steps} long), got {mask!r}")
+        lead = next((i for i, b in enumerate(mask) if not b), len(mask))
+        if lead == 0:
+            raise ValueError(f"{n}: step 0 must be computed (compute_steps/mask start with a forecast)")
+        if form == "newton" and isinstance(order, int) and lead < order + 1:
+            raise ValueError(f"{n}: compute_steps/mask must compute the first order + 1 = {order + 1} steps "
+                             f"for form='newton' (the warmup), got {lead}")
+        values = dict(mask=mask, num_steps=len(mask), warmup=lead, order=order, form=form,
+                      coordinate=coordinate, derivatives_from=derivatives_from, cooldown=0,
+                      max_forecast_run=None)
+        for k, v in values.items():
+            self._set(k, v)
+        self._validate()
+
+    def __repr__(self) -> str:
+        steps = [i for i, b in enumerate(self.mask) if b]
+        return (f"MaskPolicy(compute_steps={steps!r}, num_steps={self.num_steps}, order={self.order}, "
+                f"form={self.form!r}, coordinate={self.coordinate!r}, "
+                f"derivatives_from={self.derivatives_from})")
+
+    def _schedule(self, num_steps, end):
+        return _MaskSchedule(self, num_steps, end)
+
+
+class _AutoSchedule(Schedule):
+    def __init__(self, policy, num_steps, end):
+        super().__init__(policy, num_steps, end)
+        self.total = 0.0  # accumulated estimate over the current forecast run
+
+    def _decide(self, step, estimate):
+        p = self.policy
+        if self._forced(step):
+            self.total = 0.0
+            return True
+        in_min_run = step - self.last_compute - 1 < p.min_forecast_run
+        if in_min_run and not p.accumulate:
+            return False
+        value = None if estimate is None else estimate()
+        value = math.nan if value is None else float(value)
+        if in_min_run:
+            if not math.isnan(value):
+                self.total += value
+            return False
+        return self._rule(value)
+
+    def _rule(self, value: float) -> bool:
+        """The decision: compute when the (accumulated) estimated error exceeds the threshold.
+        NaN (no estimate available) computes."""
+        total = self.total + value if self.policy.accumulate else value
+        if total <= self.policy.threshold:
+            self.total = total
+            return False
+        self.total = 0.0
+        return True
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class AutoPolicy(Policy):
+    """Adaptive: forecast while the estimated relative error of forecasting the step (max over regions;
+    summed over the current forecast run when ``accumulate``) stays <= ``threshold``, else compute.
+
+    Warm-up, cooldown and ``max_forecast_run`` force computes; after a compute at least
+    ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator, or an estimate of
+    None/NaN, computes. ``per_region``: the runtime keeps one schedule per region instead of one shared.
+    """
+
+    threshold: float
+    order: int = 2
+    form: str = "taylor"
+    min_forecast_run: int = 0
+    accumulate: bool = True
+    per_region: bool = False
+
+    def _validate(self) -> None:
+        super()._validate()
+        n = type(self).__name__
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t) or t <= 0:
+            raise ValueError(f"{n}: threshold must be a number > 0, got {t!r}")
+        self._set("threshold", float(t))
+        _check_int(n, "min_forecast_run", self.min_forecast_run, 0)
+        if self.max_forecast_run is not None and self.min_forecast_run > self.max_forecast_run:
+            raise ValueError(f"{n}: min_forecast_run ({self.min_forecast_run}) must be <= "
+                             f"max_forecast_run ({self.max_forecast_run})")
+        for name in ("accumulate", "per_region"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{n}: {name} must be a bool, got {getattr(self, name)!r}")
+
+    def _schedule(self, num_steps, end):
+        return _AutoSchedule(self, num_steps, end)
+
+
+# ---- presets ----
+
+_KINDS: dict[str, Callable[..., Policy]] = {
+    "fixed": FixedPolicy, "mask": MaskPolicy, "auto": AutoPolicy,
+    "official": FixedPolicy.official, "openvino": FixedPolicy.openvino,
+    "diffusers": FixedPolicy.diffusers, "seed": FixedPolicy.seed,
+}
+
+
+def _fields_of(factory: Callable[..., Policy]) -> set[str]:
+    params = inspect.signature(factory).parameters.values()
+    names = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
+    return names | (set(_ANCHOR_OVERRIDES) if len(names) < len(params) else set())
+
+
+def policy_from_dict(spec: Mapping[str, Any], source: str = "policy spec") -> Policy:
+    """Build a policy from ``{"kind": ..., <fields>}`` (the TOML preset format; ``description`` ignored)."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    spec.pop("description", None)
+    if kind not in _KINDS:
+        raise ValueError(f"{source}: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    allowed = _fields_of(_KINDS[kind])
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ValueError(f"{source}: unknown field {unknown[0]!r} for kind {kind!r}; "
+                         f"allowed: {sorted(allowed)}")
+    return _KINDS[kind](**spec)
+
+
+def _preset_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    out: list[Path] = []
+    for d in (here / "policies", here.parent / "policies"):  # installed package first, then the repo
+        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def available_policies() -> list[str]:
+    """Names of the presets that :func:`load_policy` finds."""
+    return sorted({p.stem for d in _preset_dirs() for p in d.glob("*.toml")})
+
+
+def load_policy(name_or_path: str | os.PathLike | Policy) -> Policy:
+    """A preset by name (``"official-flux"``) or a TOML file by path. A Policy is returned unchanged."""
+    if isinstance(name_or_path, Policy):
+        return name_or_path
+    text = os.fspath(name_or_path)
+    path = Path(text)
+    if not (text.endswith(".toml") or os.sep in text or "/" in text or path.is_file()):
+        found = [d / f"{text}.toml" for d in _preset_dirs() if (d / f"{text}.toml").is_file()]
+        if not found:
+            raise ValueError(f"unknown policy preset {text!r}; known: {available_policies()}")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"policy file not found: {path}")
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    with open(path, "rb") as f:
+        try:
+            spec = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: invalid TOML: {e}") from e
+    return policy_from_dict(spec, source=str(path))
