@@ -1,0 +1,125 @@
+"""The seed decorator ``@taylor_seer``: the seed's printed values, exact newton forecasts, reset, errors.
+
+Hypothesis: ``max_examples=40, deadline=None`` (each example is a handful of scalar forward calls).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from taylorseer_fx import FixedPolicy, taylor_seer
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_CASE = json.loads((Path(__file__).parent / "data" / "schedules.json").read_text())["seed_decorator"][0]
+
+
+def _square_class(**kwargs):
+    @taylor_seer(**kwargs)
+    class Square(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, t):
+            self.calls += 1
+            return t**2
+
+    return Square
+
+
+def test_seed_example_prints_reference_values():
+    model = _square_class(warmup_steps=4, skip_interval_steps=2, n_derivatives=1)()
+    outputs = [model(torch.tensor(float(t))).item() for t in range(SEED_CASE["num_steps"])]
+    assert outputs == SEED_CASE["outputs"]
+    computed = [i for i, d in enumerate(model.cache_trace) if d == "compute"]
+    assert computed == SEED_CASE["compute_steps"]
+    assert model.calls == len(SEED_CASE["compute_steps"])  # forecasts never run forward
+
+
+def test_toy_example_script_prints_seed_values():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "toy_square.py")], capture_output=True, text=True, check=True
+    ).stdout
+    values = [float(line.split("f(t)=")[1].split()[0]) for line in out.splitlines() if "f(t)=" in line]
+    assert values == SEED_CASE["outputs"]
+    assert out.count("forecast") == 3 and out.count("compute") == 7
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    coeffs=st.lists(st.floats(-3, 3), min_size=3, max_size=3),
+    start=st.floats(0.5, 1.0),
+    gaps=st.lists(st.floats(0.01, 0.1), min_size=12, max_size=12),
+)
+def test_newton_forecasts_quadratic_exactly_on_decreasing_nonuniform_timesteps(coeffs, start, gaps):
+    a, b, c = coeffs
+
+    @taylor_seer(warmup_steps=3, skip_interval_steps=3, n_derivatives=2, form="newton")
+    class Quadratic(nn.Module):
+        def forward(self, timestep):
+            return a + b * timestep + c * timestep**2
+
+    model = Quadratic()
+    t = start
+    for gap in gaps:
+        got = model(timestep=torch.tensor([t], dtype=torch.float64)).double()
+        want = a + b * t + c * t * t
+        # float32 factors: a few ulps of the largest term, amplified by the extrapolation distance
+        assert got.item() == pytest.approx(want, abs=2e-4 * (1 + abs(a) + abs(b) + abs(c)))
+        t -= gap
+    assert "forecast" in model.cache_trace
+
+
+def test_reset_cache_restarts_and_takes_new_settings():
+    model = _square_class(warmup_steps=4, skip_interval_steps=2, n_derivatives=1)()
+    for t in range(6):
+        model(torch.tensor(float(t)))
+    model.reset_cache(warmup_steps=2, skip_interval_steps=3)
+    trace_len = len(model.cache_trace)
+    assert trace_len == 0
+    for t in range(8):
+        model(torch.tensor(float(t)))
+    computed = [i for i, d in enumerate(model.cache_trace) if d == "compute"]
+    assert computed == FixedPolicy.seed(warmup_steps=2, skip_interval_steps=3, n_derivatives=1).compute_steps(8)
+
+
+def test_outputs_keep_dtype_and_instances_are_independent():
+    cls = _square_class(warmup_steps=2, skip_interval_steps=2, n_derivatives=1)
+    m1, m2 = cls(), cls()
+    outs = [m1(torch.full((2, 3), float(t), dtype=torch.bfloat16)) for t in range(5)]
+    assert all(o.dtype == torch.bfloat16 and o.shape == (2, 3) for o in outs)
+    assert m2.cache_trace == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"warmup_steps": 0}, "warmup"),
+        ({"skip_interval_steps": 0}, "skip_interval_steps|interval"),
+        ({"n_derivatives": -1}, "n_derivatives|order"),
+        ({"form": "chebyshev"}, "form"),
+    ],
+)
+def test_bad_settings_raise_value_error_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        taylor_seer(**kwargs)
+
+
+def test_non_module_and_non_tensor_output_are_rejected():
+    with pytest.raises(TypeError):
+        taylor_seer()(object)
+
+    @taylor_seer(warmup_steps=1)
+    class Pair(nn.Module):
+        def forward(self, t):
+            return t, t
+
+    with pytest.raises(TypeError, match="one tensor"):
+        Pair()(torch.tensor(0.0))
