@@ -1,0 +1,251 @@
+"""The forecast math: factor update and polynomial extrapolation of one region output stream.
+
+Knows nothing of graphs, policies or steps. Two forms (docs/interfaces.md, DESIGN.md §2):
+
+* ``newton`` -- backward divided differences anchored at the newest node. The coordinate ``t`` is any
+  real float (timestep, sigma or step index; distinct values, increasing or decreasing). Polynomials of
+  degree <= order are forecast exactly (to float tolerance), and the forecast does not depend on the
+  affine scale of the coordinate.
+* ``taylor`` -- the official TaylorSeer recursion ``F_{i+1} = (F_i(new) - F_i(old)) / d``; ``t`` is the
+  step index (a float), ``d`` the step-index distance between the last two full computes, and the
+  forecast ``sum_i F_i x^i / i!`` with ``x = t - last full step``.
+
+Units: every coordinate argument is a Python float in the caller's unit (newton: timestep / sigma /
+step index; taylor: step index). Nothing here syncs with the host: coefficients are Python floats
+computed from the coordinates, and the remainder estimate stays a 0-dim tensor on the device.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+__all__ = ["FORMS", "Forecaster"]
+
+FORMS = ("newton", "taylor")
+
+_EPS = 1e-30  # added to ||D_0|| so an all-zero output gives r = 0 instead of nan
+
+
+def _flatten(outputs, name: str = "outputs"):
+    """(tensors, is_tensor) for a tensor or a flat tuple/list of floating tensors; ValueError otherwise."""
+    if isinstance(outputs, torch.Tensor):
+        tensors, single = (outputs,), True
+    elif isinstance(outputs, (tuple, list)) and len(outputs) > 0:
+        tensors, single = tuple(outputs), False
+    else:
+        raise ValueError(f"{name} must be a Tensor or a non-empty tuple/list of Tensors, got {type(outputs).__name__}")
+    for i, x in enumerate(tensors):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name}[{i}] must be a Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name}[{i}] must have a floating dtype, got {x.dtype}")
+    return tensors, single
+
+
+def _coord(t) -> float:
+    """The coordinate as a Python float; ValueError naming ``t`` for anything else (tensors included:
+    converting one would sync with the host)."""
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t):
+        raise ValueError(f"coordinate t must be a finite Python float, got {t!r}")
+    return float(t)
+
+
+def _out_strides(shape, stride) -> tuple:
+    """The output's strides when they describe non-overlapping memory, else contiguous strides.
+
+    (Expanded views with stride 0 cannot be written to; every other layout, transposed or sliced,
+    is reproduced exactly.)"""
+    dims = sorted((s, n) for n, s in zip(shape, stride) if n > 1)
+    extent = 0
+    for s, n in dims:
+        if s <= extent:
+            break
+        extent += (n - 1) * s
+    else:
+        return tuple(stride)
+    out, acc = [0] * len(shape), 1
+    for i in range(len(shape) - 1, -1, -1):
+        out[i] = acc
+        acc *= max(shape[i], 1)
+    return tuple(out)
+
+
+class Forecaster:
+    """Factors of ONE region output stream (a tensor or a flat tuple/list of tensors).
+
+    The coordinate ``t`` is a Python float: for ``form="newton"`` any real coordinate (timestep, sigma
+    or step index; distinct values, increasing or decreasing); for ``form="taylor"`` the step index.
+
+    Attributes:
+        order: polynomial order (>= 0); at most ``order + 1`` factors/nodes are stored.
+        form: ``"newton"`` or ``"taylor"``.
+        factor_dtype: dtype of the stored factors (float32 default). Arithmetic runs in float32, or in
+            float64 when ``factor_dtype`` is float64.
+        num_points: full computes absorbed since reset (1 after a ``derivatives=False`` update).
+        nodes: coordinates of the stored points, newest first (at most ``order + 1``).
+    """
+
+    def __init__(self, order: int, form: str = "newton", factor_dtype: torch.dtype = torch.float32):
+        if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 0:
+            raise ValueError(f"order must be an int >= 0 (0, 1, 2, ...), got {order!r}")
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        if not isinstance(factor_dtype, torch.dtype) or not factor_dtype.is_floating_point:
+            raise ValueError(f"factor_dtype must be a floating torch.dtype, got {factor_dtype!r}")
+        self.order = int(order)
+        self.form = form
+        self.factor_dtype = factor_dtype
+        self._compute_dtype = torch.float64 if factor_dtype == torch.float64 else torch.float32
+        # Buffers survive reset() and are reused while the shapes stay the same.
+        self._meta: list[tuple] | None = None  # per tensor: (shape, dtype, device)
+        self._strides: list[tuple] = []  # per tensor: strides of the forecast output
+        self._single = True
+        self._factors: list[list[torch.Tensor]] = []  # per tensor: order+1 buffers (factor_dtype)
+        self._scratch: list[tuple[torch.Tensor, torch.Tensor]] = []  # per tensor: 2 compute-dtype buffers
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget all points (buffers are kept and reused if the next outputs have the same shapes)."""
+        self.num_points = 0
+        self.nodes: list[float] = []
+        self._r: torch.Tensor | None = None
+
+    def matches(self, outputs) -> bool:
+        """True if ``outputs`` has the structure, shapes, dtypes and devices of the stored points
+        (False while nothing is stored)."""
+        if self.num_points == 0 or self._meta is None:
+            return False
+        try:
+            tensors, single = _flatten(outputs)
+        except ValueError:
+            return False
+        return single == self._single and self._meta == [(x.shape, x.dtype, x.device) for x in tensors]
+
+    def _allocate(self, tensors) -> None:
+        self._factors = [
+            [torch.empty(x.shape, dtype=self.factor_dtype, device=x.device) for _ in range(self.order + 1)]
+            for x in tensors
+        ]
+        self._scratch = [
+            (torch.empty(x.shape, dtype=self._compute_dtype, device=x.device),
+             torch.empty(x.shape, dtype=self._compute_dtype, device=x.device))
+            for x in tensors
+        ]
+
+    # ----------------------------------------------------------------- update
+    def update(self, t: float, outputs, *, derivatives: bool = True) -> None:
+        """Absorb a full compute at coordinate ``t`` (newton: timestep/sigma/step; taylor: step index).
+
+        ``derivatives=False`` keeps only the 0-th factor (official TaylorSeer's warm-up gating).
+        Buffers are allocated at the first update (or after a reset with new shapes) and updated in
+        place afterwards. Also forms the next difference (newton ``D_{order+1}``, taylor ``F_{order+1}``)
+        without storing it and keeps ``r = ||next|| / ||D_0||`` (0-dim float32 tensor on the device).
+
+        Raises ValueError (naming ``t``) for a non-finite coordinate or one that repeats a stored node
+        used in a difference, and (naming ``outputs``) for outputs that are not floating tensors or do
+        not match the stored points' shapes/dtypes/devices (call :meth:`reset` first).
+        """
+        t = _coord(t)
+        tensors, single = _flatten(outputs)
+        meta = [(x.shape, x.dtype, x.device) for x in tensors]
+        if self.num_points > 0 and (meta != self._meta or single != self._single):
+            raise ValueError("outputs do not match the stored points (structure/shape/dtype/device); "
+                             "call reset() before updating with different outputs")
+        old = len(self.nodes) if derivatives else 0  # stored factors that take part in differences
+        if old and self.form == "newton" and t in self.nodes:
+            raise ValueError(f"coordinate t={t!r} equals a stored node {self.nodes}; "
+                             "form='newton' needs distinct coordinates")
+        if old and self.form == "taylor" and t == self.nodes[0]:
+            raise ValueError(f"coordinate t={t!r} equals the last full step; "
+                             "form='taylor' needs distinct step indices (d != 0)")
+        if self.form == "newton":
+            coeffs = [1.0 / (t - n) for n in self.nodes[:old]]
+        else:
+            coeffs = [1.0 / (t - self.nodes[0])] * old if old else []
+        extra = old == self.order + 1  # forms D_{order+1} / F_{order+1}, not stored
+        if self._meta is None or [(s, d) for s, _, d in meta] != [(s, d) for s, _, d in self._meta]:
+            self._allocate(tensors)
+        self._meta, self._single = meta, single
+        self._strides = [_out_strides(x.shape, x.stride()) for x in tensors]
+
+        num_sq = den_sq = None
+        for x, factors, (a, b) in zip(tensors, self._factors, self._scratch):
+            a.copy_(x)  # a = D'_{j-1} in the compute dtype
+            if extra:
+                den = torch.linalg.vector_norm(a).square()
+                den_sq = den if den_sq is None else den_sq + den
+            for j, c in enumerate(coeffs, start=1):
+                torch.sub(a, factors[j - 1], out=b)  # D'_j = (D'_{j-1} - D_{j-1}) / (t - n_{j-1})
+                b.mul_(c)
+                factors[j - 1].copy_(a)
+                a, b = b, a
+            if extra:  # a holds the unstored next difference
+                num = torch.linalg.vector_norm(a).square()
+                num_sq = num if num_sq is None else num_sq + num
+            else:
+                factors[old].copy_(a)
+        self._r = (num_sq.sqrt() / (den_sq.sqrt() + _EPS)).to(torch.float32) if extra else None
+        self.nodes = [t] + self.nodes[: min(old, self.order)]
+        self.num_points = self.num_points + 1 if derivatives else 1
+
+    # --------------------------------------------------------------- forecast
+    def _check_ready(self, what: str) -> None:
+        if self.num_points == 0:
+            raise RuntimeError(f"Forecaster.{what}() called before any update(): nothing to forecast from "
+                               "(a full compute must come first, and again after reset())")
+
+    def forecast(self, t: float):
+        """Polynomial extrapolation at coordinate ``t`` with order ``min(order, num_points - 1)``.
+
+        Returns the structure of the last update's outputs (a tensor, or a tuple for tuple/list), each
+        a fresh tensor with that output's shape, dtype, device and strides. Never syncs with the host.
+        """
+        self._check_ready("forecast")
+        t = _coord(t)
+        k = len(self.nodes) - 1  # degree of the stored polynomial
+        if self.form == "newton":  # p(t) = D_0 + (t-n_0)(D_1 + (t-n_1)(D_2 + ...))
+            alphas = [t - n for n in self.nodes[:k]]
+        else:  # sum_i F_i x^i / i! = F_0 + x/1 (F_1 + x/2 (F_2 + ...))
+            x = t - self.nodes[0]
+            alphas = [x / (i + 1) for i in range(k)]
+        results = []
+        for (shape, dtype, device), stride, factors, (a, b) in zip(
+                self._meta, self._strides, self._factors, self._scratch):
+            acc = factors[k]
+            if k and acc.dtype != a.dtype:  # so that the first Horner step runs in the compute dtype
+                b.copy_(acc)
+                acc = b
+            for j in range(k - 1, -1, -1):  # Horner, in the compute dtype
+                torch.add(factors[j], acc, alpha=alphas[j], out=a)
+                acc, a, b = a, b, a
+            out = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+            out.copy_(acc)
+            results.append(out)
+        return results[0] if self._single else tuple(results)
+
+    def remainder(self) -> torch.Tensor | None:
+        """``r = ||D_{order+1}|| / ||D_0||`` from the last update (0-dim float32 tensor on the device);
+        None while fewer than ``order + 2`` points (with derivatives) have been absorbed."""
+        return self._r
+
+    def error_estimate(self, t: float) -> torch.Tensor | None:
+        """Estimated relative error of ``forecast(t)`` (0-dim float32 tensor, no sync; None with no r):
+        newton ``r * prod_{i=0..order} |t - n_i|``, taylor ``r * |x|^(order+1) / (order+1)!`` with
+        ``x = t - last node``."""
+        self._check_ready("error_estimate")
+        if self._r is None:
+            return None
+        t = _coord(t)
+        if self.form == "newton":
+            scale = math.prod(abs(t - n) for n in self.nodes)
+        else:
+            scale = abs(t - self.nodes[0]) ** (self.order + 1) / math.factorial(self.order + 1)
+        return self._r * scale
+
+    def __repr__(self) -> str:
+        return (f"Forecaster(order={self.order}, form={self.form!r}, factor_dtype={self.factor_dtype}, "
+                f"num_points={self.num_points}, nodes={self.nodes})")
