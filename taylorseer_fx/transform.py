@@ -128,18 +128,33 @@ def plan_partitions(gm: fx.GraphModule, regions: list[Region]) -> tuple[dict, di
                     raise ValueError(f"region {regions[r].name!r} is not a contiguous run of nodes")
                 region_pid[r] = cur
         pid[n] = cur
-    # move side-effect-free non-region nodes used by exactly one region into it
+    # move side-effect-free non-region nodes used by exactly one region into it; for residual
+    # regions keep the residual bases (values shaped like a region output) outside
     if not _has_global_state_nodes(gm):
-        region_pids = set(region_pid.values())
+        pid_region = {p: r for r, p in region_pid.items()}
+        keep_out = {}
+        for ri, r in enumerate(regions):
+            if r.residual:
+                members = set(r.nodes)
+                outs = [n for n in r.nodes if any(u not in members for u in n.users)]
+                keep_out[ri] = {_meta_key(_example(o)) for o in outs} - {None}
         for n in reversed(list(gm.graph.nodes)):
             if n not in pid or n in in_region or not _movable(n) or not n.users:
                 continue
             users = {pid.get(u) for u in n.users}
             if len(users) == 1:
                 (p,) = users
-                if p in region_pids and p > pid[n]:
+                if p in pid_region and p > pid[n]:
+                    if _meta_key(_example(n)) in keep_out.get(pid_region[p], ()):
+                        continue
                     pid[n] = p
     return pid, region_pid
+
+
+def _meta_key(v):
+    if isinstance(v, torch.Tensor) and v.is_floating_point():
+        return (tuple(v.shape), v.dtype)
+    return None
 
 
 # ---------------------------------------------------------------- 2. split
