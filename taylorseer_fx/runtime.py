@@ -104,6 +104,7 @@ class Runtime:
         self.factor_dtype = factor_dtype
         self.graphs: list[GraphRuntime] = []
         self.generation = 0
+        self._last = None           # (generation, step, coordinate) of the last cached call, any graph
         self._session: _Session | None = None
         self._clear_stats()
 
@@ -123,6 +124,8 @@ class Runtime:
         self.new_generation()
         for g in self.graphs:
             g.tracker_reset()
+            g.states.clear()
+        self._last = None
         self._clear_stats()
 
     @contextlib.contextmanager
@@ -282,10 +285,9 @@ class GraphRuntime:
                 n, step, stream = 0, 0, 0
             sess.calls[self.index] = n + 1
             coord = sess.timesteps[step]
-            new = n == 0 or self.generation != rt.generation or sig != self.sig
-            if new and self.generation == rt.generation:
-                rt.new_generation()          # schedule restarted, or a shape change inside a session
-            self._advance_to(step, stream, coord, sig, new)
+            if n == 0 or self.generation != rt.generation or sig != self.sig:
+                self._start_generation(coord, sig, step)
+            self._advance_to(step, stream, coord)
         else:
             coord = self._read_coord(args)
             if coord is None or not math.isfinite(coord):
@@ -297,34 +299,44 @@ class GraphRuntime:
                 rt._uncached += 1
                 return None
             if self.generation != rt.generation or sig != self.sig or self.coord is None:
-                if self.generation == rt.generation:
-                    rt.new_generation()
-                self._advance_to(0, 0, coord, sig, True)
+                self._start_generation(coord, sig, 0)
+                self._advance_to(0, 0, coord)
             elif coord == self.coord:
-                self._advance_to(self.step, self.stream + 1, coord, sig, False)
+                self._advance_to(self.step, self.stream + 1, coord)
             else:
                 d = 1 if coord > self.coord else -1
                 if self.direction and d != self.direction:
-                    rt.new_generation()
-                    self._advance_to(0, 0, coord, sig, True)
+                    self._start_generation(coord, sig, 0)
+                    self._advance_to(0, 0, coord)
                 else:
                     self.direction = d
-                    self._advance_to(self.step + 1, 0, coord, sig, False)
+                    self._advance_to(self.step + 1, 0, coord)
+        rt._last = (rt.generation, self.step, coord)
         return self._plan()
 
-    def _advance_to(self, step: int, stream: int, coord: float, sig: tuple, new: bool) -> None:
-        if new:
-            self.generation = self.rt.generation
-            self.direction = 0
-            self.sig = sig
-            self.schedules = self.rt._start_schedules(len(self.regions))
-            self.step = -1
+    def _start_generation(self, coord: float, sig: tuple, step: int) -> None:
+        """Start a new generation in this graph. It joins the backend's current generation when it is
+        a sibling of the graph called last (a graph break: same generation, step and coordinate);
+        otherwise it starts a new backend-wide generation, so that every other graph resets too."""
+        rt = self.rt
+        sibling = (self.generation != rt.generation and rt._last is not None
+                   and rt._last[0] == rt.generation and rt._last[2] == coord)
+        fresh_session = (rt._session is not None and self.generation != rt.generation
+                         and (rt._last is None or rt._last[0] != rt.generation))
+        if not (sibling or fresh_session):
+            rt.new_generation()
+        self.generation = rt.generation
+        self.direction = 0
+        self.sig = sig
+        self.schedules = rt._start_schedules(len(self.regions))
+        self.step = -1
+        self.coord = None
+
+    def _advance_to(self, step: int, stream: int, coord: float) -> None:
         self.stream = stream
-        if stream == 0 or step != self.step:
+        if step != self.step:
             self.step, self.coord = step, coord
             self.step_decision = None
-        elif self.coord is None:
-            self.coord = coord
 
     def _forecaster_x(self, step: int, coord: float) -> float:
         p = self.rt.policy

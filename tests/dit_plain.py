@@ -1,4 +1,4 @@
-"""A small plain-PyTorch DiT (no diffusers) for the transform/runtime/backend tests.
+"""A small plain-PyTorch DiT (no diffusers) and a hook-based reference for the backend tests.
 
 Layout follows DiT (Peebles & Xie): patch embedding, sinusoidal timestep embedding + MLP, a
 ``blocks`` ModuleList of adaLN-Zero blocks (``attn`` and ``mlp`` submodules, modulation gates and
@@ -8,7 +8,13 @@ nodes are not contiguous in graph order.
 
 ``forward(x, timestep, y=None)``: ``x`` is ``(B, C, H, W)`` latents, ``timestep`` a 1-D tensor of
 shape ``(B,)`` (or a 0-dim tensor / Python float) in the scheduler's units (e.g. 0..1000),
-``y`` optional class labels ``(B,)``.
+``y`` optional class labels ``(B,)``. ``transposed_out=True`` makes every block return a
+non-contiguous tensor (the same values with transposed strides), to test stride handling.
+
+:class:`HookReference` is the test oracle: the uncached model with forward hooks that replace region
+outputs by :class:`~taylorseer_fx.forecast.Forecaster` forecasts, following the runtime's rules
+(docs in ``taylorseer_fx/runtime.py``) written out independently: steps and streams from the
+timestep value, a new generation when the coordinate turns back or the input shapes change.
 """
 
 from __future__ import annotations
@@ -62,8 +68,9 @@ class TimestepEmbedder(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, embedder: bool = False):
+    def __init__(self, dim: int, heads: int, embedder: bool = False, transposed_out: bool = False):
         super().__init__()
+        self.transposed_out = transposed_out
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -77,6 +84,8 @@ class DiTBlock(nn.Module):
         x = x + gate1[:, None] * self.attn(h)
         h = self.norm2(x) * (1 + scale2[:, None]) + shift2[:, None]
         x = x + gate2[:, None] * self.mlp(h)
+        if self.transposed_out:  # same values, non-contiguous (B, N, D) with D-major strides
+            x = x.transpose(1, 2).contiguous().transpose(1, 2)
         return x
 
 
@@ -96,7 +105,8 @@ class PlainDiT(nn.Module):
     """Tiny DiT. ``forward(x, timestep, y=None) -> (B, C, H, W)``."""
 
     def __init__(self, in_channels: int = 4, size: int = 8, patch: int = 2, dim: int = 32, depth: int = 3,
-                 heads: int = 4, num_classes: int = 10, reuse_block0_embedder: bool = True):
+                 heads: int = 4, num_classes: int = 10, reuse_block0_embedder: bool = True,
+                 transposed_out: bool = False):
         super().__init__()
         self.in_channels, self.size, self.patch = in_channels, size, patch
         self.reuse_block0_embedder = reuse_block0_embedder
@@ -104,7 +114,8 @@ class PlainDiT(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2, dim) * 0.02)
         self.y_embedder = nn.Embedding(num_classes + 1, dim)
         # Block 0 owns the timestep embedder (as diffusers' DiT blocks own theirs).
-        self.blocks = nn.ModuleList([DiTBlock(dim, heads, embedder=(i == 0)) for i in range(depth)])
+        self.blocks = nn.ModuleList([DiTBlock(dim, heads, embedder=(i == 0), transposed_out=transposed_out)
+                                     for i in range(depth)])
         self.final_layer = FinalLayer(dim, patch * patch * in_channels)
 
     def forward(self, x, timestep, y=None):
@@ -145,3 +156,84 @@ def plain_dit_inputs(batch: int = 2, seed: int = 1, in_channels: int = 4, size: 
     x = torch.randn(batch, in_channels, size, size, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
     return x, y
+
+
+class HookReference:
+    """The uncached model, with the region outputs replaced by hand-made forecasts.
+
+    ``kind="stack"``: the region output is the last block's output; ``kind="modules"``: each block's
+    ``attn`` and ``mlp`` outputs. One Forecaster per (generation, stream, region); one decision per
+    step (``policy.start(num_steps).decide(step)``) at the step's first call; a forecast only from a
+    forecaster that has points (else compute). Coordinate: taylor -> step index; newton -> timestep
+    value (``policy.coordinate == "timestep"``) or step index.
+
+    ``__call__(x, timestep, y)`` returns the output; ``log`` records (generation, step, stream, what).
+    """
+
+    def __init__(self, model: PlainDiT, policy, kind: str = "stack", num_steps: int | None = None):
+        from taylorseer_fx.forecast import Forecaster
+        self._Forecaster = Forecaster
+        self.model, self.policy, self.num_steps = model, policy, num_steps
+        if kind == "stack":
+            mods = [model.blocks[-1]]
+        elif kind == "modules":
+            mods = [m for b in model.blocks for m in (b.attn, b.mlp)]
+        else:
+            raise ValueError(kind)
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(mods)]
+        self.log: list = []
+        self.reset()
+
+    def reset(self):
+        self.gen = getattr(self, "gen", -1) + 1
+        self.coord = self.sig = None
+        self.direction = 0
+        self.step = self.stream = 0
+        self.forecasters: dict = {}
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+    def _new_generation(self, coord, sig):
+        self.gen += 1
+        self.coord, self.sig, self.direction, self.step, self.stream = coord, sig, 0, 0, 0
+        self.schedule = self.policy.start(self.num_steps)
+
+    def __call__(self, x, timestep, y=None):
+        coord = float(timestep.reshape(-1)[0])
+        sig = (tuple(x.shape), tuple(timestep.shape), None if y is None else tuple(y.shape))
+        if self.coord is None or sig != self.sig:
+            self._new_generation(coord, sig)
+        elif coord == self.coord:
+            self.stream += 1
+        else:
+            d = 1 if coord > self.coord else -1
+            if self.direction and d != self.direction:
+                self._new_generation(coord, sig)
+            else:
+                self.direction, self.coord, self.step, self.stream = d, coord, self.step + 1, 0
+        if self.stream == 0:
+            self.compute = self.schedule.decide(self.step)
+            self.derivatives = self.schedule.derivatives(self.step)
+        p = self.policy
+        self.x = float(coord) if (p.form == "newton" and p.coordinate == "timestep") else float(self.step)
+        self.what = []
+        with torch.no_grad():
+            out = self.model(x, timestep, y)
+        self.log.append((self.gen, self.step, self.stream, tuple(self.what)))
+        return out
+
+    def _hook(self, index):
+        def hook(module, args, output):
+            key = (self.gen, self.stream, index)
+            f = self.forecasters.get(key)
+            if f is None:
+                f = self.forecasters[key] = self._Forecaster(self.policy.order, self.policy.form)
+            if self.compute or f.num_points == 0:
+                f.update(self.x, output, derivatives=self.derivatives)
+                self.what.append("compute")
+                return None
+            self.what.append("forecast")
+            return f.forecast(self.x)
+        return hook
