@@ -211,8 +211,10 @@ def test_forecasting_run(family, kind):
     for i, (a, b) in enumerate(zip(outs, ref)):
         assert a.shape == shape and a.dtype == torch.float32
         assert torch.isfinite(a).all(), f"{family} {kind}: step {i} not finite"
-        if i in computed[:2]:  # warm-up steps are computed with identical inputs: exact
-            assert torch.equal(a, b), f"{family} {kind}: warm-up step {i} differs"
-    # the forecast run stays near the uncached one (random weights: a loose sanity bound)
-    rel = ((outs[-1] - ref[-1]).norm() / ref[-1].norm()).item()
-    assert rel < 0.5, f"{family} {kind}: final output relative error {rel:.3f}"
+        rel = ((a - b).norm() / b.norm()).item()
+        if i < 2:  # warm-up: computed from identical inputs
+            assert rel == 0, f"{family} {kind}: warm-up step {i} differs ({rel:.2e})"
+        elif i in computed:  # computed from a latent that earlier forecasts moved a little
+            assert rel < 0.05, f"{family} {kind}: computed step {i}: relative error {rel:.3f}"
+        else:  # forecast: not the computed value, but near it (random weights; measured 0.3-11%)
+            assert 0 < rel < 0.3, f"{family} {kind}: forecast step {i}: relative error {rel:.3f}"
