@@ -50,9 +50,7 @@ __all__ = ["Runtime", "GraphRuntime"]
 
 
 def _call(compiled: Callable, args) -> Any:
-    if getattr(compiled, "_boxed_call", False):
-        return compiled(list(args))
-    return compiled(*args)
+    return compiled(*args)            # dynamo's convention for a backend's result (never boxed)
 
 
 def _strides(t: torch.Tensor) -> tuple:

@@ -75,9 +75,10 @@ class CacheNode(torch.nn.Module):
 
 
 def call_compiled(compiled: Callable, args) -> Any:
-    """Call a compiled piece with dynamo's convention (boxed callables take one list)."""
-    if getattr(compiled, "_boxed_call", False):
-        return compiled(list(args))
+    """Call a compiled piece the way dynamo calls a backend's result: ``compiled(*args)``.
+
+    (Not by ``_boxed_call``: aot_autograd's ``forward`` copies that attribute from the boxed function
+    it wraps with ``simple_wraps`` while itself taking unboxed arguments.)"""
     return compiled(*args)
 
 
@@ -148,6 +149,14 @@ def plan_partitions(gm: fx.GraphModule, regions: list[Region]) -> tuple[dict, di
                     if _meta_key(_example(n)) in keep_out.get(pid_region[p], ()):
                         continue
                     pid[n] = p
+    # a tuple-valued node (chunk, split, an attention returning a pair) never crosses a piece
+    # boundary: its getitem users join its piece and pass on tensors
+    import operator
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[0], fx.Node):
+            src = n.args[0]
+            if src in pid and isinstance(_example(src), (tuple, list)):
+                pid[n] = pid[src]
     return pid, region_pid
 
 
