@@ -168,11 +168,14 @@ class HookReference:
     value (``policy.coordinate == "timestep"``) or step index.
 
     ``__call__(x, timestep, y)`` returns the output; ``log`` records (generation, step, stream, what).
+    The hooks sit on a deep copy of ``model``, so a compiled ``model`` never sees them.
     """
 
     def __init__(self, model: PlainDiT, policy, kind: str = "stack", num_steps: int | None = None):
+        import copy
         from taylorseer_fx.forecast import Forecaster
         self._Forecaster = Forecaster
+        model = copy.deepcopy(model)  # hooks on a copy: a compiled original never traces them
         self.model, self.policy, self.num_steps = model, policy, num_steps
         if kind == "stack":
             mods = [model.blocks[-1]]

@@ -1,0 +1,469 @@
+"""Runtime rules: steps, streams, generations, grad, sessions, decisions, estimates.
+
+Two levels: the runtime alone (a fake region ``x * (1 + t)``, no dynamo; fast, with hypothesis against
+a reference model of the rules) and the compiled plain DiT against :class:`dit_plain.HookReference`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dit_plain import HookReference, make_plain_dit, plain_dit_inputs
+from taylorseer_fx.backend import taylorseer_backend
+from taylorseer_fx.forecast import Forecaster
+from taylorseer_fx.policy import AutoPolicy, FixedPolicy
+from taylorseer_fx.runtime import GraphRuntime, Runtime
+from taylorseer_fx.transform import RegionInfo
+
+torch.set_num_threads(1)
+
+
+# ================================================================= runtime alone
+
+def _region(ts, x):
+    """A region that is exactly linear in the timestep: newton order 1 forecasts it exactly."""
+    return (x * (1.0 + ts[:, None]),)
+
+
+class FakeModel:
+    """One graph with one region, driven through GraphRuntime like a compiled model."""
+
+    def __init__(self, policy, **kw):
+        self.rt = Runtime(policy, **kw)
+        self.g = self.rt.new_graph([RegionInfo(0, "r")], timestep_index=0, dynamic_indices=(0, 1))
+
+    def __call__(self, t: float, x: torch.Tensor):
+        ts = torch.full((x.shape[0],), float(t))
+        if x.requires_grad:
+            return self.g(lambda ts, x: self.g.run_region(0, _region, (ts, x))[0], (ts, x))
+        with torch.no_grad():
+            return self.g(lambda ts, x: self.g.run_region(0, _region, (ts, x))[0], (ts, x))
+
+
+class RulesReference:
+    """The rules written out on their own: one tracker for the call sequence, a Forecaster per
+    (generation, stream), one decision per step at its first call."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.gen = 0
+        self.coord = self.sig = None
+        self.forecasters = {}
+        self.log = []
+
+    def reset(self):
+        self.coord = None
+
+    def __call__(self, t, x):
+        sig = tuple(x.shape)
+        if self.coord is None or sig != self.sig:
+            self._new(t, sig)
+        elif t == self.coord:
+            self.stream += 1
+        else:
+            d = 1 if t > self.coord else -1
+            if self.dir and d != self.dir:
+                self._new(t, sig)
+            else:
+                self.dir, self.coord, self.step, self.stream = d, t, self.step + 1, 0
+        if self.stream == 0:
+            self.compute = self.sched.decide(self.step)
+        f = self.forecasters.setdefault((self.gen, self.stream), Forecaster(self.policy.order, self.policy.form))
+        xc = float(t) if self.policy.form == "newton" and self.policy.coordinate == "timestep" else float(self.step)
+        value = _region(torch.full((x.shape[0],), float(t)), x)
+        if self.compute or f.num_points == 0:
+            f.update(xc, value, derivatives=self.sched.derivatives(self.step))
+            what, out = "compute" if self.compute else "fallback", value[0]
+        else:
+            what, out = "forecast", f.forecast(xc)[0]
+        self.log.append((self.gen, self.step, self.stream, what))
+        return out
+
+    def _new(self, t, sig):
+        self.gen += 1
+        self.coord, self.sig, self.dir, self.step, self.stream = t, sig, 0, 0, 0
+        self.sched = self.policy.start()
+
+
+def _impl_log(rt):
+    return [(t["step"], t["stream"], t["regions"]["r"]) for t in rt.stats()["trace"]]
+
+
+@st.composite
+def call_sequences(draw):
+    """Generations of 2..6 steps with strictly decreasing timesteps, 1 or 2 streams (CFG as separate
+    calls), batch 1..3, sometimes a batch change in the middle. A generation boundary the rules
+    cannot see (same shape, and the coordinate keeps going down or the run so far had one step)
+    gets an explicit reset, so that a forecast from another generation would show."""
+    events = []
+    seed = 0
+    cur_batch, last_t, seg_steps = None, None, 0
+    for _ in range(draw(st.integers(1, 4))):
+        n = draw(st.integers(2, 6))
+        ts = sorted(draw(st.sets(st.integers(0, 1000), min_size=n, max_size=n)), reverse=True)
+        streams = draw(st.integers(1, 2))
+        batch = draw(st.integers(1, 3))
+        change_at = draw(st.integers(1, n))  # == n: no change
+        hidden = batch == cur_batch and (ts[0] <= last_t or seg_steps < 2)
+        if hidden or draw(st.booleans()):
+            events.append(("reset",))
+        xs = {}
+        for i, t in enumerate(ts):
+            b = batch if i < change_at else batch % 3 + 1
+            seg_steps = seg_steps + 1 if (b == cur_batch and i > 0) else 1
+            cur_batch, last_t = b, t
+            for s in range(streams):
+                if (b, s) not in xs:
+                    seed += 1
+                    xs[(b, s)] = torch.randn(b, 3, generator=torch.Generator().manual_seed(seed))
+                events.append(("call", float(t), xs[(b, s)]))
+    return events
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=call_sequences(), form=st.sampled_from(["newton", "taylor"]), interval=st.integers(1, 3))
+def test_random_sequences_follow_the_rules_and_never_mix_generations(events, form, interval):
+    policy = FixedPolicy(interval=interval, order=1, form=form, warmup=2)
+    impl, ref = FakeModel(policy), RulesReference(policy)
+    for ev in events:
+        if ev[0] == "reset":
+            impl.rt.reset(), ref.reset()
+            ref.log.clear()
+            continue
+        _, t, x = ev
+        got, want = impl(t, x), ref(t, x)
+        assert torch.equal(got, want), (ev, ref.log[-1])
+        if form == "newton":  # exact for a linear region: a forecast from any other state would not be
+            torch.testing.assert_close(got, x * (1.0 + t), rtol=1e-5, atol=1e-3)
+    assert _impl_log(impl.rt) == [(s, k, w) for _, s, k, w in ref.log]
+
+
+def test_streams_and_generations_in_the_trace():
+    m = FakeModel(FixedPolicy(interval=2, order=1))
+    x, u = torch.randn(1, 3), torch.randn(1, 3)
+    for t in (900.0, 800.0, 700.0):
+        m(t, x), m(t, u)                       # cond / uncond as separate calls
+    m(1000.0, x)                               # back up: a new generation
+    tr = m.rt.stats()["trace"]
+    assert [(t["step"], t["stream"]) for t in tr] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (0, 0)]
+    assert len({t["generation"] for t in tr[:6]}) == 1 and tr[6]["generation"] != tr[0]["generation"]
+    assert [t["regions"]["r"] for t in tr] == ["compute"] * 4 + ["forecast", "forecast", "compute"]
+    s = m.rt.stats()
+    assert (s["compute"], s["forecast"], s["steps"], s["calls"], s["generations"]) == (3, 1, 4, 7, 2)
+    assert s["regions"]["r"] == {"compute": 5, "forecast": 2}
+
+
+def test_shape_change_starts_a_generation_and_falls_back_to_compute():
+    m = FakeModel(FixedPolicy(interval=2, order=1))
+    for t in (900.0, 800.0):
+        m(t, torch.ones(2, 3))
+    out = m(700.0, torch.ones(1, 3))           # would be a forecast step; new shape -> compute
+    assert torch.equal(out, torch.full((1, 3), 701.0))
+    tr = m.rt.stats()["trace"]
+    assert tr[-1]["step"] == 0 and tr[-1]["regions"]["r"] == "compute"
+
+
+def test_grad_enabled_call_runs_uncached_and_stores_nothing():
+    m = FakeModel(FixedPolicy(interval=2, order=1))
+    x = torch.ones(1, 3)
+    with torch.no_grad():
+        m(900.0, x), m(800.0, x)
+    xg = torch.ones(1, 3, requires_grad=True)
+    out = m(700.0, xg)                          # grad enabled: computed, not a step
+    assert out.requires_grad and torch.equal(out.detach(), torch.full((1, 3), 701.0))
+    assert m.rt.stats()["uncached_calls"] == 1 and m.rt.stats()["calls"] == 2
+    for st_ in m.g.states.values():
+        assert all(not f.requires_grad for fs in st_.forecaster._factors for f in fs)
+    with torch.no_grad():
+        out = m(700.0, x)                       # the generation goes on: step 2 is forecast
+    assert m.rt.stats()["trace"][-1]["regions"]["r"] == "forecast"
+    torch.testing.assert_close(out, torch.full((1, 3), 701.0))
+
+
+def test_reset_forgets_everything():
+    m = FakeModel(FixedPolicy(interval=2, order=1))
+    x = torch.ones(1, 3)
+    with torch.no_grad():
+        m(900.0, x), m(800.0, x)
+        m.rt.reset()
+        assert m.rt.stats()["calls"] == 0 and not m.g.states
+        m(700.0, x)
+    assert m.rt.stats()["trace"][-1]["step"] == 0
+
+
+def test_session_counts_calls_without_reading_the_timestep(monkeypatch):
+    m = FakeModel(FixedPolicy(interval=2, order=1))
+    monkeypatch.setattr(GraphRuntime, "_read_coord", lambda self, args: pytest.fail("host read"))
+    x, u = torch.randn(1, 3), torch.randn(1, 3)
+    ts = torch.tensor([900.0, 800.0, 700.0, 600.0])
+    with m.rt.session(timesteps=ts, streams=2), torch.no_grad():
+        outs = [(m(t, x), m(t, u)) for t in ts.tolist()]
+    tr = m.rt.stats()["trace"]
+    assert [(t["step"], t["stream"]) for t in tr] == [(s, k) for s in range(4) for k in range(2)]
+    assert [t["coordinate"] for t in tr[::2]] == ts.tolist()
+    for t, (a, b) in zip(ts.tolist(), outs):
+        torch.testing.assert_close(a, x * (1 + t)), torch.testing.assert_close(b, u * (1 + t))
+    assert m.rt.stats()["forecast"] == 1
+    with pytest.raises(ValueError, match="streams"):
+        with m.rt.session(timesteps=ts, streams=0):
+            pass
+
+
+def test_session_num_steps_feeds_the_policy():
+    policy = FixedPolicy(interval=2, order=1, cooldown=2)
+    m = FakeModel(policy)
+    with pytest.raises(ValueError, match="num_steps"), torch.no_grad():
+        m(900.0, torch.ones(1, 3))
+    m = FakeModel(policy)
+    with m.rt.session(num_steps=6), torch.no_grad():
+        for t in range(6, 0, -1):
+            m(float(t), torch.ones(1, 3))
+    assert [t["decision"] for t in m.rt.stats()["trace"]] == ["compute", "compute", "forecast", "compute",
+                                                              "compute", "compute"]
+
+
+def test_second_graph_sibling_and_recompile():
+    """A graph-break sibling (same coordinate in the same call) joins the generation; a graph that
+    starts at another coordinate (a recompile after a shape change) starts a new one, and the first
+    graph then resets too."""
+    rt = Runtime(FixedPolicy(interval=2, order=1))
+    g1 = rt.new_graph([RegionInfo(0, "a")], 0, (0, 1))
+    g2 = rt.new_graph([RegionInfo(0, "b")], 0, (0, 1))
+
+    def call(g, t, x):
+        ts = torch.full((x.shape[0],), t)
+        return g(lambda ts, x: g.run_region(0, _region, (ts, x))[0], (ts, x))
+
+    x = torch.ones(1, 3)
+    with torch.no_grad():
+        for t in (900.0, 800.0, 700.0):
+            call(g1, t, x), call(g2, t, x)
+        gens = {t["generation"] for t in rt.stats()["trace"]}
+        assert len(gens) == 1
+        assert [t["regions"] for t in rt.stats()["trace"][-2:]] == [{"a": "forecast"}, {"g1:b": "forecast"}]
+        g3 = rt.new_graph([RegionInfo(0, "c")], 0, (0, 1))
+        call(g3, 600.0, torch.ones(2, 3))     # another shape: new generation everywhere
+        out = call(g1, 500.0, x)
+    tr = rt.stats()["trace"]
+    assert tr[-1]["generation"] > tr[-2]["generation"] > tr[-3]["generation"]
+    assert tr[-1]["step"] == 0 and tr[-1]["regions"] == {"a": "compute"}
+    assert torch.equal(out, x * 501.0)
+
+
+def test_auto_policy_reads_one_estimate_per_step(monkeypatch):
+    policy = AutoPolicy(threshold=0.02, order=1, form="newton", warmup=3, accumulate=False)
+    rt = Runtime(policy)
+    g = rt.new_graph([RegionInfo(i, f"r{i}") for i in range(3)], 0, (0, 1))
+    calls = []
+    orig = GraphRuntime._estimates
+
+    def spy(self, x, per_region=False):
+        by_hand = []
+        for i in range(3):
+            e = self.states[(i, 0)].forecaster.error_estimate(x)
+            by_hand.append(math.inf if e is None else float(e))
+        out = orig(self, x, per_region)
+        calls.append((out, max(by_hand)))
+        return out
+
+    monkeypatch.setattr(GraphRuntime, "_estimates", spy)
+    reads = []
+    orig_tolist = torch.Tensor.tolist
+
+    def body(ts, x):
+        return [g.run_region(i, (lambda ts, x, i=i: (x * (1.0 + ts[:, None]) + 2.0 * (i + 1) * ts[:, None] ** 2,)),
+                             (ts, x))[0] for i in range(3)]
+
+    x = torch.ones(1, 3)
+    with torch.no_grad():
+        for k in range(20):
+            g(body, (torch.full((1,), 1.0 - k / 20), x))
+    s = rt.stats()
+    assert s["forecast"] > 0 and s["compute"] > 3
+    assert 0 < len(calls) <= 20 - 3                      # at most once per step, never in warm-up
+    for (out, by_hand) in calls:
+        assert len(out) == 1                             # one value: the max over regions
+        assert out[0] == pytest.approx(by_hand, rel=1e-6) or (math.isinf(out[0]) and math.isinf(by_hand))
+    est = [t["estimate"] for t in s["trace"]]
+    assert sum(e is not None for e in est) == len(calls)
+
+
+def test_per_region_decisions():
+    policy = AutoPolicy(threshold=1e-3, order=1, form="newton", warmup=2, accumulate=False, per_region=True)
+    rt = Runtime(policy)
+    g = rt.new_graph([RegionInfo(0, "lin"), RegionInfo(1, "quad")], 0, (0, 1))
+    fns = [lambda ts, x: (x * (1.0 + ts[:, None]),), lambda ts, x: (x * ts[:, None] ** 2,)]
+
+    def body(ts, x):
+        return [g.run_region(i, fns[i], (ts, x))[0] for i in range(2)]
+
+    with torch.no_grad():
+        for k in range(10):
+            g(body, (torch.full((1,), 1.0 - k / 10), torch.ones(1, 3)))
+    r = rt.stats()["regions"]
+    assert r["lin"]["forecast"] > r["quad"]["forecast"]
+
+
+def test_forecast_keeps_dtype_structure_and_constants():
+    rt = Runtime(FixedPolicy(interval=2, order=1))
+    g = rt.new_graph([RegionInfo(0, "r")], 0, (0, 1))
+
+    def region(ts, x):
+        y = (x * (1 + ts[:, None])).to(torch.bfloat16)
+        return [y.t(), torch.arange(3), 7]      # a list: transposed bf16, an int tensor, a Python int
+
+    outs = []
+    with torch.no_grad():
+        for t in (3.0, 2.0, 1.0):
+            outs.append(g(lambda ts, x: g.run_region(0, region, (ts, x)), (torch.full((2,), t), torch.ones(2, 3))))
+    assert rt.stats()["trace"][-1]["regions"]["r"] == "forecast"
+    a, b = outs[1], outs[2]
+    assert type(b) is list and b[0].dtype == torch.bfloat16 and b[0].stride() == a[0].stride()
+    assert torch.equal(b[1], torch.arange(3)) and b[2] == 7
+
+
+def test_residual_forecast_adds_the_current_input():
+    rt = Runtime(FixedPolicy(interval=2, order=1))
+    g = rt.new_graph([RegionInfo(0, "r", residual={0: 1})], 0, (0, 1))
+    region = lambda ts, h: (h + ts[:, None] * 2.0,)  # noqa: E731  output - input is linear in t
+    outs = []
+    with torch.no_grad():
+        for k, t in enumerate((3.0, 2.0, 1.0)):
+            h = torch.full((1, 3), 10.0 * k)
+            outs.append(g(lambda ts, h: g.run_region(0, region, (ts, h))[0], (torch.full((1,), t), h)))
+    assert rt.stats()["trace"][-1]["regions"]["r"] == "forecast"
+    torch.testing.assert_close(outs[2], torch.full((1, 3), 20.0 + 2.0))
+
+
+# ================================================================= compiled plain DiT
+
+@pytest.fixture
+def dit():
+    torch._dynamo.reset()
+    model = make_plain_dit()
+    yield model
+    torch._dynamo.reset()
+
+
+def _compiled(model, policy, kind="stack"):
+    be = taylorseer_backend(policy, regions=kind, inner="eager")
+    return be, torch.compile(model, backend=be)
+
+
+def _check_against_reference(model, policy, calls, kind="stack"):
+    """calls: (x, t, y) tuples; compiled outputs must equal HookReference at every call."""
+    be, cm = _compiled(model, policy, kind)
+    ref = HookReference(model, policy, kind=kind)
+    try:
+        with torch.no_grad():
+            for i, (x, t, y) in enumerate(calls):
+                ts = torch.full((x.shape[0],), float(t))
+                got, want = cm(x, ts, y), ref(x, ts, y)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"call {i}: {ref.log[-1]}")
+    finally:
+        ref.close()
+    impl = [(t["step"], t["stream"], t["decision"]) for t in be.stats()["trace"]]
+    assert impl == [(s, k, "forecast" if "forecast" in w else "compute") for _, s, k, w in ref.log]
+    return be, ref
+
+
+def test_cfg_separate_calls_are_separate_streams(dit):
+    x, y = plain_dit_inputs()
+    null = torch.full_like(y, 10)
+    calls = [c for t in (999.0, 800.0, 600.0, 400.0, 200.0, 0.0) for c in ((x, t, y), (x, t, null))]
+    be, ref = _check_against_reference(dit, FixedPolicy(interval=2, order=1), calls)
+    tr = be.stats()["trace"]
+    assert [t["stream"] for t in tr] == [0, 1] * 6
+    assert be.stats()["forecast"] == 2 and be.stats()["steps"] == 6
+
+
+def test_batched_cfg_is_one_stream(dit):
+    x, y = plain_dit_inputs(batch=2)
+    xb, yb = torch.cat([x, x]), torch.cat([y, torch.full_like(y, 10)])
+    calls = [(xb, t, yb) for t in (999.0, 800.0, 600.0, 400.0)]
+    be, _ = _check_against_reference(dit, FixedPolicy(interval=2, order=1), calls)
+    assert {t["stream"] for t in be.stats()["trace"]} == {0}
+
+
+def test_second_generation_reuses_nothing(dit):
+    x1, y = plain_dit_inputs(seed=1)
+    x2, _ = plain_dit_inputs(seed=2)
+    ts = (999.0, 800.0, 600.0, 400.0, 200.0)
+    calls = [(x1, t, y) for t in ts] + [(x2, t, y) for t in ts]
+    be, ref = _check_against_reference(dit, FixedPolicy(interval=2, order=1, form="newton"), calls)
+    tr = be.stats()["trace"]
+    assert tr[5]["step"] == 0 and tr[5]["generation"] != tr[4]["generation"]
+    assert [t["decision"] for t in tr[5:7]] == ["compute", "compute"]
+
+
+def test_batch_change_mid_run_never_forecasts_from_old_shape(dit):
+    x2, y2 = plain_dit_inputs(batch=2)
+    x1, y1 = plain_dit_inputs(batch=1)
+    calls = [(x2, t, y2) for t in (999.0, 800.0, 600.0)] + [(x1, t, y1) for t in (400.0, 200.0, 100.0, 0.0)]
+    be, _ = _check_against_reference(dit, FixedPolicy(interval=2, order=1), calls)
+    tr = be.stats()["trace"]
+    assert tr[3]["step"] == 0 and tr[3]["decision"] == "compute"
+
+
+def test_grad_enabled_call_through_the_compiled_model_runs_uncached(dit):
+    x, y = plain_dit_inputs()
+    be, cm = _compiled(dit, FixedPolicy(interval=2, order=1))
+    with torch.no_grad():
+        for t in (999.0, 800.0):
+            cm(x, torch.full((2,), t), y)
+    xg = x.clone().requires_grad_(True)
+    out = cm(xg, torch.full((2,), 600.0), y)       # grad mode: recompiled whole, uncached
+    assert out.requires_grad
+    torch.testing.assert_close(out, dit(xg, torch.full((2,), 600.0), y))
+    out.sum().backward()
+    assert xg.grad is not None
+    with torch.no_grad():
+        cm(x, torch.full((2,), 600.0), y)
+    assert be.stats()["trace"][-1]["decision"] == "forecast"   # the no-grad generation went on
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_sequences_compiled_equal_the_reference(data):
+    """Random generations (random decreasing timesteps, CFG streams, batch 1/2, batch changes,
+    repeated generations) through one compiled model: every call equals the hook reference."""
+    model = _SHARED.setdefault("model", make_plain_dit())
+    policy = FixedPolicy(interval=data.draw(st.integers(2, 3)), order=1,
+                         form=data.draw(st.sampled_from(["newton", "taylor"])))
+    if "cm" not in _SHARED:
+        torch._dynamo.reset()
+        _SHARED["be"], _SHARED["cm"] = _compiled(model, FixedPolicy(interval=1))
+    be, cm = _SHARED["be"], _SHARED["cm"]
+    be.runtime.policy = policy                   # same compiled graphs, a new policy
+    be.reset()
+    ref = HookReference(model, policy)
+    calls = []
+    for gi in range(data.draw(st.integers(1, 3))):
+        n = data.draw(st.integers(2, 5))
+        ts = sorted(data.draw(st.sets(st.integers(0, 999), min_size=n, max_size=n)), reverse=True)
+        batch = data.draw(st.integers(1, 2))
+        change = data.draw(st.integers(1, n))
+        streams = data.draw(st.integers(1, 2))
+        for i, t in enumerate(ts):
+            b = batch if i < change else 3 - batch
+            x, y = plain_dit_inputs(batch=b, seed=gi * 10 + b)
+            for s in range(streams):
+                calls.append((x, float(t), y if s == 0 else torch.full_like(y, 10)))
+    try:
+        with torch.no_grad():
+            for i, (x, t, y) in enumerate(calls):
+                ts_ = torch.full((x.shape[0],), t)
+                torch.testing.assert_close(cm(x, ts_, y), ref(x, ts_, y), rtol=1e-5, atol=1e-6,
+                                           msg=f"call {i}")
+    finally:
+        ref.close()
+    impl = [(t["step"], t["stream"], t["decision"]) for t in be.stats()["trace"]]
+    assert impl == [(s, k, "forecast" if "forecast" in w else "compute") for _, s, k, w in ref.log]
+
+
+_SHARED: dict = {}
