@@ -35,6 +35,7 @@ device).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import time
@@ -68,13 +69,53 @@ class _Session:
     calls: dict = field(default_factory=dict)  # graph id -> calls counted
 
 
-@dataclass
 class _RegionState:
-    forecaster: Forecaster
-    generation: int = -1
-    kind: tuple = ()          # per output: ("f", k) forecast slot k | ("c", value) constant
-    container: type = tuple
-    residual_meta: dict = field(default_factory=dict)  # output index -> (shape, stride, dtype)
+    """One region's outputs in one stream: a Forecaster for the floating tensors, the rest kept as
+    constants. Residual outputs are stored as (output - input) in float32 and get the current input
+    added back, into a tensor with the computed output's shape, strides and dtype."""
+
+    def __init__(self, forecaster: Forecaster):
+        self.forecaster = forecaster
+        self.generation = -1
+        self.kind: tuple = ()        # per output: ("f", k) forecast slot k | ("c", value) constant
+        self.container = None        # tuple/list type of the outputs, None for a single tensor
+        self.residual: dict = {}     # output index -> (input index, shape, stride, dtype)
+
+    def absorb(self, out, args, residual: dict, x: float, derivatives: bool) -> None:
+        kind, tensors, res = [], [], {}
+        for i, o in enumerate(out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(o, torch.Tensor) and o.is_floating_point():
+                j = residual.get(i)
+                if j is not None and isinstance(args[j], torch.Tensor) and args[j].shape == o.shape:
+                    res[i] = (j, o.shape, _strides(o), o.dtype)
+                    o = o.float() - args[j].float()
+                kind.append(("f", len(tensors)))
+                tensors.append(o)
+            else:
+                kind.append(("c", o.clone() if isinstance(o, torch.Tensor) else o))
+        f = self.forecaster
+        if tensors:
+            tensors = tuple(tensors)
+            if f.num_points and not f.matches(tensors):
+                f.reset()
+            if derivatives and f.form == "newton" and x in f.nodes:
+                derivatives = False          # a repeated coordinate: restart the factors from here
+            f.update(x, tensors, derivatives=derivatives)
+        self.kind, self.residual = tuple(kind), res
+        self.container = type(out) if isinstance(out, (tuple, list)) else None
+
+    def forecast(self, x: float, args):
+        fc = self.forecaster.forecast(x) if any(k == "f" for k, _ in self.kind) else ()
+        fc = (fc,) if isinstance(fc, torch.Tensor) else fc
+        outs = []
+        for i, (k, v) in enumerate(self.kind):
+            if k == "f" and i in self.residual:
+                j, shape, stride, dtype = self.residual[i]
+                r = torch.empty_strided(shape, stride, dtype=dtype, device=fc[v].device)
+                outs.append(torch.add(fc[v], args[j], out=r))
+            else:
+                outs.append(fc[v] if k == "f" else v)
+        return outs[0] if self.container is None else self.container(outs)
 
 
 @dataclass
@@ -93,6 +134,8 @@ class _Call:
 
 class Runtime:
     """Shared state of one backend object: policy, options, stats, generations, session."""
+
+    max_trace = 100_000   # trace entries kept (the oldest are dropped)
 
     def __init__(self, policy, *, num_steps: int | None = None, per_region: bool | None = None,
                  factor_dtype: torch.dtype = torch.float32):
@@ -173,7 +216,7 @@ class Runtime:
         self._uncached = 0
         self._gens: set = set()
         self._regions: dict = {}
-        self._trace: list = []
+        self._trace = collections.deque(maxlen=self.max_trace)
 
     def _start_schedules(self, n_regions: int) -> list:
         n = self.num_steps
@@ -230,8 +273,9 @@ class GraphRuntime:
         self.stream = 0
         self.sig = None
         self.schedules: list = []
-        self.step_decision: list = []
+        self.step_decision: list | None = None
         self.step_derivatives = True
+        self.step_estimate = None
 
     # ------------------------------------------------------------ call
     def __call__(self, body: Callable, args: Sequence) -> Any:
@@ -344,32 +388,22 @@ class GraphRuntime:
 
     def _plan(self) -> _Call:
         step, x = self.step, self._forecaster_x(self.step, self.coord)
-        est_value = None
-        if self.step_decision is None:
-            if len(self.schedules) == 1:
-                holder = {}
+        if self.step_decision is None:          # first call of the step: decide for all streams
+            cache: dict = {}
+            per = len(self.schedules) > 1
 
-                def estimate():
-                    holder["v"] = self._estimates(x)[0]
-                    return holder["v"]
-                c = self.schedules[0].decide(step, estimate)
-                self.step_decision = [c] * len(self.regions)
-                est_value = holder.get("v")
+            def estimate(i=0):
+                if "v" not in cache:
+                    cache["v"] = self._estimates(x, per_region=per)
+                return cache["v"][i]
+            if per:
+                self.step_decision = [s.decide(step, lambda i=i: estimate(i)) for i, s in enumerate(self.schedules)]
             else:
-                cache = {}
-
-                def est_for(i):
-                    def f():
-                        if "v" not in cache:
-                            cache["v"] = self._estimates(x, per_region=True)
-                        return cache["v"][i]
-                    return f
-                self.step_decision = [s.decide(step, est_for(i)) for i, s in enumerate(self.schedules)]
-                est_value = max(cache["v"]) if cache.get("v") else None
+                self.step_decision = [self.schedules[0].decide(step, estimate)] * len(self.regions)
             self.step_derivatives = self.schedules[0].derivatives(step)
-            self.step_estimate = est_value
+            self.step_estimate = max(cache["v"]) if cache.get("v") else None
         return _Call(self.generation, step, self.stream, self.coord, x, self.step_decision,
-                     self.step_derivatives, getattr(self, "step_estimate", None))
+                     self.step_derivatives, self.step_estimate)
 
     def _estimates(self, x: float, per_region: bool = False) -> list:
         """Estimated relative error of forecasting each region (stream 0) at ``x``; one host read.
@@ -406,77 +440,22 @@ class GraphRuntime:
             p = self.rt.policy
             st = _RegionState(Forecaster(p.order, p.form, self.rt.factor_dtype))
             self.states[(index, stream)] = st
-        if st.generation != self.generation:
+        if st.generation != self.generation:   # never forecast from another generation's points
             st.forecaster.reset()
             st.kind = ()
             st.generation = self.generation
         return st
 
     def run_region(self, index: int, compiled: Callable, args: Sequence) -> Any:
-        """Compute region ``index`` (``compiled(*args)``) or forecast it for the current call."""
+        """Compute region ``index`` (``compiled(*args)``) or forecast it, for the current call."""
         call = self.current
         if call is None:
             return _call(compiled, args)
-        name = self.names[index]
         st = self._state(index, call.stream)
-        if not call.compute[index]:
-            if st.kind:
-                out = self._forecast(st, index, call.x, args)
-                call.regions[name] = "forecast"
-                return out
-            what = "fallback"
-        else:
-            what = "compute"
+        if not call.compute[index] and st.kind:
+            call.regions[self.names[index]] = "forecast"
+            return st.forecast(call.x, args)
         out = _call(compiled, args)
-        self._absorb(st, index, out, args, call)
-        call.regions[name] = what
+        st.absorb(out, args, self.regions[index].residual, call.x, call.derivatives)
+        call.regions[self.names[index]] = "compute" if call.compute[index] else "fallback"
         return out
-
-    def _absorb(self, st: _RegionState, index: int, out: Any, args: Sequence, call: _Call) -> None:
-        seq = list(out) if isinstance(out, (tuple, list)) else [out]
-        residual = self.regions[index].residual
-        kind, tensors, rmeta = [], [], {}
-        for i, o in enumerate(seq):
-            if isinstance(o, torch.Tensor) and o.is_floating_point():
-                if i in residual and isinstance(args[residual[i]], torch.Tensor) \
-                        and args[residual[i]].shape == o.shape:
-                    rmeta[i] = (o.shape, _strides(o), o.dtype)
-                    o = o.float() - args[residual[i]].float()
-                kind.append(("f", len(tensors)))
-                tensors.append(o)
-            else:
-                kind.append(("c", o.clone() if isinstance(o, torch.Tensor) else o))
-        f = st.forecaster
-        if tensors:
-            tensors = tuple(tensors)
-            if f.num_points and not f.matches(tensors):
-                f.reset()
-            derivs = call.derivatives
-            if derivs and f.form == "newton" and call.x in f.nodes:
-                derivs = False                      # repeated coordinate: restart from this point
-            f.update(call.x, tensors, derivatives=derivs)
-        st.kind = tuple(kind)
-        st.container = type(out) if isinstance(out, (tuple, list)) else None
-        st.residual_meta = rmeta
-
-    def _forecast(self, st: _RegionState, index: int, x: float, args: Sequence) -> Any:
-        fc = None
-        if any(k[0] == "f" for k in st.kind):
-            fc = st.forecaster.forecast(x)
-            fc = (fc,) if isinstance(fc, torch.Tensor) else fc
-        residual = self.regions[index].residual
-        outs = []
-        for i, (k, v) in enumerate(st.kind):
-            if k == "c":
-                outs.append(v)
-                continue
-            o = fc[v]
-            if i in st.residual_meta:
-                shape, stride, dtype = st.residual_meta[i]
-                r = torch.empty_strided(shape, stride, dtype=dtype, device=o.device)
-                torch.add(o, args[residual[i]], out=r)
-                o = r
-            outs.append(o)
-        if st.container is None:
-            return outs[0]
-        return st.container(outs)
