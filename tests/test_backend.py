@@ -99,6 +99,49 @@ def test_fixed_policy_equals_reference(kind, pname):
     assert any(not torch.equal(a, b) for a, b in zip(got, plain))  # forecasts really happened
 
 
+def test_aot_eager_inner_equals_reference():
+    policy = POLICIES["newton2"]
+    model = make_plain_dit()
+    x, y = plain_dit_inputs()
+    ts = _timesteps(7)
+    be = taylorseer_backend(policy, regions="modules", inner="aot_eager")
+    got = _run(torch.compile(model, backend=be), x, y, ts)
+    ref = HookReference(model, policy, kind="modules")
+    try:
+        want = [ref(x, torch.full((2,), t), y) for t in ts]
+    finally:
+        ref.close()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert be.stats()["forecast"] == 3                      # steps 3, 4, 6
+
+
+@pytest.mark.parametrize("regions", ["stack", "stack-residual", "modules"])
+def test_forecasts_keep_the_computed_strides(monkeypatch, regions):
+    from taylorseer_fx.runtime import GraphRuntime
+    model = make_plain_dit(transposed_out=True)
+    x, y = plain_dit_inputs()
+    seen = {}
+    orig = GraphRuntime.run_region
+
+    def spy(self, index, compiled, args):
+        out = orig(self, index, compiled, args)
+        what = self.current.regions.get(self.names[index])
+        seen.setdefault(index, []).append((what, [(o.shape, o.stride(), o.dtype) for o in out]))
+        return out
+
+    monkeypatch.setattr(GraphRuntime, "run_region", spy)
+    be = taylorseer_backend(FixedPolicy(interval=2, order=1), regions=regions, inner="eager")
+    _run(torch.compile(model, backend=be), x, y, _timesteps(5))
+    for index, calls in seen.items():
+        metas = {tuple(m) for _, m in calls}
+        assert len(metas) == 1, (index, calls)
+        assert {w for w, _ in calls} == {"compute", "forecast"}
+    if regions != "modules":
+        ((shape, stride, _),) = next(iter(metas))
+        assert stride != torch.empty(shape).stride()       # the stack output is not contiguous
+
+
 def test_stack_residual_adds_current_input():
     """stack-residual forecasts (out - in) and adds the current input: with a latent that changes
     between steps the result differs from plain stack forecasting but is exact at compute steps."""
