@@ -106,7 +106,7 @@ class TaylorSeerBackend:
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise ValueError(f"taylorseer_backend: unknown option {unknown[0]!r}; known: {_OPTIONS}")
-        self.policy = _resolve_policy(policy)
+        policy = _resolve_policy(policy)
         _check_regions(regions)
         self.regions = regions
         self.inner_name = inner if isinstance(inner, str) else getattr(inner, "__name__", repr(inner))
@@ -123,8 +123,18 @@ class TaylorSeerBackend:
         per_region = options.get("per_region")
         if per_region is not None and not isinstance(per_region, bool):
             raise ValueError(f"per_region must be a bool, got {per_region!r}")
-        self.runtime = Runtime(self.policy, num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype)
+        self.runtime = Runtime(policy, num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype)
         self.graphs: list[dict] = []   # per compiled graph: what was done (debugging, tests)
+
+    @property
+    def policy(self) -> Policy:
+        return self.runtime.policy
+
+    @policy.setter
+    def policy(self, policy) -> None:
+        """Swap the policy (a Policy, preset name or TOML path) without recompiling; forgets the cached
+        state (not the stats)."""
+        self.runtime.policy = _resolve_policy(policy)
 
     def __repr__(self) -> str:
         return f"taylorseer_backend(policy={self.policy!r}, regions={self.regions!r}, inner={self.inner_name!r})"

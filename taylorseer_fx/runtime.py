@@ -61,6 +61,16 @@ def _strides(t: torch.Tensor) -> tuple:
     return t.stride()
 
 
+def _never_forecasts(policy) -> bool:
+    """True for policies that compute every step (FixedPolicy(interval=1), an all-True mask)."""
+    from .policy import FixedPolicy, MaskPolicy
+    if type(policy) is FixedPolicy:
+        return policy.interval == 1
+    if type(policy) is MaskPolicy:
+        return all(policy.mask)
+    return False
+
+
 @dataclass
 class _Session:
     timesteps: list | None
@@ -139,7 +149,7 @@ class Runtime:
 
     def __init__(self, policy, *, num_steps: int | None = None, per_region: bool | None = None,
                  factor_dtype: torch.dtype = torch.float32):
-        self.policy = policy
+        self.policy = policy            # property: also sets self.never
         self.num_steps = num_steps
         self.per_region = bool(getattr(policy, "per_region", False) if per_region is None else per_region)
         self.factor_dtype = factor_dtype
@@ -148,6 +158,21 @@ class Runtime:
         self._last = None           # (generation, step, coordinate) of the last cached call, any graph
         self._session: _Session | None = None
         self._clear_stats()
+
+    @property
+    def policy(self):
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy) -> None:
+        """Swap the policy: forgets all cached state (not the stats); the next call starts a generation."""
+        self._policy = policy
+        self.never = _never_forecasts(policy)   # skip factor updates: nothing will be forecast
+        for g in getattr(self, "graphs", ()):
+            g.tracker_reset()
+            g.states.clear()
+        if hasattr(self, "generation"):
+            self.new_generation()
 
     # ------------------------------------------------------------ api
     def new_graph(self, regions: Sequence, timestep_index: int | None, dynamic_indices: Sequence[int],
@@ -456,6 +481,7 @@ class GraphRuntime:
             call.regions[self.names[index]] = "forecast"
             return st.forecast(call.x, args)
         out = _call(compiled, args)
-        st.absorb(out, args, self.regions[index].residual, call.x, call.derivatives)
+        if not self.rt.never:
+            st.absorb(out, args, self.regions[index].residual, call.x, call.derivatives)
         call.regions[self.names[index]] = "compute" if call.compute[index] else "fallback"
         return out

@@ -364,3 +364,17 @@ def test_inductor_never_forecast_allclose_and_forecast_strides(monkeypatch):
     be = taylorseer_backend("never", regions="modules", inner="inductor")
     for a, b in zip(_run(torch.compile(model, backend=be), x, y, ts[:3]), want[:3]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_never_policy_stores_nothing_and_policy_can_be_swapped_without_recompiling():
+    model = make_plain_dit()
+    x, y = plain_dit_inputs()
+    be = taylorseer_backend("never", inner="eager")
+    cm = torch.compile(model, backend=be)
+    _run(cm, x, y, _timesteps(4))
+    assert be.runtime.never and not be.runtime.graphs[0].states     # no factor updates at all
+    be.policy = FixedPolicy(interval=2, order=1)
+    assert not be.runtime.never
+    _run(cm, x, y, _timesteps(4))
+    assert len(be.graphs) == 1
+    assert [t["decision"] for t in be.stats()["trace"][4:]] == ["compute", "compute", "forecast", "compute"]

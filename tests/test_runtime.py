@@ -439,7 +439,7 @@ def test_random_sequences_compiled_equal_the_reference(data):
         torch._dynamo.reset()
         _SHARED["be"], _SHARED["cm"] = _compiled(model, FixedPolicy(interval=1))
     be, cm = _SHARED["be"], _SHARED["cm"]
-    be.runtime.policy = policy                   # same compiled graphs, a new policy
+    be.policy = policy                           # same compiled graphs, a new policy
     be.reset()
     ref = HookReference(model, policy)
     calls = []
