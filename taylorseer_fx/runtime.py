@@ -476,12 +476,14 @@ class GraphRuntime:
         call = self.current
         if call is None:
             return _call(compiled, args)
+        if self.rt.never:                        # nothing will ever be forecast: store nothing
+            call.regions[self.names[index]] = "compute"
+            return _call(compiled, args)
         st = self._state(index, call.stream)
         if not call.compute[index] and st.kind:
             call.regions[self.names[index]] = "forecast"
             return st.forecast(call.x, args)
         out = _call(compiled, args)
-        if not self.rt.never:
-            st.absorb(out, args, self.regions[index].residual, call.x, call.derivatives)
+        st.absorb(out, args, self.regions[index].residual, call.x, call.derivatives)
         call.regions[self.names[index]] = "compute" if call.compute[index] else "fallback"
         return out
