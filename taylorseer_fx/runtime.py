@@ -149,14 +149,14 @@ class Runtime:
 
     def __init__(self, policy, *, num_steps: int | None = None, per_region: bool | None = None,
                  factor_dtype: torch.dtype = torch.float32):
-        self.policy = policy            # property: also sets self.never
-        self.num_steps = num_steps
-        self.per_region = bool(getattr(policy, "per_region", False) if per_region is None else per_region)
-        self.factor_dtype = factor_dtype
         self.graphs: list[GraphRuntime] = []
         self.generation = 0
         self._last = None           # (generation, step, coordinate) of the last cached call, any graph
         self._session: _Session | None = None
+        self._per_region = per_region
+        self.policy = policy            # property: also sets never / per_region
+        self.num_steps = num_steps
+        self.factor_dtype = factor_dtype
         self._clear_stats()
 
     @property
@@ -168,11 +168,9 @@ class Runtime:
         """Swap the policy: forgets all cached state (not the stats); the next call starts a generation."""
         self._policy = policy
         self.never = _never_forecasts(policy)   # skip factor updates: nothing will be forecast
-        for g in getattr(self, "graphs", ()):
-            g.tracker_reset()
-            g.states.clear()
-        if hasattr(self, "generation"):
-            self.new_generation()
+        pr = self._per_region
+        self.per_region = bool(getattr(policy, "per_region", False) if pr is None else pr)
+        self._forget()
 
     # ------------------------------------------------------------ api
     def new_graph(self, regions: Sequence, timestep_index: int | None, dynamic_indices: Sequence[int],
@@ -187,12 +185,15 @@ class Runtime:
 
     def reset(self) -> None:
         """Forget all cached state (every forecaster, step counter, schedule) and the stats."""
+        self._forget()
+        self._clear_stats()
+
+    def _forget(self) -> None:
         self.new_generation()
         for g in self.graphs:
             g.tracker_reset()
             g.states.clear()
         self._last = None
-        self._clear_stats()
 
     @contextlib.contextmanager
     def session(self, timesteps=None, num_steps: int | None = None, streams: int = 1):
