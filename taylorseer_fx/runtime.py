@@ -226,7 +226,8 @@ class Runtime:
         at least one region was forecast; ``"steps"``, ``"calls"``, ``"uncached_calls"``,
         ``"generations"``; ``"regions"``: ``{name: {"compute": n, "forecast": n}}`` over all calls;
         ``"trace"``: one dict per call (graph, generation, step, stream, coordinate, decision,
-        estimate, regions: {name: "compute" | "forecast" | "fallback"}, wall_s)."""
+        estimate (the max over regions read by an adaptive policy at the step's first call; None when
+        not read or not finite), regions: {name: "compute" | "forecast" | "fallback"}, wall_s)."""
         return {
             "compute": self._steps["compute"], "forecast": self._steps["forecast"],
             "steps": self._steps["compute"] + self._steps["forecast"],
@@ -427,7 +428,8 @@ class GraphRuntime:
             else:
                 self.step_decision = [self.schedules[0].decide(step, estimate)] * len(self.regions)
             self.step_derivatives = self.schedules[0].derivatives(step)
-            self.step_estimate = max(cache["v"]) if cache.get("v") else None
+            est = max(cache["v"]) if cache.get("v") else None
+            self.step_estimate = est if est is not None and math.isfinite(est) else None
         return _Call(self.generation, step, self.stream, self.coord, x, self.step_decision,
                      self.step_derivatives, self.step_estimate)
 
