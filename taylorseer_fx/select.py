@@ -149,14 +149,15 @@ def _block_of(paths) -> tuple[str, int, int] | None:
     """(list path, index, depth in stack) of the shallowest ``<list>.<int>`` path prefix, else None.
 
     A prefix equal to an entry's whole path counts only when that module is not a ``torch.nn``
-    builtin (``Sequential`` children like ``mlp.0`` are not blocks); a proper prefix is a module with
+    builtin (``Sequential`` children like ``mlp.0`` are not blocks) or the list is named ``*blocks`` /
+    ``*layers`` (a ModuleList of Linear layers named ``layers`` is a stack); a proper prefix is a module with
     children, so it counts (block 0's embedder called from the model's forward belongs to block 0)."""
     for depth, (p, cls) in enumerate(paths):
         comps = p.split(".")
         for k in range(1, len(comps)):
             if not comps[k].isdigit():
                 continue
-            if k == len(comps) - 1 and _is_builtin_leaf(cls):
+            if k == len(comps) - 1 and _is_builtin_leaf(cls) and not BLOCK_LIST_NAME.match(comps[k - 1]):
                 break
             return ".".join(comps[:k]), int(comps[k]), depth
     return None

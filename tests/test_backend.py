@@ -378,3 +378,33 @@ def test_never_policy_stores_nothing_and_policy_can_be_swapped_without_recompili
     _run(cm, x, y, _timesteps(4))
     assert len(be.graphs) == 1
     assert [t["decision"] for t in be.stats()["trace"][4:]] == ["compute", "compute", "forecast", "compute"]
+
+
+def test_graph_break_gives_two_transformed_graphs_in_one_generation():
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(4)])
+
+        def step(self, x, i, timestep):
+            return x + torch.tanh(self.blocks[i](x)) * timestep[:, None] / 1000
+
+        def forward(self, x, timestep):
+            x = self.step(self.step(x, 0, timestep), 1, timestep)
+            torch._dynamo.graph_break()
+            return self.step(self.step(x, 2, timestep), 3, timestep)
+
+    model = Broken().eval()
+    x = torch.randn(2, 8)
+    be = taylorseer_backend(FixedPolicy(interval=2, order=1), inner="eager")
+    cm = torch.compile(model, backend=be)
+    ts = _timesteps(5)
+    with torch.no_grad():
+        for t in ts:
+            cm(x, torch.full((2,), t))
+    assert len(be.graphs) == 2 and all(g["regions"] == ["stack"] for g in be.graphs)
+    tr = be.stats()["trace"]
+    assert len({t["generation"] for t in tr}) == 1                  # siblings share the generation
+    assert [(t["graph"], t["step"], t["decision"]) for t in tr] == [
+        (g, s, d) for s, d in enumerate(["compute", "compute", "forecast", "compute", "forecast"]) for g in (0, 1)]
