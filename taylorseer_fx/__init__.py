@@ -14,11 +14,7 @@ __version__ = "0.1.0"
 from .forecast import Forecaster
 from .policy import AutoPolicy, FixedPolicy, MaskPolicy, load_policy
 from .decorator import taylor_seer
-
-try:  # the backend arrives with the compiler pass; the engine works without it
-    from .backend import taylorseer_backend
-except ImportError:  # pragma: no cover
-    pass
+from .backend import taylorseer_backend
 
 __all__ = [
     "AutoPolicy",
