@@ -22,9 +22,10 @@ import numbers
 
 import torch
 
-__all__ = ["FORMS", "Forecaster"]
+__all__ = ["FORMS", "ESTIMATORS", "Forecaster"]
 
 FORMS = ("newton", "taylor")
+ESTIMATORS = ("remainder", "pair")
 
 _EPS = 1e-30  # added to ||D_0|| so an all-zero output gives r = 0 instead of nan
 
@@ -113,6 +114,7 @@ class Forecaster:
         self.num_points = 0
         self.nodes: list[float] = []
         self._r: torch.Tensor | None = None
+        self._top: torch.Tensor | None = None
 
     def matches(self, outputs) -> bool:
         """True if ``outputs`` has the structure, shapes, dtypes and devices of the stored points
@@ -172,10 +174,11 @@ class Forecaster:
         self._meta, self._single = meta, single
         self._strides = [_out_strides(x.shape, x.stride()) for x in tensors]
 
-        num_sq = den_sq = None
+        top = min(old, self.order)  # degree of the stored polynomial after this update
+        num_sq = den_sq = top_sq = None
         for x, factors, (a, b) in zip(tensors, self._factors, self._scratch):
             a.copy_(x)  # a = D'_{j-1} in the compute dtype
-            if extra:
+            if extra or top:
                 den = torch.linalg.vector_norm(a).square()
                 den_sq = den if den_sq is None else den_sq + den
             for j, c in enumerate(coeffs, start=1):
@@ -188,7 +191,11 @@ class Forecaster:
                 num_sq = num if num_sq is None else num_sq + num
             else:
                 factors[old].copy_(a)
+            if top:  # the highest stored factor: the embedded pair's difference
+                t_sq = torch.linalg.vector_norm(factors[top], dtype=self._compute_dtype).square()
+                top_sq = t_sq if top_sq is None else top_sq + t_sq
         self._r = (num_sq.sqrt() / (den_sq.sqrt() + _EPS)).to(torch.float32) if extra else None
+        self._top = (top_sq.sqrt() / (den_sq.sqrt() + _EPS)).to(torch.float32) if top else None
         self.nodes = [t] + self.nodes[: min(old, self.order)]
         self.num_points = self.num_points + 1 if derivatives else 1
 
@@ -232,19 +239,43 @@ class Forecaster:
         None while fewer than ``order + 2`` points (with derivatives) have been absorbed."""
         return self._r
 
-    def error_estimate(self, t: float) -> torch.Tensor | None:
-        """Estimated relative error of ``forecast(t)`` (0-dim float32 tensor, no sync; None with no r):
-        newton ``r * prod_{i=0..order} |t - n_i|``, taylor ``r * |x|^(order+1) / (order+1)!`` with
-        ``x = t - last node``."""
-        self._check_ready("error_estimate")
-        if self._r is None:
-            return None
-        t = _coord(t)
+    def top_ratio(self) -> torch.Tensor | None:
+        """``||D_k|| / ||D_0||`` for the highest stored factor ``k = len(nodes) - 1`` (0-dim float32
+        tensor on the device); None while only one point is stored."""
+        return self._top
+
+    def _scale(self, t: float, k: int) -> float:
+        """The coordinate factor of the degree-``k`` term at ``t``: newton ``prod_{i<k} |t - n_i|``,
+        taylor ``|x|^k / k!``."""
         if self.form == "newton":
-            scale = math.prod(abs(t - n) for n in self.nodes)
+            return math.prod(abs(t - n) for n in self.nodes[:k])
+        return abs(t - self.nodes[0]) ** k / math.factorial(k)
+
+    def error_estimate(self, t: float, method: str = "remainder") -> torch.Tensor | None:
+        """Estimated relative error ``||forecast(t) - y(t)|| / ||y(t_newest)||`` (0-dim float32 tensor on
+        the device, no sync; None when the method has nothing to go on).
+
+        ``method="remainder"``: the next term of the series, from the unstored ``(order+1)``-th factor
+        of the last update: newton ``r * prod_{i=0..order} |t - n_i|``, taylor
+        ``r * |x|^(order+1) / (order+1)!`` with ``x = t - last node``; None before ``order + 2`` points.
+
+        ``method="pair"`` (embedded pair, as adaptive ODE solvers do): the difference between the
+        forecast of the stored degree ``k`` and that of degree ``k - 1`` -- exactly the last term,
+        ``||D_k|| / ||D_0|| * prod_{i<k} |t - n_i|`` (newton) or ``||F_k|| / ||F_0|| * |x|^k / k!``
+        (taylor). It estimates the error of the lower-order forecast, so it is an upper-side estimate
+        for the forecast actually returned; it needs only ``k + 1 >= 2`` points and reacts one compute
+        earlier than the remainder. None while one point is stored.
+        """
+        self._check_ready("error_estimate")
+        if method == "remainder":
+            r, k = self._r, self.order + 1
+        elif method == "pair":
+            r, k = self._top, len(self.nodes) - 1
         else:
-            scale = abs(t - self.nodes[0]) ** (self.order + 1) / math.factorial(self.order + 1)
-        return self._r * scale
+            raise ValueError(f"method must be one of {ESTIMATORS}, got {method!r}")
+        if r is None:
+            return None
+        return r * self._scale(_coord(t), k)
 
     def __repr__(self) -> str:
         return (f"Forecaster(order={self.order}, form={self.form!r}, factor_dtype={self.factor_dtype}, "

@@ -454,7 +454,7 @@ class GraphRuntime:
         dev = tensors[0].device if tensors else (self.device or torch.device("cpu"))
         t = torch.stack([v.to(dev, torch.float32).reshape(()) if isinstance(v, torch.Tensor)
                          else torch.tensor(float(v), dtype=torch.float32, device=dev) for v in vals])
-        t = torch.nan_to_num(t, nan=math.inf)
+        t = torch.nan_to_num(t, nan=math.inf, posinf=math.inf)
         if not per_region:
             t = t.max().reshape(1)
         if dist:
