@@ -184,3 +184,17 @@ def test_smoke_quality_20_samples_20_steps(model, classifier):
     with torch.no_grad():
         acc = (classifier(x).argmax(1) == labels).float().mean().item()
     assert acc >= 0.85, acc
+
+
+def test_weights_metadata_and_byte_reproducible_save(tmp_path):
+    from taylorseer_fx.demo.sampling import save_weights, weights_info
+
+    info = weights_info(weights_path(MODEL_FILE))
+    assert info["config"]["depth"] >= 1 and "final_loss" in info
+    m = DigitDiT(DiTConfig(hidden_size=32, depth=1, num_heads=2))
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_weights(m, a, m.config.to_dict(), steps="1", final_loss="0.5")
+    save_weights(m, b, m.config.to_dict(), final_loss="0.5", steps="1")
+    assert a.read_bytes() == b.read_bytes()
+    m2 = load_model(path=a)
+    assert all(torch.equal(p, q) for p, q in zip(m.state_dict().values(), m2.state_dict().values()))

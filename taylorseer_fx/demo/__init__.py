@@ -7,7 +7,7 @@
 
 from .data import RESOLUTION, load_digits, split_indices
 from .model import DigitClassifier, DigitDiT, DiTConfig
-from .sampling import CLASSIFIER_FILE, MODEL_FILE, load_classifier, load_model, sample, sigmas, weights_path
+from .sampling import CLASSIFIER_FILE, MODEL_FILE, load_classifier, load_model, sample, sigmas, weights_info, weights_path
 
 __all__ = [
     "RESOLUTION",
@@ -21,6 +21,7 @@ __all__ = [
     "sample",
     "sigmas",
     "weights_path",
+    "weights_info",
     "MODEL_FILE",
     "CLASSIFIER_FILE",
 ]

@@ -26,10 +26,12 @@ __all__ = [
     "MODEL_FILE",
     "CLASSIFIER_FILE",
     "weights_path",
+    "weights_info",
 ]
 
 MODEL_FILE = "dit_digits.safetensors"
 CLASSIFIER_FILE = "digit_classifier.safetensors"
+_META_KEY = "taylorseer_fx"
 
 
 def sigmas(num_steps: int, shift: float = 1.0) -> Tensor:
@@ -138,13 +140,16 @@ def weights_path(name: str) -> Path:
 
 
 def save_weights(module: nn.Module, path: str | Path, config: dict, **metadata: str) -> None:
-    """Save a state dict as safetensors with its constructor config in the metadata."""
+    """Save a state dict as safetensors with its constructor config in the metadata.
+
+    Everything goes into ONE metadata entry (``"taylorseer_fx"``, sorted JSON): safetensors writes
+    several entries in a random order, which would make retrained files differ byte-wise.
+    """
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    meta = {"config": json.dumps(config, sort_keys=True)}
-    meta.update({k: str(v) for k, v in metadata.items()})
-    save_file(state, str(path), metadata=meta)
+    info = {"config": config, **{k: str(v) for k, v in metadata.items()}}
+    save_file(state, str(path), metadata={_META_KEY: json.dumps(info, sort_keys=True)})
 
 
 def _load(path: Path) -> tuple[dict, dict]:
@@ -159,7 +164,18 @@ def _load(path: Path) -> tuple[dict, dict]:
         meta = f.metadata() or {}
         for k in f.keys():
             state[k] = f.get_tensor(k)
+    if _META_KEY in meta:
+        return state, json.loads(meta[_META_KEY])["config"]
     return state, json.loads(meta.get("config", "{}"))
+
+
+def weights_info(path: str | Path) -> dict:
+    """The metadata saved with a weights file: ``config`` and training info (steps, final_loss, ...)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta[_META_KEY]) if _META_KEY in meta else dict(meta)
 
 
 def load_model(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
