@@ -264,13 +264,16 @@ class Forecaster:
         ``||D_k|| / ||D_0|| * prod_{i<k} |t - n_i|`` (newton) or ``||F_k|| / ||F_0|| * |x|^k / k!``
         (taylor). It estimates the error of the lower-order forecast, so it is an upper-side estimate
         for the forecast actually returned; it needs only ``k + 1 >= 2`` points and reacts one compute
-        earlier than the remainder. None while one point is stored.
+        earlier than the remainder. None while one point is stored. For ``order=0`` the only pair is
+        orders 1 and 0, which is the remainder.
         """
         self._check_ready("error_estimate")
         if method == "remainder":
             r, k = self._r, self.order + 1
         elif method == "pair":
             r, k = self._top, len(self.nodes) - 1
+            if self.order == 0:  # the only pair of an order-0 forecast is (1, 0): the remainder
+                r, k = self._r, 1
         else:
             raise ValueError(f"method must be one of {ESTIMATORS}, got {method!r}")
         if r is None:

@@ -14,8 +14,8 @@ count) and never forecasts more than ``max_forecast_run`` steps in a row.
   (:meth:`~FixedPolicy.official`, :meth:`~FixedPolicy.openvino`, :meth:`~FixedPolicy.diffusers`,
   :meth:`~FixedPolicy.seed`) take the anchors' own parameter names.
 - :class:`MaskPolicy` -- an explicit list of compute steps; steps beyond the mask are computed.
-- :class:`AutoPolicy` -- forecast while the estimated relative error (summed over the current forecast
-  run when ``accumulate``) stays <= ``threshold``.
+- :class:`AutoPolicy` -- forecast while the estimated relative error of the region output (embedded
+  pair by default; summed over the current forecast run when ``accumulate``) stays <= ``threshold``.
 
 Presets live in ``policies/*.toml`` (``kind = "fixed" | "official" | "openvino" | "diffusers" | "seed" |
 "mask" | "auto"`` plus the constructor's fields, and an optional ``description``) and load with
@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 __all__ = [
-    "FORMS", "COORDINATES", "Policy", "Schedule", "FixedPolicy", "MaskPolicy", "AutoPolicy",
+    "FORMS", "COORDINATES", "ESTIMATORS", "Policy", "Schedule", "FixedPolicy", "MaskPolicy", "AutoPolicy",
     "load_policy", "policy_from_dict", "available_policies",
 ]
 
 FORMS = ("newton", "taylor")
 COORDINATES = ("timestep", "step")
+ESTIMATORS = ("pair", "remainder")   # forecast.Forecaster.error_estimate(t, method=...)
 _COMMON = ("order", "form", "coordinate", "warmup", "cooldown", "max_forecast_run", "num_steps",
            "derivatives_from")
 _ANCHOR_OVERRIDES = ("form", "coordinate", "max_forecast_run", "num_steps")
@@ -359,8 +360,8 @@ class _AutoSchedule(Schedule):
         return self._rule(value)
 
     def _rule(self, value: float) -> bool:
-        """The decision: compute when the (accumulated) estimated error exceeds the threshold.
-        NaN (no estimate available) computes."""
+        """The decision: compute when the estimated error (summed over the forecast run with
+        ``accumulate``) exceeds the threshold. NaN (no estimate available) computes."""
         total = self.total + value if self.policy.accumulate else value
         if total <= self.policy.threshold:
             self.total = total
@@ -371,28 +372,47 @@ class _AutoSchedule(Schedule):
 
 @dataclass(frozen=True, kw_only=True, repr=False)
 class AutoPolicy(Policy):
-    """Adaptive: forecast while the estimated relative error of forecasting the step (max over regions;
-    summed over the current forecast run when ``accumulate``) stays <= ``threshold``, else compute.
+    """Adaptive: forecast a step while its estimated relative error stays <= ``threshold``, else compute.
 
-    Warm-up, cooldown and ``max_forecast_run`` force computes; after a compute at least
-    ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator, or an estimate of
-    None/NaN, computes. ``per_region``: the runtime keeps one schedule per region instead of one shared.
+    The estimate is the estimated relative error ``||forecast - output|| / ||output||`` of the region
+    output at this step (max over regions unless ``per_region``), formed from the stored factors
+    without a host sync (``Forecaster.error_estimate``):
+
+    * ``estimator="pair"`` (default): the embedded pair -- the difference between the forecast of the
+      stored order and that of one order less (the last term of the series). Measured best on the demo
+      model (``docs/auto.md``, ``benchmarks/quality.py``).
+    * ``estimator="remainder"``: the next term of the series, from the (order+1)-th difference of the
+      last order + 2 computes.
+
+    ``accumulate=False`` (default): ``threshold`` bounds the estimate of every forecast step, i.e. the
+    largest estimated relative error of a forecast region output. ``accumulate=True``: it bounds the
+    sum of the estimates over the current forecast run.
+
+    Warm-up (default ``max(order + 1, 3)``), cooldown and ``max_forecast_run`` force computes; after a
+    compute at least ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator,
+    or an estimate of None/NaN, computes. ``per_region``: the runtime keeps one schedule per region
+    instead of one shared.
     """
 
     threshold: float
-    order: int = 2
+    order: int = 1
     form: str = "taylor"
+    estimator: str = "pair"
     min_forecast_run: int = 0
-    accumulate: bool = True
+    accumulate: bool = False
     per_region: bool = False
 
     def _validate(self) -> None:
+        if self.warmup is None and isinstance(self.order, int) and not isinstance(self.order, bool):
+            self._set("warmup", max(self.order + 1, 3))   # the first steps change fastest: compute them
         super()._validate()
         n = type(self).__name__
         t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t) or t <= 0:
-            raise ValueError(f"{n}: threshold must be a number > 0, got {t!r}")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"{n}: threshold must be a finite number > 0, got {t!r}")
         self._set("threshold", float(t))
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"{n}: estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         _check_int(n, "min_forecast_run", self.min_forecast_run, 0)
         if self.max_forecast_run is not None and self.min_forecast_run > self.max_forecast_run:
             raise ValueError(f"{n}: min_forecast_run ({self.min_forecast_run}) must be <= "

@@ -22,7 +22,8 @@ Per model call (``GraphRuntime.__call__``):
 * **Decision.** Once per step, at its first call, for all regions (``policy.start(num_steps)
   .decide(step, estimate)``; one schedule per region with ``per_region``); the step's other streams
   reuse it. A region whose forecaster of this stream is empty computes anyway (fallback). The estimate
-  (adaptive policies) is the max over regions of ``Forecaster.error_estimate`` read with one host read,
+  (adaptive policies) is the max over regions of ``Forecaster.error_estimate(x, policy.estimator)``
+  read with one host read,
   all-reduced with MAX first under ``torch.distributed``.
 * **Forecaster coordinate.** ``taylor``: the step index; ``newton``: the timestep value when
   ``policy.coordinate == "timestep"``, else the step index. Derivative factors only when
@@ -437,6 +438,7 @@ class GraphRuntime:
         """Estimated relative error of forecasting each region (stream 0) at ``x``; one host read.
         Regions that cannot forecast, or have no estimate yet, give +inf (compute). Returns one value
         (the max) or one per region."""
+        method = getattr(self.rt.policy, "estimator", "remainder")
         vals = []
         for i in range(len(self.regions)):
             st = self.states.get((i, 0))
@@ -445,7 +447,7 @@ class GraphRuntime:
             elif not any(k[0] == "f" for k in st.kind):
                 vals.append(0.0)                      # constant outputs forecast exactly
             else:
-                e = st.forecaster.error_estimate(x)
+                e = st.forecaster.error_estimate(x, method)
                 vals.append(math.inf if e is None else e)
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         tensors = [v for v in vals if isinstance(v, torch.Tensor)]

@@ -368,7 +368,8 @@ def test_auto_monotone_in_threshold(base, t1, t2, accumulate, max_run, cooldown,
 
 def test_auto_defaults():
     p = AutoPolicy(threshold=0.02)
-    assert (p.order, p.warmup, p.form, p.accumulate, p.per_region) == (2, 3, "taylor", True, False)
+    assert (p.order, p.warmup, p.form, p.accumulate, p.per_region) == (1, 3, "taylor", False, False)
+    assert p.estimator == "pair" and AutoPolicy(threshold=0.02, order=3).warmup == 4
     assert p == AutoPolicy(threshold=0.02) and hash(p) == hash(AutoPolicy(threshold=0.02))
     assert "threshold=0.02" in repr(p)
 

@@ -255,7 +255,8 @@ def test_second_graph_sibling_and_recompile():
 
 
 def test_auto_policy_reads_one_estimate_per_step(monkeypatch):
-    policy = AutoPolicy(threshold=0.02, order=1, form="newton", warmup=3, accumulate=False)
+    policy = AutoPolicy(threshold=0.02, order=1, form="newton", warmup=3, accumulate=False,
+                        estimator="remainder")
     rt = Runtime(policy)
     g = rt.new_graph([RegionInfo(i, f"r{i}") for i in range(3)], 0, (0, 1))
     calls = []
@@ -293,7 +294,8 @@ def test_auto_policy_reads_one_estimate_per_step(monkeypatch):
 
 
 def test_per_region_decisions():
-    policy = AutoPolicy(threshold=1e-3, order=1, form="newton", warmup=2, accumulate=False, per_region=True)
+    policy = AutoPolicy(threshold=1e-3, order=1, form="newton", warmup=2, accumulate=False, per_region=True,
+                        estimator="remainder")
     rt = Runtime(policy)
     g = rt.new_graph([RegionInfo(0, "lin"), RegionInfo(1, "quad")], 0, (0, 1))
     fns = [lambda ts, x: (x * (1.0 + ts[:, None]),), lambda ts, x: (x * ts[:, None] ** 2,)]
