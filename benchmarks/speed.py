@@ -187,8 +187,8 @@ def main(argv=None) -> dict:
                    ["flux-tiny"] if args.quick else list(MODELS))
     regions_list = (args.regions.split(",") if args.regions else
                     ["stack"] if args.quick else ["stack", "modules"])
-    loop_reps = args.reps or (3 if args.quick else 11)
-    call_reps = 5 if args.quick else 11
+    loop_reps = args.reps or (3 if args.quick else 15)
+    call_reps = 5 if args.quick else 15
     calls = 10 if args.quick else 20
     steps_list = (28, 50)
     intervals = (1, 2, 3, 5)
