@@ -10,17 +10,7 @@ import torch
 
 from taylorseer_fx import FixedPolicy, taylorseer_backend
 
-pytestmark = pytest.mark.inductor
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_fresh_dynamo():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.inductor, pytest.mark.usefixtures("one_thread_fresh_dynamo")]
 
 
 def _run(model, inputs_at, timesteps, inner, regions, policy):

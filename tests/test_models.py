@@ -47,17 +47,9 @@ EXPECTED_MODULES = {
 # (family, kind) -> regex of the ValueError expected where a kind does not apply. None apply so far.
 NOT_APPLICABLE: dict = {}
 
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
+
 PARAMS = [pytest.param(f, k, id=f"{f}-{k}") for f in FAMILIES for k in KINDS]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_fresh_dynamo():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-    torch.set_num_threads(threads)
 
 
 _MODELS: dict = {}
