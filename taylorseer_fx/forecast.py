@@ -139,13 +139,18 @@ class Forecaster:
         ]
 
     # ----------------------------------------------------------------- update
-    def update(self, t: float, outputs, *, derivatives: bool = True) -> None:
+    def update(self, t: float, outputs, *, derivatives: bool = True, reference=None) -> None:
         """Absorb a full compute at coordinate ``t`` (newton: timestep/sigma/step; taylor: step index).
 
         ``derivatives=False`` keeps only the 0-th factor (official TaylorSeer's warm-up gating).
         Buffers are allocated at the first update (or after a reset with new shapes) and updated in
         place afterwards. Also forms the next difference (newton ``D_{order+1}``, taylor ``F_{order+1}``)
-        without storing it and keeps ``r = ||next|| / ||D_0||`` (0-dim float32 tensor on the device).
+        without storing it and keeps ``r = ||next|| / ||D_0||`` (0-dim float32 tensor on the device),
+        and ``||D_k|| / ||D_0||`` of the highest stored factor (the embedded pair, :meth:`top_ratio`).
+
+        ``reference``: tensors (any structure) whose norm replaces ``||D_0||`` in those ratios, so that
+        the estimates are relative to what the caller returns -- e.g. the whole region output when
+        ``outputs`` is its residual (output - input). Default: ``outputs`` themselves.
 
         Raises ValueError (naming ``t``) for a non-finite coordinate or one that repeats a stored node
         used in a difference, and (naming ``outputs``) for outputs that are not floating tensors or do
@@ -176,9 +181,13 @@ class Forecaster:
 
         top = min(old, self.order)  # degree of the stored polynomial after this update
         num_sq = den_sq = top_sq = None
+        if reference is not None and (extra or top):
+            for x in _flatten(reference, "reference")[0]:
+                den = torch.linalg.vector_norm(x, dtype=self._compute_dtype).square()
+                den_sq = den if den_sq is None else den_sq + den
         for x, factors, (a, b) in zip(tensors, self._factors, self._scratch):
             a.copy_(x)  # a = D'_{j-1} in the compute dtype
-            if extra or top:
+            if (extra or top) and reference is None:
                 den = torch.linalg.vector_norm(a).square()
                 den_sq = den if den_sq is None else den_sq + den
             for j, c in enumerate(coeffs, start=1):

@@ -452,7 +452,10 @@ def policy_from_dict(spec: Mapping[str, Any], source: str = "policy spec") -> Po
     if unknown:
         raise ValueError(f"{source}: unknown field {unknown[0]!r} for kind {kind!r}; "
                          f"allowed: {sorted(allowed)}")
-    return _KINDS[kind](**spec)
+    try:
+        return _KINDS[kind](**spec)
+    except TypeError as e:  # a required field is missing (AutoPolicy's threshold)
+        raise ValueError(f"{source}: {e}") from None
 
 
 def _preset_dirs() -> list[Path]:

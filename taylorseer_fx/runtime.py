@@ -83,7 +83,8 @@ class _Session:
 class _RegionState:
     """One region's outputs in one stream: a Forecaster for the floating tensors, the rest kept as
     constants. Residual outputs are stored as (output - input) in float32 and get the current input
-    added back, into a tensor with the computed output's shape, strides and dtype."""
+    added back, into a tensor with the computed output's shape, strides and dtype; their error
+    estimates stay relative to the whole region output."""
 
     def __init__(self, forecaster: Forecaster):
         self.forecaster = forecaster
@@ -93,9 +94,10 @@ class _RegionState:
         self.residual: dict = {}     # output index -> (input index, shape, stride, dtype)
 
     def absorb(self, out, args, residual: dict, x: float, derivatives: bool) -> None:
-        kind, tensors, res = [], [], {}
+        kind, tensors, res, whole = [], [], {}, []
         for i, o in enumerate(out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(o, torch.Tensor) and o.is_floating_point():
+                whole.append(o)
                 j = residual.get(i)
                 if j is not None and isinstance(args[j], torch.Tensor) and args[j].shape == o.shape:
                     res[i] = (j, o.shape, _strides(o), o.dtype)
@@ -111,7 +113,8 @@ class _RegionState:
                 f.reset()
             if derivatives and f.form == "newton" and x in f.nodes:
                 derivatives = False          # a repeated coordinate: restart the factors from here
-            f.update(x, tensors, derivatives=derivatives)
+            # estimates relative to the region output, also when its residual is what is stored
+            f.update(x, tensors, derivatives=derivatives, reference=tuple(whole) if res else None)
         self.kind, self.residual = tuple(kind), res
         self.container = type(out) if isinstance(out, (tuple, list)) else None
 
