@@ -1,0 +1,306 @@
+"""Quality of the TaylorSeer backend on the shipped digits DiT: final-sample error vs compute.
+
+For every configuration (steps x sigma shift x warm-up) this runs, on a fixed set of samples with fixed
+noise (CFG 2, batched), the uncached reference and:
+
+* **fixed schedules** -- ``FixedPolicy(interval=N, warmup=w)`` for orders 1-3, forms ``taylor`` (step
+  index) and ``newton`` (sigma), regions ``stack`` and ``modules``, at the intervals whose compute
+  fractions are nearest 0.22 / 0.26 / 0.30 / 0.38, plus interval 2 (~0.5) for the Pareto front.
+  (With uniform sigmas newton order 1 is taylor order 1 and is not run twice; newton order 3 needs a
+  warm-up of 4 and is compared at the compute count it has.)
+* **the auto policy** (``AutoPolicy(threshold=tau, warmup=w)`` with the shipped defaults, regions
+  ``stack``) with tau found by bisection so that it computes at most as many steps as each fixed level;
+* the **losing estimators** at the same levels (so the choice stays visible): ``pair`` summed over the
+  forecast run, ``remainder`` summed (order 1), and the first version (``remainder`` summed, taylor
+  order 2).
+
+The error is the relative L2 distance of the final samples to the uncached ones
+(:func:`taylorseer_fx.metrics.relative_l2`). An auto result at ``k`` computes is compared with the best
+fixed schedule (any order, form, region) at the smallest fixed compute count ``>= k``; the target is
+auto / best fixed <= 0.8 as a geometric mean over the levels, per configuration.
+
+    python benchmarks/quality.py            # full: 8 configurations, 16 samples (~20 min, 1 thread)
+    python benchmarks/quality.py --quick    # one configuration, 8 samples, no losers (~1 min)
+    python benchmarks/quality.py --configs 28:1:3,50:3:6 --samples 24
+
+Writes ``benchmarks/results/quality.json`` (``quality_quick.json`` with --quick).
+
+One compile per region kind (``inner="eager"``): the policy is swapped through ``backend.policy`` and
+every sample run is one ``backend.session(timesteps=sigmas)`` (a fresh generation, step count known).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, setup, table, write_json  # noqa: E402
+
+from taylorseer_fx import AutoPolicy, FixedPolicy, taylorseer_backend  # noqa: E402
+from taylorseer_fx.demo import load_model, sample, sigmas  # noqa: E402
+from taylorseer_fx.metrics import relative_l2  # noqa: E402
+
+TARGET = 0.8
+FRACTIONS = (0.22, 0.26, 0.30, 0.38)
+CFG = 2.0
+
+#: the auto policy measured (the shipped defaults) and the losing estimators kept for comparison
+AUTO_VARIANTS = {
+    "auto (pair, per step)": dict(),
+    "pair, summed over run": dict(accumulate=True),
+    "remainder, summed, order 1": dict(estimator="remainder", accumulate=True),
+    "remainder, summed, taylor 2 (v1)": dict(estimator="remainder", accumulate=True, order=2),
+}
+MAIN = "auto (pair, per step)"
+
+
+class Bench:
+    def __init__(self, samples: int, seed: int = 0):
+        self.model = load_model()
+        self.labels = torch.arange(samples) % 10
+        self.noise = torch.randn(samples, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
+        self.backends, self.compiled = {}, {}
+        self.refs = {}
+        self.runs = 0
+        self.model_s = 0.0
+
+    def _compiled(self, regions: str):
+        if regions not in self.compiled:
+            be = taylorseer_backend(FixedPolicy(interval=1), regions=regions, inner="eager")
+            self.backends[regions] = be
+            self.compiled[regions] = torch.compile(self.model, backend=be)
+            with be.session(timesteps=sigmas(2)[:2].tolist()):   # compile outside any timing
+                sample(self.compiled[regions], self.labels, num_steps=2, cfg_scale=CFG, noise=self.noise)
+        return self.backends[regions], self.compiled[regions]
+
+    def reference(self, steps: int, shift: float) -> torch.Tensor:
+        key = (steps, shift)
+        if key not in self.refs:
+            self.refs[key] = sample(self.model, self.labels, num_steps=steps, cfg_scale=CFG, shift=shift,
+                                    noise=self.noise)
+        return self.refs[key]
+
+    def run(self, policy, regions: str, steps: int, shift: float) -> dict:
+        be, model = self._compiled(regions)
+        be.policy = policy
+        be.reset()
+        t0 = time.perf_counter()
+        with be.session(timesteps=sigmas(steps, shift)[:steps].tolist()):
+            out = sample(model, self.labels, num_steps=steps, cfg_scale=CFG, shift=shift, noise=self.noise)
+        self.model_s += time.perf_counter() - t0
+        self.runs += 1
+        st = be.stats()
+        computed = [c["step"] for c in st["trace"] if c["stream"] == 0 and c["decision"] == "compute"]
+        return {"error": relative_l2(out, self.reference(steps, shift)), "computes": len(computed),
+                "compute_steps": computed}
+
+
+def fixed_count(steps: int, warmup: int, interval: int) -> int:
+    return FixedPolicy(interval=interval, warmup=warmup).compute_steps(steps).__len__()
+
+
+def levels_for(steps: int, warmup: int) -> dict[float, int]:
+    """Target fraction -> fixed interval whose fraction is nearest (more than warm-up alone)."""
+    options = [(i, fixed_count(steps, warmup, i)) for i in range(2, steps)]
+    options = [(i, c) for i, c in options if c > warmup]
+    out = {}
+    for f in FRACTIONS:
+        i, _ = min(options, key=lambda ic: (abs(ic[1] / steps - f), ic[0]))
+        out[f] = i
+    return out
+
+
+def fixed_family(shift: float):
+    for regions in ("stack", "modules"):
+        for order in (1, 2, 3):
+            for form in ("taylor", "newton"):
+                if form == "newton" and order == 1 and shift == 1.0:
+                    continue            # identical to taylor order 1 on uniform sigmas
+                yield regions, order, form
+
+
+def match_tau(bench: Bench, make, k_target: int, steps: int, shift: float, tau0: float,
+              max_evals: int = 7) -> dict:
+    """Bisection on log(tau): the largest number of computes <= k_target (ties: smaller error)."""
+    lo = hi = None   # lo: a tau with too many computes; hi: a tau with <= k_target computes
+    best, tau, evals = None, tau0, []
+    for _ in range(max_evals):
+        r = bench.run(make(tau), "stack", steps, shift)
+        r["threshold"] = tau
+        evals.append((tau, r["computes"]))
+        if r["computes"] <= k_target:
+            if best is None or (r["computes"], -r["error"]) > (best["computes"], -best["error"]):
+                best = r
+            hi = tau
+            if r["computes"] == k_target:
+                break
+        else:
+            lo = tau
+        tau = hi / 2.5 if lo is None else lo * 2.5 if hi is None else math.sqrt(lo * hi)
+    if best is None:
+        best = dict(r, computes=r["computes"])
+    best["evals"] = evals
+    return best
+
+
+def geo(xs):
+    xs = [x for x in xs if x and math.isfinite(x)]
+    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
+
+
+def run_config(bench: Bench, steps: int, shift: float, warmup: int, variants: dict, taus: dict) -> dict:
+    t0 = time.perf_counter()
+    bench.reference(steps, shift)
+    lv = levels_for(steps, warmup)
+    intervals = sorted(set(lv.values()) | {2})
+    fixed = []
+    for interval in intervals:
+        fam = list(fixed_family(shift))
+        if interval == 2 and interval not in lv.values():   # only the Pareto front's upper end
+            fam = [f for f in fam if f[0] == "stack" and f[1] <= 2]
+        for regions, order, form in fam:
+            w = max(warmup, order + 1) if form == "newton" else warmup   # newton needs order + 1 points
+            p = FixedPolicy(interval=interval, warmup=w, order=order, form=form)
+            r = bench.run(p, regions, steps, shift)
+            fixed.append(dict(r, interval=interval, regions=regions, order=order, form=form))
+    counts = sorted({f["computes"] for f in fixed})
+
+    def best_fixed(k):
+        level = min((c for c in counts if c >= k), default=None)
+        if level is None:
+            return None
+        return min((f for f in fixed if f["computes"] == level), key=lambda f: f["error"])
+
+    autos = {}
+    for name, kw in variants.items():
+        rows = []
+        for frac, interval in sorted(lv.items()):
+            k = fixed_count(steps, warmup, interval)
+            make = lambda tau, kw=kw: AutoPolicy(threshold=tau, warmup=warmup, **kw)  # noqa: E731
+            key = (name, frac)
+            r = match_tau(bench, make, k, steps, shift, taus.get(key, 0.1))
+            taus[key] = r["threshold"]
+            ref = best_fixed(r["computes"])
+            rows.append(dict(r, fraction_target=frac, level=k, ref=ref,
+                             ratio=r["error"] / ref["error"] if ref else float("nan")))
+        autos[name] = {"rows": rows, "geomean_ratio": geo([r["ratio"] for r in rows])}
+    return {"steps": steps, "shift": shift, "warmup": warmup, "levels": lv, "fixed": fixed, "auto": autos,
+            "seconds": time.perf_counter() - t0}
+
+
+def pareto(fixed: list[dict]) -> list[dict]:
+    """The fixed schedules no cheaper (or equally cheap) schedule beats: best error per compute count,
+    kept only where it improves on every cheaper count."""
+    front, low = [], math.inf
+    for f in sorted(fixed, key=lambda f: (f["computes"], f["error"])):
+        if f["error"] < low:
+            if front and front[-1]["computes"] == f["computes"]:
+                continue
+            low = f["error"]
+            front.append(f)
+    return front
+
+
+def name_fixed(f: dict) -> str:
+    return f"{f['regions']} {f['form']} {f['order']} /{f['interval']}"
+
+
+def report(res: dict, variants: dict) -> str:
+    n = res["steps"]
+    title = f"### {n} steps, shift {res['shift']:g}, warm-up {res['warmup']}"
+    out = [title]
+    fams = sorted({(f["regions"], f["form"], f["order"]) for f in res["fixed"]})
+    intervals = sorted({f["interval"] for f in res["fixed"]})
+    rows = []
+    for fam in fams:
+        row = [f"{fam[0]} {fam[1]} {fam[2]}"]
+        for i in intervals:
+            f = next((f for f in res["fixed"] if (f["regions"], f["form"], f["order"]) == fam
+                      and f["interval"] == i), None)
+            row.append(f["error"] if f else None)
+        rows.append(row)
+    heads = ["fixed (error)"] + [
+        f"/{i} ({next(f['computes'] for f in res['fixed'] if f['interval'] == i)}/{n})" for i in intervals]
+    out.append(table(heads, rows, title="fixed schedules: final relative L2 error (interval: computes/steps)"))
+    out.append(table(["computes", "fraction", "error", "best fixed schedule"],
+                     [[f["computes"], f["computes"] / n, f["error"], name_fixed(f)] for f in pareto(res["fixed"])],
+                     title="Pareto front of the fixed schedules"))
+    rows = []
+    for name in variants:
+        a = res["auto"][name]
+        for r in a["rows"]:
+            ref = r["ref"]
+            rows.append([name, r["fraction_target"], f"{r['computes']}/{r['level']}", r["computes"] / n,
+                         r["threshold"], r["error"], ref["error"] if ref else None,
+                         name_fixed(ref) if ref else "-", r["ratio"]])
+        rows.append([name, "geomean", "", None, None, None, None, "", a["geomean_ratio"]])
+    out.append(table(["policy", "target", "computes", "fraction", "tau", "error", "best fixed", "which", "ratio"],
+                     rows, title="auto vs the best fixed schedule at the same or higher compute"))
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one configuration, 8 samples, no losers")
+    ap.add_argument("--samples", type=int, default=None)
+    ap.add_argument("--configs", default=None, help="comma list of steps:shift:warmup")
+    ap.add_argument("--no-losers", action="store_true", help="measure only the shipped auto policy")
+    args = ap.parse_args()
+    setup(1)
+    samples = args.samples or (8 if args.quick else 16)
+    if args.configs:
+        configs = [tuple(float(v) if i == 1 else int(v) for i, v in enumerate(c.split(":")))
+                   for c in args.configs.split(",")]
+    elif args.quick:
+        configs = [(28, 1.0, 3)]
+    else:
+        configs = [(n, s, w) for w in (3, 6) for s in (1.0, 3.0) for n in (28, 50)]
+    variants = {MAIN: AUTO_VARIANTS[MAIN]} if (args.quick or args.no_losers) else AUTO_VARIANTS
+    bench = Bench(samples)
+    t0 = time.perf_counter()
+    taus: dict = {}
+    results = []
+    for steps, shift, warmup in configs:
+        res = run_config(bench, steps, shift, warmup, variants, taus)
+        results.append(res)
+        print(report(res, variants), flush=True)
+        print(f"({res['seconds']:.0f} s)", flush=True)
+    summary = []
+    for res in results:
+        row = [f"{res['steps']} / {res['shift']:g} / {res['warmup']}"]
+        for name in variants:
+            row.append(res["auto"][name]["geomean_ratio"])
+        g = res["auto"][MAIN]["geomean_ratio"]
+        row.append("PASS" if g <= TARGET else "MISS")
+        summary.append(row)
+    print(table(["steps / shift / warm-up"] + list(variants) + [f"target <= {TARGET}"], summary,
+                title="Summary: auto error / best fixed error at the same or higher compute (geomean over levels)"))
+    total = time.perf_counter() - t0
+    print(f"\n{bench.runs} sample runs, {total:.0f} s total, {samples} samples, CFG {CFG} batched")
+
+    def clean(r):
+        return {k: v for k, v in r.items() if k != "ref"} | (
+            {"ref": {k: r["ref"][k] for k in ("error", "computes", "regions", "order", "form", "interval")}}
+            if r.get("ref") else {})
+    data = {
+        "machine": machine(), "samples": samples, "cfg": CFG, "target": TARGET, "fractions": FRACTIONS,
+        "variants": {k: v for k, v in variants.items()}, "seconds": total,
+        "configs": [{**{k: v for k, v in res.items() if k not in ("auto", "levels")},
+                     "levels": {str(k): v for k, v in res["levels"].items()},
+                     "pareto": [{k: f[k] for k in ("computes", "error", "regions", "order", "form", "interval")}
+                                for f in pareto(res["fixed"])],
+                     "auto": {n: {"geomean_ratio": a["geomean_ratio"], "rows": [clean(r) for r in a["rows"]]}
+                              for n, a in res["auto"].items()}} for res in results],
+    }
+    path = write_json("quality_quick.json" if args.quick else "quality.json", data)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
