@@ -10,6 +10,8 @@ noise (CFG 2, batched), the uncached reference and:
   warm-up of 4 and is compared at the compute count it has.)
 * **the auto policy** (``AutoPolicy(threshold=tau, warmup=w)`` with the shipped defaults, regions
   ``stack``) with tau found by bisection so that it computes at most as many steps as each fixed level;
+* the **presets** ``auto-fast`` / ``auto-balanced`` / ``auto-quality`` at 20, 28 and 50 steps (is the
+  error independent of the step count, the computed fraction smaller at more steps?);
 * the **losing estimators** at the same levels (so the choice stays visible): ``pair`` summed over the
   forecast run, ``remainder`` summed (order 1), and the first version (``remainder`` summed, taylor
   order 2).
@@ -42,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, setup, table, write_json  # noqa: E402
 
-from taylorseer_fx import AutoPolicy, FixedPolicy, taylorseer_backend  # noqa: E402
+from taylorseer_fx import AutoPolicy, FixedPolicy, load_policy, taylorseer_backend  # noqa: E402
 from taylorseer_fx.demo import load_model, sample, sigmas  # noqa: E402
 from taylorseer_fx.metrics import relative_l2  # noqa: E402
 
@@ -245,6 +247,23 @@ def report(res: dict, variants: dict) -> str:
     return "\n".join(out)
 
 
+PRESETS = ("auto-fast", "auto-balanced", "auto-quality")
+
+
+def run_presets(bench: Bench, step_counts=(20, 28, 50), shifts=(1.0, 3.0)) -> list[dict]:
+    """Step-count independence: each preset at 20, 28 and 50 steps (regions "stack")."""
+    out = []
+    for name in PRESETS:
+        policy = load_policy(name)
+        for shift in shifts:
+            for steps in step_counts:
+                r = bench.run(policy, "stack", steps, shift)
+                out.append({"preset": name, "threshold": policy.threshold, "shift": shift, "steps": steps,
+                            "computes": r["computes"], "fraction": r["computes"] / steps, "error": r["error"],
+                            "compute_steps": r["compute_steps"]})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one configuration, 8 samples, no losers")
@@ -271,6 +290,10 @@ def main() -> None:
         results.append(res)
         print(report(res, variants), flush=True)
         print(f"({res['seconds']:.0f} s)", flush=True)
+    presets = run_presets(bench, shifts=(1.0,) if args.quick else (1.0, 3.0))
+    print(table(["preset", "tau", "shift", "steps", "computes", "fraction", "error"],
+                [[p["preset"], p["threshold"], p["shift"], p["steps"], p["computes"], p["fraction"], p["error"]]
+                 for p in presets], title="Presets at 20 / 28 / 50 steps (warm-up 3, regions stack)"))
     summary = []
     for res in results:
         row = [f"{res['steps']} / {res['shift']:g} / {res['warmup']}"]
@@ -290,7 +313,7 @@ def main() -> None:
             if r.get("ref") else {})
     data = {
         "machine": machine(), "samples": samples, "cfg": CFG, "target": TARGET, "fractions": FRACTIONS,
-        "variants": {k: v for k, v in variants.items()}, "seconds": total,
+        "variants": {k: v for k, v in variants.items()}, "seconds": total, "presets": presets,
         "configs": [{**{k: v for k, v in res.items() if k not in ("auto", "levels")},
                      "levels": {str(k): v for k, v in res["levels"].items()},
                      "pareto": [{k: f[k] for k in ("computes", "error", "regions", "order", "form", "interval")}

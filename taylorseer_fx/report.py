@@ -67,8 +67,9 @@ def stats_table(stats: dict) -> str:
 def plot_trace(rows: list[dict], path: str | Path, title: str = "taylorseer decisions") -> Path:
     """Draw the decision trace (from :func:`decision_trace`) to a PNG and return its path.
 
-    Top: the estimate per step (log scale) and the threshold; bottom: computed (1) vs forecast (0).
-    Needs matplotlib (the ``plot`` extra).
+    Top: the estimate per step (log scale) and the threshold -- and, where rows carry an ``"actual"``
+    value (the measured relative error of the forecast region output, e.g. from a validation run),
+    that too; bottom: computed (1) vs forecast (0). Needs matplotlib (the ``plot`` extra).
     """
     try:
         import matplotlib
@@ -87,12 +88,16 @@ def plot_trace(rows: list[dict], path: str | Path, title: str = "taylorseer deci
     est = [(r["step"], r["estimate"]) for r in rows if r.get("estimate") is not None and r["estimate"] > 0]
     if est:
         ax1.semilogy([s for s, _ in est], [e for _, e in est], "o-", ms=3, label="estimated rel. error")
+    act = [(r["step"], r["actual"]) for r in rows if r.get("actual") is not None and r["actual"] > 0]
+    if act:
+        ax1.semilogy([s for s, _ in act], [a for _, a in act], "s", ms=4, mfc="none", color="C1",
+                     label="actual rel. error (forecast steps)")
     thr = next((r["threshold"] for r in rows if r.get("threshold") is not None), None)
     if thr is not None:
         ax1.axhline(thr, color="C3", ls="--", label=f"threshold {thr:g}")
-    ax1.set_ylabel("estimate")
+    ax1.set_ylabel("relative error")
     ax1.set_title(f"{title}: {sum(computed)}/{len(rows)} steps computed")
-    if est or thr is not None:
+    if est or act or thr is not None:
         ax1.legend(loc="best", fontsize=8)
     ax2.bar(steps, computed, width=0.8, color=["C2" if c else "C7" for c in computed])
     ax2.set_yticks([0, 1], ["forecast", "compute"])
