@@ -26,7 +26,8 @@ from torch import fx
 from .policy import Policy, load_policy
 from .runtime import Runtime
 from .select import KINDS, NoRegionError, find_timestep, is_static_placeholder, select_regions
-from .transform import CacheNode, compile_pieces, split
+from .forecast import _out_strides
+from .transform import CacheNode, compile_pieces, compute_graph, forecast_graph, split
 
 __all__ = ["TaylorSeerBackend", "taylorseer_backend", "default_backend", "DEFAULT_POLICY"]
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 #: in 6; order 1, taylor form). Needs no step count.
 DEFAULT_POLICY = "official-flux"
 
-_OPTIONS = ("timestep_arg", "num_steps", "per_region", "factor_dtype")
+_OPTIONS = ("timestep_arg", "num_steps", "per_region", "factor_dtype", "fused")
 
 
 def _resolve_policy(policy) -> Policy:
@@ -96,6 +97,57 @@ class _Graph:
         return self.graph_runtime(self.split_gm, args)
 
 
+class _Fused:
+    """The two whole-graph versions of one graph (``fused=True``), each one inner-compiled call:
+    ``compute(args) -> (model outputs, [(region outputs, {piece input index: tensor})])`` and
+    ``forecast(args, [region forecasts]) -> model outputs`` (a residual output's forecast is the delta)."""
+
+    def __init__(self, compute, n_out: int, forecast, infos, layouts: list):
+        self._compute, self.n_out, self._forecast = compute, n_out, forecast
+        self.infos = infos
+        self.layouts = layouts     # per forecast input: (shape, stride, dtype) compiled for, or None
+
+    def compute(self, args):
+        res = self._compute(*args)
+        i, regions = self.n_out, []
+        for info in self.infos:
+            k = len(info.output_names)
+            outs = tuple(res[i:i + k])
+            i += k
+            bases = {}
+            for j in sorted(set(info.residual.values())):
+                bases[j] = res[i]
+                i += 1
+            regions.append((outs, bases))
+        return tuple(res[:self.n_out]), regions
+
+    def forecast(self, args, forecasts):
+        flat = [t for ts in forecasts for t in ts]
+        for k, (t, lay) in enumerate(zip(flat, self.layouts)):
+            if lay is not None and (t.stride() != lay[1] or t.dtype != lay[2]):
+                flat[k] = torch.empty_strided(lay[0], lay[1], dtype=lay[2], device=t.device).copy_(t)
+        return tuple(self._forecast(*args, *flat))
+
+
+def _compile_fused(gm, example_inputs, inner, infos, fake_outs) -> _Fused:
+    from torch._guards import detect_fake_mode
+    fake_mode = detect_fake_mode(example_inputs) or torch._subclasses.fake_tensor.FakeTensorMode()
+    cgm, n_out = compute_graph(gm, infos)
+    fgm = forecast_graph(gm, infos)
+    extra, layouts = [], []
+    for info in infos:
+        for oi, fo in enumerate(fake_outs[info.index]):
+            dtype = torch.float32 if oi in info.residual else fo.dtype   # residual: float32 delta
+            static = all(isinstance(v, int) for v in tuple(fo.shape) + tuple(fo.stride()))
+            stride = _out_strides(fo.shape, fo.stride()) if static else fo.stride()
+            with fake_mode:
+                extra.append(torch.empty_strided(fo.shape, stride, dtype=dtype, device=fo.device))
+            layouts.append((tuple(fo.shape), tuple(stride), dtype) if static else None)
+    compute = inner(cgm, list(example_inputs))
+    forecast = inner(fgm, list(example_inputs) + extra)
+    return _Fused(compute, n_out, forecast, infos, layouts)
+
+
 class TaylorSeerBackend:
     """A dynamo backend ``(gm, example_inputs) -> callable`` that routes regions through cache nodes.
 
@@ -123,6 +175,9 @@ class TaylorSeerBackend:
         per_region = options.get("per_region")
         if per_region is not None and not isinstance(per_region, bool):
             raise ValueError(f"per_region must be a bool, got {per_region!r}")
+        self.fused = options.get("fused", True)
+        if not isinstance(self.fused, bool):
+            raise ValueError(f"fused must be a bool, got {self.fused!r}")
         self.runtime = Runtime(policy, num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype)
         self.graphs: list[dict] = []   # per compiled graph: what was done (debugging, tests)
 
@@ -167,12 +222,20 @@ class TaylorSeerBackend:
             raise AssertionError(f"region pieces {[i.index for i in infos]} do not cover {len(regions)} regions")
         graph_rt = self.runtime.new_graph(infos, ts_index, dynamic, name=str(gm.meta.get("dynamo_compile_id", "")))
 
+        fake_outs = {}
+
         def wrap_region(ri, compiled, piece, fake_out):
+            fake_outs[ri] = tuple(fake_out) if isinstance(fake_out, (tuple, list)) else (fake_out,)
             return CacheNode(ri, compiled, graph_rt, infos[ri])
 
         compile_pieces(split_gm, example_inputs, self.inner, submod_region, wrap_region)
+        if self.fused:
+            try:
+                graph_rt.fused = _compile_fused(gm, example_inputs, self.inner, infos, fake_outs)
+            except ValueError as e:
+                log.warning("taylorseer: no fused path for this graph (%s); split pieces only", e)
         self.graphs.append({"regions": [i.name for i in infos], "timestep": ts.name if ts is not None else None,
-                            "split_gm": split_gm, "infos": infos})
+                            "split_gm": split_gm, "infos": infos, "fused": graph_rt.fused})
         return _Graph(graph_rt, split_gm)
 
     # ------------------------------------------------------------ state
@@ -205,7 +268,12 @@ def taylorseer_backend(policy=None, regions="stack", inner="inductor", **options
         options: ``timestep_arg`` (the model argument holding the step coordinate, when not one of
             timestep/timesteps/t/sigma/sigmas), ``num_steps`` (steps per generation, for policies with a
             cooldown), ``per_region`` (one decision per region instead of one per step),
-            ``factor_dtype`` (dtype of the stored factors, float32).
+            ``factor_dtype`` (dtype of the stored factors, float32), ``fused`` (default True: also
+            compile two whole-graph versions with ``inner``, one returning every region's outputs as
+            extra outputs and one taking the regions' forecasts as extra inputs, and use them for
+            calls in which every region computes, or every region forecasts; per-region or mixed
+            decisions, fallbacks and grad-enabled calls use the split pieces. Costs two more inner
+            compiles per graph, at compile time; ``fused=False`` skips them).
 
     Raises ValueError naming the argument for an unknown preset, region kind, inner backend or option.
     """

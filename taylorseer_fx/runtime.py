@@ -294,6 +294,7 @@ class GraphRuntime:
         self.current: _Call | None = None
         self._warned = False
         self.device = None
+        self.fused = None               # backend's whole-graph versions (fused=True), see _run_fused
         self.tracker_reset()
 
     def tracker_reset(self) -> None:
@@ -314,12 +315,43 @@ class GraphRuntime:
         t0 = time.perf_counter()
         self.current = self._begin(args)
         try:
+            if self.fused is not None and self.current is not None:
+                out = self._run_fused(args)
+                if out is not None:
+                    return out
             return body(*args)
         finally:
             call, self.current = self.current, None
             if call is not None:
                 call.t0 = t0
                 self.rt._record(self, call)
+
+    def _run_fused(self, args) -> Any:
+        """The call as one whole-graph call when every region computes, or every region forecasts
+        from a forecaster filled in this generation with the layout the fused graph was built for;
+        None: use the split pieces (per-region or mixed decisions, fallbacks)."""
+        call, n = self.current, len(self.regions)
+        if self.rt.per_region or len(set(call.compute)) != 1:
+            return None
+        if call.compute[0]:
+            out, regions = self.fused.compute(args)
+            for i, (outs, bases) in enumerate(regions):
+                if not self.rt.never:
+                    self._state(i, call.stream).absorb(outs, bases, self.regions[i].residual, call.x,
+                                                       call.derivatives)
+                call.regions[self.names[i]] = "compute"
+            return out
+        states = [self._state(i, call.stream) for i in range(n)]
+        if not all(st.kind and all(k == "f" for k, _ in st.kind)
+                   and set(st.residual) == set(self.regions[i].residual) for i, st in enumerate(states)):
+            return None
+        forecasts = []
+        for i, st in enumerate(states):
+            fc = st.forecaster.forecast(call.x)
+            fc = (fc,) if isinstance(fc, torch.Tensor) else fc
+            forecasts.append([fc[v] for _, v in st.kind])
+            call.regions[self.names[i]] = "forecast"
+        return self.fused.forecast(args, forecasts)
 
     def _signature(self, args) -> tuple:
         sig = []

@@ -15,6 +15,10 @@ Steps (the way torch's DDPOptimizer splits graphs, ``torch/_dynamo/backends/dist
 3. :func:`compile_pieces` compiles piece by piece with the inner backend on fake inputs propagated
    through the already compiled pieces (inductor's first call on fakes returns the runtime
    strides), and replaces each region piece by a ``CacheNode``.
+4. :func:`compute_graph` / :func:`forecast_graph` (the backend's ``fused=True``): two whole-graph
+   versions, one returning every region's outputs as extra outputs, one taking the regions'
+   forecasts as extra inputs with the regions' nodes removed. One inner-compiled call each, for the
+   calls in which every region computes / forecasts (no cost per piece, no lost fusion at the cuts).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from torch.fx.passes.split_module import split_module
 
 from .select import Region, is_static_placeholder
 
-__all__ = ["RegionInfo", "CacheNode", "plan_partitions", "split", "compile_pieces", "call_compiled"]
+__all__ = ["RegionInfo", "CacheNode", "plan_partitions", "split", "compile_pieces", "call_compiled",
+           "compute_graph", "forecast_graph"]
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +50,16 @@ class RegionInfo:
     ``index``: position in graph order; ``name``: module path or "stack"; ``num_inputs``: arguments of
     the piece; ``dynamic_inputs``: indices of inputs that are not parameters/buffers; ``residual``:
     ``{output index: input index}`` for outputs forecast as (output - input) + current input;
-    ``submod``: name of the piece in the split graph."""
+    ``submod``: name of the piece in the split graph; ``input_names`` / ``output_names``: the
+    nodes of the unsplit graph that the piece takes / returns, in the piece's order."""
     index: int
     name: str
     num_inputs: int = 0
     dynamic_inputs: tuple = ()
     residual: dict = field(default_factory=dict)
     submod: str = ""
+    input_names: tuple = ()
+    output_names: tuple = ()
 
 
 class CacheNode(torch.nn.Module):
@@ -162,7 +170,7 @@ def plan_partitions(gm: fx.GraphModule, regions: list[Region]) -> tuple[dict, di
 
 def _meta_key(v):
     if isinstance(v, torch.Tensor) and v.is_floating_point():
-        return (tuple(v.shape), v.dtype)
+        return (tuple(d if isinstance(d, int) else str(d) for d in v.shape), v.dtype)   # SymInts: by name
     return None
 
 
@@ -176,6 +184,8 @@ def _split_kwargs() -> dict:
 def split(gm: fx.GraphModule, regions: list[Region]) -> tuple[fx.GraphModule, list[RegionInfo], dict]:
     """Split ``gm``; returns ``(split_gm, region infos, {submod name: region index})``."""
     pid, region_pid = plan_partitions(gm, regions)
+    for n in gm.graph.nodes:          # split_module may rename nodes; meta is copied
+        n.meta["taylorseer_name"] = n.name
     split_gm = split_module(gm, None, lambda n: pid[n], **_split_kwargs())
     names = _partition_names(split_gm)
     _propagate_metadata(gm, split_gm, names)
@@ -222,15 +232,18 @@ def _region_info(index: int, region: Region, submod_name: str, sub: fx.GraphModu
     phs = list(sub.graph.find_nodes(op="placeholder"))
     dynamic = tuple(i for i, n in enumerate(phs) if not is_static_placeholder(n, _example(n)))
     residual = {}
+    out_node = next(n for n in sub.graph.nodes if n.op == "output")
+    outs = out_node.args[0]
+    outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
     if region.residual:
-        out_node = next(n for n in sub.graph.nodes if n.op == "output")
-        outs = out_node.args[0]
-        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
         for oi, o in enumerate(outs):
             ii = _residual_input(o, phs, dynamic)
             if ii is not None:
                 residual[oi] = ii
-    return RegionInfo(index, region.name, len(phs), dynamic, residual, submod_name)
+    def name(n):
+        return n.meta.get("taylorseer_name", n.name) if isinstance(n, fx.Node) else None
+    return RegionInfo(index, region.name, len(phs), dynamic, residual, submod_name,
+                      tuple(name(n) for n in phs), tuple(name(o) for o in outs))
 
 
 def _same_meta(a, b) -> bool:
@@ -348,3 +361,79 @@ def compile_pieces(split_gm: fx.GraphModule, example_inputs: list, inner: Callab
         comp.run(*example_inputs)
     split_gm.recompile()
     return split_gm
+
+
+# ---------------------------------------------------------------- 4. fused whole-graph versions
+
+def _copy(gm: fx.GraphModule) -> tuple[fx.Graph, Any, dict]:
+    """A copy of ``gm``'s graph without its output node: (graph, mapped output value, {name: node})."""
+    g = fx.Graph()
+    env: dict = {}
+    out = g.graph_copy(gm.graph, env)
+    for old, new in env.items():
+        if old.op == "placeholder" and hasattr(old, "_dynamo_source"):
+            new._dynamo_source = old._dynamo_source
+    return g, out, {old.name: new for old, new in env.items()}
+
+
+def _module(gm: fx.GraphModule, g: fx.Graph) -> fx.GraphModule:
+    new = fx.GraphModule(gm, g)
+    new.meta = gm.meta
+    for attr in ("_param_name_to_source", "compile_subgraph_reason"):
+        if hasattr(gm, attr):
+            setattr(new, attr, getattr(gm, attr))
+    return new
+
+
+def _region_nodes(node: dict, info: RegionInfo) -> list:
+    missing = [n for n in info.output_names + info.input_names if n not in node]
+    if missing:
+        raise ValueError(f"region {info.name!r}: piece inputs/outputs {missing} not found in the graph")
+    outs = [node[n] for n in info.output_names]
+    for o in outs:
+        v = _example(o)
+        if not (isinstance(v, torch.Tensor) and v.is_floating_point()):
+            raise ValueError(f"region {info.name!r}: output {o.name} is not a floating tensor")
+    return outs
+
+
+def compute_graph(gm: fx.GraphModule, infos: list[RegionInfo]) -> tuple[fx.GraphModule, int]:
+    """``gm`` returning, after its own outputs, every region's outputs (piece order) and then the
+    region inputs its residual outputs continue (``sorted(set(info.residual.values()))``), region by
+    region. Returns ``(graph module, number of the model's own outputs)``."""
+    g, out, node = _copy(gm)
+    if not isinstance(out, (tuple, list)):
+        raise ValueError("graph output is not a tuple")
+    extra = []
+    for info in infos:
+        extra += _region_nodes(node, info)
+        extra += [node[info.input_names[j]] for j in sorted(set(info.residual.values()))]
+    g.output(tuple(out) + tuple(extra))
+    return _module(gm, g), len(out)
+
+
+def forecast_graph(gm: fx.GraphModule, infos: list[RegionInfo]) -> fx.GraphModule:
+    """``gm`` with every region's outputs replaced by new trailing placeholders (the forecasts, region
+    by region, piece order) and the nodes left dead removed. A residual output's placeholder is the
+    forecast (output - input): the graph adds the region's current input and casts to the output's
+    dtype, as ``torch.add(delta, input, out=<output dtype>)`` does."""
+    g, out, node = _copy(gm)
+    g.output(out)
+    first = next(n for n in g.nodes if n.op != "placeholder")
+    replaced: dict = {}
+    for info in infos:
+        for oi, o in enumerate(_region_nodes(node, info)):
+            with g.inserting_before(first):
+                ph = g.placeholder(f"forecast_{info.index}_{oi}")
+                ph._dynamo_source = None          # not a dynamo input (aot_autograd asks)
+            repl = ph
+            if oi in info.residual:
+                base = node[info.input_names[info.residual[oi]]]
+                base = replaced.get(base, base)
+                with g.inserting_before(o):
+                    repl = g.call_method("to", (g.call_function(torch.add, (ph, base)), _example(o).dtype))
+            o.replace_all_uses_with(repl)
+            replaced[o] = repl
+    g.eliminate_dead_code()
+    g.lint()
+    return _module(gm, g)
