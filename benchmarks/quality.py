@@ -136,24 +136,35 @@ def fixed_family(shift: float):
 
 def match_tau(bench: Bench, make, k_target: int, steps: int, shift: float, tau0: float,
               max_evals: int = 7, regions: str = "stack") -> dict:
-    """Bisection on log(tau): the largest number of computes <= k_target (ties: smaller error)."""
-    lo = hi = None   # lo: a tau with too many computes; hi: a tau with <= k_target computes
+    """Search on log(tau) for the largest number of computes <= k_target (ties: smaller error).
+
+    Computes fall with tau roughly as a power law (k ~ tau^-p); the next tau comes from that model
+    until the target is bracketed, then from interpolating log(tau) between the bracket's ends."""
+    lo = hi = None   # (tau, computes): lo computes too many, hi computes <= k_target
     best, tau, evals = None, tau0, []
     for _ in range(max_evals):
         r = bench.run(make(tau), regions, steps, shift)
         r["threshold"] = tau
-        evals.append((tau, r["computes"]))
-        if r["computes"] <= k_target:
-            if best is None or (r["computes"], -r["error"]) > (best["computes"], -best["error"]):
+        k = r["computes"]
+        evals.append((tau, k))
+        if k <= k_target:
+            if best is None or (k, -r["error"]) > (best["computes"], -best["error"]):
                 best = r
-            hi = tau
-            if r["computes"] == k_target:
+            if k == k_target:
                 break
+            hi = (tau, k) if hi is None or tau < hi[0] else hi
         else:
-            lo = tau
-        tau = hi / 2.5 if lo is None else lo * 2.5 if hi is None else math.sqrt(lo * hi)
+            lo = (tau, k) if lo is None or tau > lo[0] else lo
+        if lo is not None and hi is not None:
+            (t1, k1), (t2, k2) = lo, hi
+            w = (k1 - (k_target + 0.5)) / (k1 - k2) if k1 != k2 else 0.5
+            w = min(max(w, 0.15), 0.85)               # stay inside the bracket
+            tau = math.exp(math.log(t1) + w * (math.log(t2) - math.log(t1)))
+        else:
+            factor = (k / (k_target + 0.5)) ** (1 / 0.6)  # k ~ tau^-0.6
+            tau = tau * min(max(factor, 0.25), 4.0)
     if best is None:
-        best = dict(r, computes=r["computes"])
+        best = r
     best["evals"] = evals
     return best
 
