@@ -135,7 +135,7 @@ def fixed_family(shift: float):
 
 
 def match_tau(bench: Bench, make, k_target: int, steps: int, shift: float, tau0: float,
-              max_evals: int = 7, regions: str = "stack") -> dict:
+              max_evals: int = 7, regions: str = "stack", power: float = 0.6) -> dict:
     """Search on log(tau) for the largest number of computes <= k_target (ties: smaller error).
 
     Computes fall with tau roughly as a power law (k ~ tau^-p); the next tau comes from that model
@@ -161,12 +161,36 @@ def match_tau(bench: Bench, make, k_target: int, steps: int, shift: float, tau0:
             w = min(max(w, 0.15), 0.85)               # stay inside the bracket
             tau = math.exp(math.log(t1) + w * (math.log(t2) - math.log(t1)))
         else:
-            factor = (k / (k_target + 0.5)) ** (1 / 0.6)  # k ~ tau^-0.6
+            factor = (k / (k_target + 0.5)) ** (1 / power)  # k ~ tau^-power
             tau = tau * min(max(factor, 0.25), 4.0)
+    while best is None and len(evals) < max_evals + 4:   # never at or below the level: raise tau
+        tau *= 4.0
+        r = bench.run(make(tau), regions, steps, shift)
+        r["threshold"] = tau
+        evals.append((tau, r["computes"]))
+        if r["computes"] <= k_target:
+            best = r
     if best is None:
         best = r
     best["evals"] = evals
     return best
+
+
+#: first threshold tried per variant (afterwards: the previous configuration's match)
+TAU0 = {MAIN: 0.15, "pair, summed over run": 0.6, "remainder, summed, order 1": 0.15,
+        "remainder, summed, taylor 2 (v1)": 0.1}
+
+
+def _power(hist) -> float:
+    """Exponent p of computes ~ tau^-p, least squares over the evaluations so far (0.6 without)."""
+    pts = [(math.log(t), math.log(c)) for t, c in hist if c > 0]
+    if len({c for _, c in pts}) < 2:
+        return 0.6
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else -0.6
+    return min(max(-slope, 0.2), 1.5)
 
 
 def geo(xs):
@@ -199,15 +223,23 @@ def run_config(bench: Bench, steps: int, shift: float, warmup: int, variants: di
 
     autos = {}
     for name, kw in variants.items():
-        rows = []
+        rows, hist = [], []       # hist: (tau, computes) of this variant in this configuration
         for frac, interval in sorted(lv.items()):
             k = fixed_count(steps, warmup, interval)
             kw = dict(kw)
             regions = kw.pop("regions", "stack")
             make = lambda tau, kw=kw: AutoPolicy(threshold=tau, warmup=warmup, **kw)  # noqa: E731
-            key = (name, frac)
-            r = match_tau(bench, make, k, steps, shift, taus.get(key, 0.1), regions=regions)
-            taus[key] = r["threshold"]
+            power = _power(hist)
+            if (name, frac) in taus:                 # the same level in the previous configuration
+                tau0 = taus[(name, frac)]
+            elif hist:                               # this configuration's last level, moved along k ~ tau^-p
+                t, c = hist[-1]
+                tau0 = t * (c / k) ** (1 / power)
+            else:
+                tau0 = TAU0.get(name, 0.1)
+            r = match_tau(bench, make, k, steps, shift, tau0, regions=regions, power=power)
+            hist += [e for e in r["evals"]]
+            taus[(name, frac)] = r["threshold"]
             ref = best_fixed(r["computes"])
             rows.append(dict(r, fraction_target=frac, level=k, ref=ref,
                              ratio=r["error"] / ref["error"] if ref else float("nan")))
