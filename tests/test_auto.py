@@ -343,3 +343,33 @@ def test_bad_preset_fields_raise():
         policy_from_dict({"kind": "auto", "tolerance": 0.1})
     with pytest.raises(ValueError, match="threshold"):
         policy_from_dict({"kind": "auto"})
+
+
+@pytest.mark.parametrize("per_region", [False, True])
+def test_one_host_read_per_step(monkeypatch, per_region):
+    """Many regions (modules of a 3-block DiT), one host read per decided step: the stacked estimates
+    (max over regions, or the per-region vector), and none in warm-up. In a session the coordinate is
+    counted, not read, so that is all the syncing the runtime does."""
+    model, x, y = _plain_dit()
+    torch._dynamo.reset()
+    be = taylorseer_backend(AutoPolicy(threshold=0.3, per_region=per_region), regions="modules", inner="eager")
+    compiled = torch.compile(model, backend=be)
+    steps = 12
+    ts = [1000.0 * (1 - k / steps) for k in range(steps)]
+    with torch.no_grad(), be.session(timesteps=ts):
+        compiled(x, torch.full((2,), ts[0]), y)               # compile outside the count
+    be.reset()
+    reads = []
+    for name in ("tolist", "item", "__float__", "__int__", "__bool__"):
+        orig = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=orig, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+    per_step = []
+    with torch.no_grad(), be.session(timesteps=ts):
+        for t in ts:
+            n = len(reads)
+            compiled(x, torch.full((2,), t), y)
+            per_step.append(reads[n:])
+    monkeypatch.undo()
+    assert len(be.stats()["regions"]) == 6
+    assert per_step[:3] == [[], [], []]                       # warm-up: nothing read
+    assert all(r == ["tolist"] for r in per_step[3:])         # one read per decided step
