@@ -87,17 +87,32 @@ class Forecaster:
             float64 when ``factor_dtype`` is float64.
         num_points: full computes absorbed since reset (1 after a ``derivatives=False`` update).
         nodes: coordinates of the stored points, newest first (at most ``order + 1``).
+        select: ``None`` (forecast with the stored degree, up to ``order``), or the *preferred* order of
+            a per-update order choice: at every update the forecasts of degree ``0..order`` from the
+            points before it are compared with the new output (a back-test at the distance the last
+            forecast run actually had); the next forecasts use the degree with the smallest error if
+            it is below ``select_margin`` times the preferred degree's, else the preferred degree.
+            The choice stays on the device (a 0/1 weight per term): no host sync.
     """
 
-    def __init__(self, order: int, form: str = "newton", factor_dtype: torch.dtype = torch.float32):
+    def __init__(self, order: int, form: str = "newton", factor_dtype: torch.dtype = torch.float32, *,
+                 select: int | None = None, select_margin: float = 0.5):
         if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 0:
             raise ValueError(f"order must be an int >= 0 (0, 1, 2, ...), got {order!r}")
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         if not isinstance(factor_dtype, torch.dtype) or not factor_dtype.is_floating_point:
             raise ValueError(f"factor_dtype must be a floating torch.dtype, got {factor_dtype!r}")
+        if select is not None and (isinstance(select, bool) or not isinstance(select, numbers.Integral)
+                                   or not 0 <= select <= order):
+            raise ValueError(f"select must be None or an int in [0, order={order}], got {select!r}")
+        if isinstance(select_margin, bool) or not isinstance(select_margin, numbers.Real) or not (
+                0 < select_margin <= 1):
+            raise ValueError(f"select_margin must be a number in (0, 1], got {select_margin!r}")
         self.order = int(order)
         self.form = form
+        self.select = None if select is None else int(select)
+        self.select_margin = float(select_margin)
         self.factor_dtype = factor_dtype
         self._compute_dtype = torch.float64 if factor_dtype == torch.float64 else torch.float32
         # Buffers survive reset() and are reused while the shapes stay the same.
@@ -114,7 +129,10 @@ class Forecaster:
         self.num_points = 0
         self.nodes: list[float] = []
         self._r: torch.Tensor | None = None
-        self._top: torch.Tensor | None = None
+        self._ratios: list[torch.Tensor] = []   # ||D_j|| / ||D_0|| for the stored degrees j = 1..k
+        self._backtest: torch.Tensor | None = None  # relative back-test error per order (select)
+        self._chosen: torch.Tensor | None = None    # the order chosen at the last update (select)
+        self._weights: torch.Tensor | None = None   # 1 for the terms of the chosen order, 0 above
 
     def matches(self, outputs) -> bool:
         """True if ``outputs`` has the structure, shapes, dtypes and devices of the stored points
@@ -179,8 +197,11 @@ class Forecaster:
         self._meta, self._single = meta, single
         self._strides = [_out_strides(x.shape, x.stride()) for x in tensors]
 
+        if self.select is not None and derivatives:
+            self._choose(t, tensors, old)
         top = min(old, self.order)  # degree of the stored polynomial after this update
-        num_sq = den_sq = top_sq = None
+        num_sq = den_sq = None
+        ratio_sq: list = [None] * top  # ||D_j||^2, j = 1..top
         if reference is not None and (extra or top):
             for x in _flatten(reference, "reference")[0]:
                 den = torch.linalg.vector_norm(x, dtype=self._compute_dtype).square()
@@ -200,13 +221,54 @@ class Forecaster:
                 num_sq = num if num_sq is None else num_sq + num
             else:
                 factors[old].copy_(a)
-            if top:  # the highest stored factor: the embedded pair's difference
-                t_sq = torch.linalg.vector_norm(factors[top], dtype=self._compute_dtype).square()
-                top_sq = t_sq if top_sq is None else top_sq + t_sq
-        self._r = (num_sq.sqrt() / (den_sq.sqrt() + _EPS)).to(torch.float32) if extra else None
-        self._top = (top_sq.sqrt() / (den_sq.sqrt() + _EPS)).to(torch.float32) if top else None
+            for j in range(1, top + 1):  # the stored differences: the embedded pairs of each degree
+                sq = torch.linalg.vector_norm(factors[j], dtype=self._compute_dtype).square()
+                ratio_sq[j - 1] = sq if ratio_sq[j - 1] is None else ratio_sq[j - 1] + sq
+        den = den_sq.sqrt() + _EPS if den_sq is not None else None
+        self._r = (num_sq.sqrt() / den).to(torch.float32) if extra else None
+        self._ratios = [(sq.sqrt() / den).to(torch.float32) for sq in ratio_sq]
         self.nodes = [t] + self.nodes[: min(old, self.order)]
         self.num_points = self.num_points + 1 if derivatives else 1
+
+    def _terms(self, t: float, k: int) -> list[float]:
+        """Signed coordinate factors of the series terms 0..k at ``t`` (newton: prod_{i<j} (t - n_i);
+        taylor: x^j / j!) for the stored nodes."""
+        if self.form == "newton":
+            out = [1.0]
+            for n in self.nodes[:k]:
+                out.append(out[-1] * (t - n))
+            return out
+        x = t - self.nodes[0]
+        return [x ** j / math.factorial(j) for j in range(k + 1)]
+
+    def _choose(self, t: float, tensors, old: int) -> None:
+        """Before the factors move: back-test the forecasts of degree 0..min(order, old - 1) at ``t``
+        against the new outputs and keep the choice (and the 0/1 term weights) as device tensors."""
+        pref = self.select
+        cand = min(self.order, old - 1) + 1  # degrees the old points can forecast
+        if cand < 2 or pref >= cand:
+            self._backtest = self._chosen = self._weights = None
+            return
+        terms = self._terms(t, cand - 1)
+        err_sq: list = [None] * cand
+        y_sq = None
+        for x, factors, (a, b) in zip(tensors, self._factors, self._scratch):
+            a.copy_(factors[0])
+            for j in range(cand):
+                if j:
+                    a.add_(factors[j], alpha=terms[j])
+                torch.sub(a, x, out=b)
+                e = torch.linalg.vector_norm(b).square()
+                err_sq[j] = e if err_sq[j] is None else err_sq[j] + e
+            n = torch.linalg.vector_norm(x, dtype=self._compute_dtype).square()
+            y_sq = n if y_sq is None else y_sq + n
+        err = torch.stack(err_sq).sqrt() / (y_sq.sqrt() + _EPS)
+        best = err.argmin()
+        keep = err.min() >= self.select_margin * err[pref]
+        chosen = torch.where(keep, torch.full_like(best, pref), best)
+        self._backtest, self._chosen = err.to(torch.float32), chosen
+        degrees = torch.arange(self.order + 1, device=chosen.device)
+        self._weights = (degrees <= chosen).to(self._compute_dtype)
 
     # --------------------------------------------------------------- forecast
     def _check_ready(self, what: str) -> None:
@@ -223,6 +285,9 @@ class Forecaster:
         self._check_ready("forecast")
         t = _coord(t)
         k = len(self.nodes) - 1  # degree of the stored polynomial
+        w = self._weights if self.select is not None else None
+        if self.select is not None and w is None:
+            k = min(k, self.select)  # no choice made yet: the preferred degree
         if self.form == "newton":  # p(t) = D_0 + (t-n_0)(D_1 + (t-n_1)(D_2 + ...))
             alphas = [t - n for n in self.nodes[:k]]
         else:  # sum_i F_i x^i / i! = F_0 + x/1 (F_1 + x/2 (F_2 + ...))
@@ -236,7 +301,11 @@ class Forecaster:
                 b.copy_(acc)
                 acc = b
             for j in range(k - 1, -1, -1):  # Horner, in the compute dtype
-                torch.add(factors[j], acc, alpha=alphas[j], out=a)
+                if w is None:
+                    torch.add(factors[j], acc, alpha=alphas[j], out=a)
+                else:  # terms above the chosen degree get weight 0 (on the device)
+                    torch.mul(acc, w[j + 1], out=a)
+                    torch.add(factors[j], a, alpha=alphas[j], out=a)
                 acc, a, b = a, b, a
             out = torch.empty_strided(shape, stride, dtype=dtype, device=device)
             out.copy_(acc)
@@ -248,10 +317,23 @@ class Forecaster:
         None while fewer than ``order + 2`` points (with derivatives) have been absorbed."""
         return self._r
 
-    def top_ratio(self) -> torch.Tensor | None:
-        """``||D_k|| / ||D_0||`` for the highest stored factor ``k = len(nodes) - 1`` (0-dim float32
-        tensor on the device); None while only one point is stored."""
-        return self._top
+    def top_ratio(self, degree: int | None = None) -> torch.Tensor | None:
+        """``||D_k|| / ||D_0||`` for the stored factor ``k = min(degree, len(nodes) - 1)`` (default: the
+        highest; 0-dim float32 tensor on the device); None while only one point is stored."""
+        if not self._ratios:
+            return None
+        k = len(self._ratios) if degree is None else max(1, min(int(degree), len(self._ratios)))
+        return self._ratios[k - 1]
+
+    def chosen_order(self) -> torch.Tensor | None:
+        """With ``select``: the degree the forecasts use, chosen at the last update (0-dim int64 tensor
+        on the device); None before the first choice (the preferred degree is used)."""
+        return self._chosen
+
+    def backtest(self) -> torch.Tensor | None:
+        """With ``select``: the relative errors ``||p_j(t) - y(t)|| / ||y(t)||`` of the degree-j forecasts
+        from the points before the last update, j = 0, 1, ... (float32 tensor on the device)."""
+        return self._backtest
 
     def _scale(self, t: float, k: int) -> float:
         """The coordinate factor of the degree-``k`` term at ``t``: newton ``prod_{i<k} |t - n_i|``,
@@ -260,7 +342,8 @@ class Forecaster:
             return math.prod(abs(t - n) for n in self.nodes[:k])
         return abs(t - self.nodes[0]) ** k / math.factorial(k)
 
-    def error_estimate(self, t: float, method: str = "remainder") -> torch.Tensor | None:
+    def error_estimate(self, t: float, method: str = "remainder",
+                       degree: int | None = None) -> torch.Tensor | None:
         """Estimated relative error ``||forecast(t) - y(t)|| / ||y(t_newest)||`` (0-dim float32 tensor on
         the device, no sync; None when the method has nothing to go on).
 
@@ -274,13 +357,15 @@ class Forecaster:
         (taylor). It estimates the error of the lower-order forecast, so it is an upper-side estimate
         for the forecast actually returned; it needs only ``k + 1 >= 2`` points and reacts one compute
         earlier than the remainder. None while one point is stored. For ``order=0`` the only pair is
-        orders 1 and 0, which is the remainder.
+        orders 1 and 0, which is the remainder. ``degree`` caps ``k`` for the pair (e.g. the preferred
+        degree of an order-selecting forecaster, whose stored degree is higher).
         """
         self._check_ready("error_estimate")
         if method == "remainder":
             r, k = self._r, self.order + 1
         elif method == "pair":
-            r, k = self._top, len(self.nodes) - 1
+            k = len(self.nodes) - 1 if degree is None else min(max(int(degree), 1), len(self.nodes) - 1)
+            r = self.top_ratio(k) if k >= 1 else None
             if self.order == 0:  # the only pair of an order-0 forecast is (1, 0): the remainder
                 r, k = self._r, 1
         else:

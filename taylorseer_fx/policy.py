@@ -103,6 +103,10 @@ class Policy:
     def needs_num_steps(self) -> bool:
         return self.cooldown > 0
 
+    def forecaster_options(self) -> dict:
+        """Keyword arguments of the :class:`~taylorseer_fx.forecast.Forecaster` of each region."""
+        return {"order": self.order, "form": self.form}
+
     def start(self, num_steps: int | None = None) -> "Schedule":
         """A fresh per-generation decider. Raises ValueError naming num_steps when it is needed but unknown."""
         n = self.num_steps if num_steps is None else num_steps
@@ -388,6 +392,15 @@ class AutoPolicy(Policy):
     largest estimated relative error of a forecast region output. ``accumulate=True``: it bounds the
     sum of the estimates over the current forecast run.
 
+    ``select_order=True`` (default with the pair; the remainder estimates the term after the stored
+    order, so it defaults to False): the forecast order is chosen per forecast run, per region, among
+    ``0..max_order`` (default ``order + 1``): at each compute the forecasts of every order from the
+    points before it are compared with the computed output (a back-test over the distance the last
+    run actually had) and the next run uses the order with the smallest error when it is below
+    ``order_margin`` times the error of ``order``, else ``order``. The estimate stays the pair of
+    ``order``. The choice stays on the device (no host read). Default form: ``newton`` in the step
+    index (exact interpolation through the newest computes, whatever their spacing).
+
     Warm-up (default ``max(order + 1, 3)``), cooldown and ``max_forecast_run`` force computes; after a
     compute at least ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator,
     or an estimate of None/NaN, computes. ``per_region``: the runtime keeps one schedule per region
@@ -396,11 +409,15 @@ class AutoPolicy(Policy):
 
     threshold: float
     order: int = 1
-    form: str = "taylor"
+    form: str = "newton"
+    coordinate: str | None = "step"
     estimator: str = "pair"
     min_forecast_run: int = 0
     accumulate: bool = False
     per_region: bool = False
+    select_order: bool | None = None   # None: True with the pair estimator, False with the remainder
+    max_order: int | None = None       # None: order + 1 (with select_order)
+    order_margin: float = 0.5
 
     def _validate(self) -> None:
         if self.warmup is None and isinstance(self.order, int) and not isinstance(self.order, bool):
@@ -417,9 +434,23 @@ class AutoPolicy(Policy):
         if self.max_forecast_run is not None and self.min_forecast_run > self.max_forecast_run:
             raise ValueError(f"{n}: min_forecast_run ({self.min_forecast_run}) must be <= "
                              f"max_forecast_run ({self.max_forecast_run})")
-        for name in ("accumulate", "per_region"):
+        if self.select_order is None:
+            self._set("select_order", self.estimator == "pair")
+        for name in ("accumulate", "per_region", "select_order"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{n}: {name} must be a bool, got {getattr(self, name)!r}")
+        if self.max_order is None:
+            self._set("max_order", self.order + 1 if self.select_order else self.order)
+        _check_int(n, "max_order", self.max_order, self.order)
+        m = self.order_margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1:
+            raise ValueError(f"{n}: order_margin must be a number in (0, 1], got {m!r}")
+
+    def forecaster_options(self) -> dict:
+        if not self.select_order or self.max_order == self.order:
+            return {"order": self.order, "form": self.form}
+        return {"order": self.max_order, "form": self.form, "select": self.order,
+                "select_margin": float(self.order_margin)}
 
     def _schedule(self, num_steps, end):
         return _AutoSchedule(self, num_steps, end)

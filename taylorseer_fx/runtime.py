@@ -482,7 +482,7 @@ class GraphRuntime:
             elif not any(k[0] == "f" for k in st.kind):
                 vals.append(0.0)                      # constant outputs forecast exactly
             else:
-                e = st.forecaster.error_estimate(x, method)
+                e = st.forecaster.error_estimate(x, method, degree=self.rt.policy.order)
                 vals.append(math.inf if e is None else e)
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         tensors = [v for v in vals if isinstance(v, torch.Tensor)]
@@ -503,7 +503,7 @@ class GraphRuntime:
         st = self.states.get((index, stream))
         if st is None:
             p = self.rt.policy
-            st = _RegionState(Forecaster(p.order, p.form, self.rt.factor_dtype))
+            st = _RegionState(Forecaster(**p.forecaster_options(), factor_dtype=self.rt.factor_dtype))
             self.states[(index, stream)] = st
         if st.generation != self.generation:   # never forecast from another generation's points
             st.forecaster.reset()

@@ -212,8 +212,9 @@ def test_polynomial_trajectory_is_not_recomputed(estimator, order, degree, form,
     n = 24
     coords = [1.0 - k / n * (0.7 + 0.3 * k / n) for k in range(n)] if form == "newton" else [1.0 - k / n for k in range(n)]
     warmup = order + 2 if estimator == "remainder" else max(order + 1, 2)
-    policy = AutoPolicy(threshold=1e-2, order=order, form=form, estimator=estimator, warmup=warmup,
-                        max_forecast_run=max_run)
+    coordinate = "timestep" if form == "newton" else "step"
+    policy = AutoPolicy(threshold=1e-2, order=order, form=form, coordinate=coordinate, estimator=estimator,
+                        warmup=warmup, max_forecast_run=max_run)
     trace, outs, exact = run_toy(policy, _poly([1.0, -2.0, 3.0, 0.5][:degree + 1]), coords)
     steps = computes(trace)
     forced = list(range(warmup)) + (list(range(warmup - 1 + max_run + 1, n, max_run + 1)) if max_run else [])
@@ -232,7 +233,8 @@ def test_coordinate_jump_triggers_a_compute_at_the_jump(estimator):
     coords = [1.0 - 0.01 * k if k < jump else 0.5 - 0.01 * k for k in range(n)]
     # the pair sees the slope, the remainder the curvature: a trajectory with a little of each
     fn = (lambda t: 0.05 * t) if estimator == "pair" else (lambda t: 0.05 * t + 0.2 * t ** 2)
-    policy = AutoPolicy(threshold=0.02, order=1, form="newton", warmup=3, estimator=estimator)
+    policy = AutoPolicy(threshold=0.02, order=1, form="newton", coordinate="timestep", warmup=3,
+                        estimator=estimator)
     trace, _, _ = run_toy(policy, fn, coords, x=torch.ones(2, 6))
     assert computes(trace) == [0, 1, 2, jump]
     est = {c["step"]: c["estimate"] for c in trace}
@@ -330,6 +332,10 @@ def test_presets_are_ordered():
     (dict(threshold=0.1, cooldown=-1), "cooldown"), (dict(threshold=0.1, max_forecast_run=0), "max_forecast_run"),
     (dict(threshold=0.1, min_forecast_run=-1), "min_forecast_run"),
     (dict(threshold=0.1, min_forecast_run=3, max_forecast_run=2), "min_forecast_run"),
+    (dict(threshold=0.1, select_order="yes"), "select_order"), (dict(threshold=0.1, order=2, max_order=1), "max_order"),
+    (dict(threshold=0.1, max_order=2.0), "max_order"), (dict(threshold=0.1, order_margin=0), "order_margin"),
+    (dict(threshold=0.1, order_margin=1.2), "order_margin"), (dict(threshold=0.1, order_margin=True), "order_margin"),
+    (dict(threshold=0.1, form="newton", coordinate="sigma"), "coordinate"),
 ])
 def test_bad_fields_raise_naming_the_field(kw, field):
     with pytest.raises(ValueError, match=field):

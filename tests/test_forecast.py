@@ -390,12 +390,13 @@ def test_buffers_updated_in_place(form):
     assert f._factors[0][0].shape == (5,) and torch.equal(f.forecast(1.0), f.forecast(0.0))
 
 
+@pytest.mark.parametrize("select", [None, 1])
 @pytest.mark.parametrize("form", FORMS)
-def test_no_host_sync(form, monkeypatch):
+def test_no_host_sync(form, select, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("host sync")
 
-    f = Forecaster(2, form)
+    f = Forecaster(2, form, select=select)
     ys = [torch.randn(4, 4) for _ in range(6)]
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
         monkeypatch.setattr(torch.Tensor, name, boom)
@@ -404,13 +405,16 @@ def test_no_host_sync(form, monkeypatch):
         f.forecast(s + 1.0)
         f.remainder()
         f.error_estimate(s + 1.0)
+        f.error_estimate(s + 1.0, "pair", degree=1)
+        f.chosen_order()
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("select", [None, 1])
 @pytest.mark.parametrize("form", FORMS)
-def test_no_sync_cuda(form):
-    f = Forecaster(2, form)
+def test_no_sync_cuda(form, select):
+    f = Forecaster(2, form, select=select)
     ys = [torch.randn(64, 32, device="cuda", dtype=torch.bfloat16) for _ in range(6)]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -429,6 +433,9 @@ def test_no_sync_cuda(form):
     (dict(order=-1), "order"), (dict(order=1.5), "order"), (dict(order=True), "order"), (dict(order="2"), "order"),
     (dict(order=1, form="lagrange"), "form"), (dict(order=1, factor_dtype=torch.int32), "factor_dtype"),
     (dict(order=1, factor_dtype="float32"), "factor_dtype"),
+    (dict(order=1, select=2), "select"), (dict(order=1, select=-1), "select"), (dict(order=1, select=True), "select"),
+    (dict(order=2, select=1, select_margin=0.0), "select_margin"),
+    (dict(order=2, select=1, select_margin=1.5), "select_margin"),
 ])
 def test_bad_config(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -465,3 +472,90 @@ def test_bad_use(form):
     assert f.num_points == 0 and f.nodes == [] and f.remainder() is None
     with pytest.raises(RuntimeError):
         f.forecast(1.0)
+
+
+# ------------------------------------------------------------------------- order selection (select=)
+def _truncated(ts, ys, t, j, form="newton"):
+    """The degree-j forecast from the j + 1 newest points (ts newest last) at t, float64: newton, the
+    interpolant; taylor (unit step gaps), sum_{i<=j} nabla^i y * x^i / i! with x = t - newest."""
+    if form == "newton":
+        return lagrange(ts[-(j + 1):], ys[-(j + 1):], t)[0]
+    x = t - ts[-1]
+    out = torch.zeros_like(ys[-1])
+    for i in range(j + 1):
+        diff = sum((-1) ** m * math.comb(i, m) * ys[-1 - m] for m in range(i + 1))
+        out = out + diff * x ** i / math.factorial(i)
+    return out
+
+
+@pytest.mark.parametrize("form", FORMS)
+@_MEDIUM
+@given(data=st.data())
+def test_select_backtest_and_rule(form, data):
+    """At every update the forecaster back-tests the forecasts of degree 0..min(order, points - 1)
+    from the points before it against the new output (relative errors, float64 reference), and the
+    next forecasts use the degree the rule picks: the smallest error if it is below margin x the
+    preferred degree's, else the preferred degree; the forecast equals that degree's polynomial."""
+    order = data.draw(st.integers(1, 3))
+    pref = data.draw(st.integers(0, order))
+    margin = data.draw(st.sampled_from([0.3, 0.5, 1.0]))
+    n = data.draw(st.integers(order + 2, order + 5))
+    # newton: any coordinates; taylor: step indices 0, 1, 2, ... (its factors are backward differences)
+    ts = data.draw(coordinates(n)) if form == "newton" else [float(k) for k in range(n)]
+    shape, seed = data.draw(shapes), data.draw(seeds)
+    ys = [randn(shape, seed + k) * (1 + k) for k in range(n)]
+    f = Forecaster(order, form, factor_dtype=torch.float64, select=pref, select_margin=margin)
+    for k, t in enumerate(ts):
+        f.update(t, ys[k])
+        cand = min(order, k - 1) + 1 if k else 0      # degrees the points before this one could forecast
+        if cand < 2 or pref >= cand:
+            assert f.chosen_order() is None and f.backtest() is None
+            use = min(pref, k)
+        else:
+            ref = [float((_truncated(ts[:k], ys[:k], t, j, form) - ys[k]).norm() / ys[k].norm())
+                   for j in range(cand)]
+            bt = f.backtest().tolist()
+            assert bt == pytest.approx(ref, rel=1e-6, abs=1e-9)
+            best = min(range(cand), key=lambda j: bt[j])
+            use = pref if bt[best] >= margin * bt[pref] else best
+            assert int(f.chosen_order()) == use
+            use = min(use, k)
+        te = ts[k] + 0.5
+        want = _truncated(ts[:k + 1], ys[:k + 1], te, use, form)
+        torch.testing.assert_close(f.forecast(te), want, rtol=1e-7, atol=1e-7)
+
+
+@_MEDIUM
+@given(data=st.data())
+def test_select_finds_the_polynomial_degree(data):
+    """A trajectory that is a polynomial of degree d <= order, on non-uniform coordinates: once the
+    back-test could see degree d, a degree >= d is chosen (their errors are zero to rounding, any lower
+    degree's is not) when d is above the preferred degree, and forecasts are exact from then on."""
+    order = data.draw(st.integers(2, 3))
+    degree = data.draw(st.integers(2, order))
+    n = degree + 3
+    ts = data.draw(coordinates(n))
+    shape, seed = data.draw(shapes), data.draw(seeds)
+    coeffs = [randn(shape, seed + k) for k in range(degree + 1)]
+    coeffs[degree] = coeffs[degree].sign() * (coeffs[degree].abs() + 0.5)   # the top term matters
+    f = Forecaster(order, "newton", factor_dtype=torch.float64, select=1)
+    for t in ts:
+        f.update(t, poly(coeffs, t))
+    assert int(f.chosen_order()) >= degree
+    for te in eval_points(data.draw, ts):
+        torch.testing.assert_close(f.forecast(te), poly(coeffs, te), rtol=1e-6, atol=1e-6)
+
+
+def test_select_pair_estimate_uses_the_preferred_degree():
+    """error_estimate(t, "pair", degree=k) is ||D_k|| / ||D_0|| * prod_{i<k} |t - n_i| for the stored
+    factors, whatever degree the forecaster stores (so an order-selecting forecaster can keep the
+    estimate of its preferred degree)."""
+    f = Forecaster(2, "newton", factor_dtype=torch.float64, select=1)
+    ys = [torch.tensor([1.0, 2.0]), torch.tensor([2.0, 2.5]), torch.tensor([4.0, 2.0])]
+    for t, y in zip((0.0, 1.0, 3.0), ys):
+        f.update(t, y)
+    d1 = (ys[2] - ys[1]) / 2.0
+    d2 = (d1 - (ys[1] - ys[0]) / 1.0) / 3.0
+    assert float(f.error_estimate(5.0, "pair", degree=1)) == pytest.approx(float(d1.norm() / ys[2].norm()) * 2.0)
+    assert float(f.error_estimate(5.0, "pair")) == pytest.approx(float(d2.norm() / ys[2].norm()) * 2.0 * 4.0)
+    assert float(f.top_ratio(1)) == pytest.approx(float(d1.norm() / ys[2].norm()))
