@@ -8,13 +8,14 @@ noise (CFG 2, batched), the uncached reference and:
   fractions are nearest 0.22 / 0.26 / 0.30 / 0.38, plus interval 2 (~0.5) for the Pareto front.
   (With uniform sigmas newton order 1 is taylor order 1 and is not run twice; newton order 3 needs a
   warm-up of 4 and is compared at the compute count it has.)
-* **the auto policy** (``AutoPolicy(threshold=tau, warmup=w)`` with the shipped defaults, regions
-  ``stack``) with tau found by bisection so that it computes at most as many steps as each fixed level;
+* **the auto policy** (``AutoPolicy(threshold=tau, warmup=w)`` with the shipped defaults: pair
+  estimate of order 1, forecast order 0-2 chosen per run by back-test; regions ``stack``) with tau
+  found by a search so that it computes at most as many steps as each fixed level;
 * the **presets** ``auto-fast`` / ``auto-balanced`` / ``auto-quality`` at 20, 28 and 50 steps (is the
   error independent of the step count, the computed fraction smaller at more steps?);
-* the **losing estimators** at the same levels (so the choice stays visible): ``pair`` summed over the
-  forecast run, ``remainder`` summed (order 1), and the first version (``remainder`` summed, taylor
-  order 2).
+* the **losing variants** at the same levels (so the choice stays visible): order 1 only (the previous
+  default, v2), the order choice with a switching margin of 0.5, the estimate summed over the forecast
+  run, and the first version (``remainder`` summed, taylor order 2).
 
 The error is the relative L2 distance of the final samples to the uncached ones
 (:func:`taylorseer_fx.metrics.relative_l2`). An auto result at ``k`` computes is compared with the best
@@ -25,7 +26,8 @@ auto / best fixed <= 0.8 as a geometric mean over the levels, per configuration.
     python benchmarks/quality.py --quick    # one configuration, 8 samples, no losers (~1 min)
     python benchmarks/quality.py --configs 28:1:3,50:3:6 --samples 24
 
-Writes ``benchmarks/results/quality.json`` (``quality_quick.json`` with --quick).
+Writes ``benchmarks/results/quality.json`` for the full run (``quality_quick.json`` with --quick,
+``quality_custom.json`` with --configs / --samples / --no-losers).
 
 One compile per region kind (``inner="eager"``): the policy is swapped through ``backend.policy`` and
 every sample run is one ``backend.session(timesteps=sigmas)`` (a fresh generation, step count known).
@@ -52,16 +54,18 @@ TARGET = 0.8
 FRACTIONS = (0.22, 0.26, 0.30, 0.38)
 CFG = 2.0
 
-#: the auto policy measured (the shipped defaults) and the losing estimators kept for comparison
+#: the auto policy measured (the shipped defaults) and the losing variants kept for comparison
 AUTO_VARIANTS = {
-    "auto (pair, per step)": dict(),
-    "pair, summed over run": dict(accumulate=True),
-    "remainder, summed, order 1": dict(estimator="remainder", accumulate=True),
-    "remainder, summed, taylor 2 (v1)": dict(estimator="remainder", accumulate=True, order=2),
+    "auto (order per run)": dict(),
+    "order 1 only (v2)": dict(select_order=False),
+    "order per run, margin 0.5": dict(order_margin=0.5),
+    "order per run, summed": dict(accumulate=True),
+    "remainder, summed, taylor 2 (v1)": dict(estimator="remainder", accumulate=True, order=2, form="taylor"),
 }
-# measured once and dropped from the default run (no better than stack, +15 % time):
-# "auto, regions modules": dict(regions="modules") -> 1.15 / 1.06 at 28 steps uniform, warm-up 3 / 6
-MAIN = "auto (pair, per step)"
+# measured in earlier full runs and dropped from the default run (docs/auto.md keeps their numbers):
+# "remainder, summed, order 1": dict(estimator="remainder", accumulate=True, form="taylor")
+# "auto, regions modules" (v2): dict(regions="modules") -> 1.15 / 1.06 at 28 steps uniform, warm-up 3 / 6
+MAIN = "auto (order per run)"
 
 
 class Bench:
@@ -177,8 +181,8 @@ def match_tau(bench: Bench, make, k_target: int, steps: int, shift: float, tau0:
 
 
 #: first threshold tried per variant (afterwards: the previous configuration's match)
-TAU0 = {MAIN: 0.15, "pair, summed over run": 0.6, "remainder, summed, order 1": 0.15,
-        "remainder, summed, taylor 2 (v1)": 0.1}
+TAU0 = {MAIN: 0.15, "order 1 only (v2)": 0.15, "order per run, margin 0.5": 0.15,
+        "order per run, summed": 0.6, "remainder, summed, taylor 2 (v1)": 0.1}
 
 
 def _power(hist) -> float:
@@ -373,7 +377,8 @@ def main() -> None:
                      "auto": {n: {"geomean_ratio": a["geomean_ratio"], "rows": [clean(r) for r in a["rows"]]}
                               for n, a in res["auto"].items()}} for res in results],
     }
-    path = write_json("quality_quick.json" if args.quick else "quality.json", data)
+    custom = args.configs or args.samples or args.no_losers
+    path = write_json("quality_quick.json" if args.quick else "quality_custom.json" if custom else "quality.json", data)
     print(f"wrote {path}")
 
 

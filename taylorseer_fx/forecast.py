@@ -96,7 +96,7 @@ class Forecaster:
     """
 
     def __init__(self, order: int, form: str = "newton", factor_dtype: torch.dtype = torch.float32, *,
-                 select: int | None = None, select_margin: float = 0.5):
+                 select: int | None = None, select_margin: float = 1.0):
         if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 0:
             raise ValueError(f"order must be an int >= 0 (0, 1, 2, ...), got {order!r}")
         if form not in FORMS:

@@ -417,7 +417,7 @@ class AutoPolicy(Policy):
     per_region: bool = False
     select_order: bool | None = None   # None: True with the pair estimator, False with the remainder
     max_order: int | None = None       # None: order + 1 (with select_order)
-    order_margin: float = 0.5
+    order_margin: float = 1.0
 
     def _validate(self) -> None:
         if self.warmup is None and isinstance(self.order, int) and not isinstance(self.order, bool):

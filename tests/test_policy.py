@@ -370,8 +370,8 @@ def test_auto_defaults():
     p = AutoPolicy(threshold=0.02)
     assert (p.order, p.warmup, p.form, p.coordinate, p.accumulate, p.per_region) == (
         1, 3, "newton", "step", False, False)
-    assert (p.select_order, p.max_order, p.order_margin) == (True, 2, 0.5)
-    assert p.forecaster_options() == {"order": 2, "form": "newton", "select": 1, "select_margin": 0.5}
+    assert (p.select_order, p.max_order, p.order_margin) == (True, 2, 1.0)
+    assert p.forecaster_options() == {"order": 2, "form": "newton", "select": 1, "select_margin": 1.0}
     assert p.estimator == "pair" and AutoPolicy(threshold=0.02, order=3).warmup == 4
     q = AutoPolicy(threshold=0.02, estimator="remainder")
     assert (q.select_order, q.max_order) == (False, 1) and q.forecaster_options() == {"order": 1, "form": "newton"}
