@@ -14,7 +14,9 @@ __all__ = ["decision_trace", "stats_table", "plot_trace", "format_table"]
 
 
 def decision_trace(stats: dict, threshold: float | None = None, generation: int | None = None) -> list[dict]:
-    """One row per step of one generation: ``{"step", "coordinate", "decision", "estimate", "threshold"}``.
+    """One row per step of one generation: ``{"step", "coordinate", "decision", "estimate", "threshold",
+    "order"}``; ``order`` (order-selecting policies, computed steps) is the forecast degree chosen there
+    for the next run (the largest over regions), else None.
 
     Args:
         stats: ``backend.stats()``.
@@ -38,6 +40,7 @@ def decision_trace(stats: dict, threshold: float | None = None, generation: int 
             "decision": c["decision"],
             "estimate": c.get("estimate"),
             "threshold": threshold,
+            "order": max(c["orders"].values()) if c.get("orders") else None,
         })
     return rows
 

@@ -231,13 +231,17 @@ class Runtime:
         ``"generations"``; ``"regions"``: ``{name: {"compute": n, "forecast": n}}`` over all calls;
         ``"trace"``: one dict per call (graph, generation, step, stream, coordinate, decision,
         estimate (the max over regions read by an adaptive policy at the step's first call; None when
-        not read or not finite), regions: {name: "compute" | "forecast" | "fallback"}, wall_s)."""
+        not read or not finite), regions: {name: "compute" | "forecast" | "fallback"}, orders (at a
+        computed step of stream 0 with an order-selecting policy: {name: degree the region forecasts
+        with until its next compute}, else None), wall_s). Reading the orders syncs once per call here,
+        never during the run."""
         return {
             "compute": self._steps["compute"], "forecast": self._steps["forecast"],
             "steps": self._steps["compute"] + self._steps["forecast"],
             "calls": self._calls, "uncached_calls": self._uncached, "generations": len(self._gens),
             "regions": {k: dict(v) for k, v in self._regions.items()},
-            "trace": [dict(t) for t in self._trace],
+            "trace": [dict(t, orders=None if t.get("orders") is None else {k: int(v) for k, v in t["orders"].items()})
+                      for t in self._trace],
         }
 
     # ------------------------------------------------------------ internals
@@ -270,10 +274,14 @@ class Runtime:
         for name, what in call.regions.items():
             d = self._regions.setdefault(name, {"compute": 0, "forecast": 0})
             d["forecast" if what == "forecast" else "compute"] += 1
+        orders = None
+        if call.stream == 0 and not forecast:     # device tensors, read only by stats()
+            orders = {name: c for i, name in enumerate(g.names)
+                      if (st := g.states.get((i, 0))) is not None and (c := st.forecaster.chosen_order()) is not None}
         self._trace.append({
             "graph": g.index, "generation": call.generation, "step": call.step, "stream": call.stream,
             "coordinate": call.coord, "decision": "forecast" if forecast else "compute",
-            "estimate": call.estimate, "regions": dict(call.regions),
+            "estimate": call.estimate, "regions": dict(call.regions), "orders": orders or None,
             "wall_s": time.perf_counter() - call.t0,
         })
 

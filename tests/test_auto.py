@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from taylorseer_fx import AutoPolicy, load_policy, taylorseer_backend
 from taylorseer_fx.policy import ESTIMATORS, policy_from_dict
+from taylorseer_fx.report import decision_trace
 from taylorseer_fx.runtime import Runtime
 from taylorseer_fx.transform import RegionInfo
 
@@ -191,9 +192,14 @@ def run_toy(policy, fn, coords, x=None) -> tuple[list[dict], list[torch.Tensor],
             t = torch.full((2,), float(c))
             outs.append(model(x, t))
             exact.append(plain(x, t))
+    LAST_STATS.clear()
+    LAST_STATS.update(be.stats())
     trace = [{"step": c["step"], "decision": c["decision"], "estimate": c["estimate"]}
-             for c in be.stats()["trace"]]
+             for c in LAST_STATS["trace"]]
     return trace, outs, exact
+
+
+LAST_STATS: dict = {}   # backend.stats() of the last run_toy
 
 
 def _poly(coeffs):
@@ -241,6 +247,13 @@ def test_order_selection_finds_a_quadratic(select_order):
         assert max(late) < 1e-4
     else:
         assert min(late) > 1e-3
+    # the chosen degrees are in the trace (read by stats(), not during the run) and in the report
+    rows = decision_trace({"trace": LAST_STATS["trace"]})
+    orders = {r["step"]: r["order"] for r in rows if r["decision"] == "compute"}
+    if select_order:
+        assert orders[2] in (0, 1) and all(orders[s] == 2 for s in (6, 10, 14, 18))
+    else:
+        assert set(orders.values()) == {None}
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
