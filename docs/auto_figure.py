@@ -66,7 +66,7 @@ def main() -> None:
         title = f"auto-balanced, {steps} steps, shift {shift:g}"
         plot_trace(rows, HERE / name, title=title)
         print(f"\n{title}: {n}/{steps} computed -> docs/{name}")
-        print(format_table(rows, ["step", "coordinate", "decision", "estimate", "actual"], floatfmt=".3g"))
+        print(format_table(rows, ["step", "coordinate", "decision", "order", "estimate", "actual"], floatfmt=".3g"))
         pairs = [(r["estimate"], r["actual"]) for r in rows if r["actual"] and r["estimate"]]
         ratios = sorted(e / a for e, a in pairs)
         if ratios:
