@@ -240,9 +240,24 @@ class Runtime:
             "steps": self._steps["compute"] + self._steps["forecast"],
             "calls": self._calls, "uncached_calls": self._uncached, "generations": len(self._gens),
             "regions": {k: dict(v) for k, v in self._regions.items()},
-            "trace": [dict(t, orders=None if t.get("orders") is None else {k: int(v) for k, v in t["orders"].items()})
-                      for t in self._trace],
+            "trace": self._trace_rows(),
         }
+
+    def _trace_rows(self) -> list[dict]:
+        """The trace as plain data: the chosen degrees (device tensors) read in one go."""
+        rows = [dict(t) for t in self._trace]
+        held = [(r, k, v) for r in rows if r.get("orders") for k, v in r["orders"].items()]
+        if held:
+            try:
+                values = torch.stack([v.reshape(()) for _, _, v in held]).tolist()
+            except RuntimeError:                     # regions on different devices
+                values = [int(v) for _, _, v in held]
+            for r in rows:
+                if r.get("orders"):
+                    r["orders"] = dict(r["orders"])
+            for (r, k, _), v in zip(held, values):
+                r["orders"][k] = int(v)
+        return rows
 
     # ------------------------------------------------------------ internals
     def _clear_stats(self) -> None:
@@ -274,10 +289,13 @@ class Runtime:
         for name, what in call.regions.items():
             d = self._regions.setdefault(name, {"compute": 0, "forecast": 0})
             d["forecast" if what == "forecast" else "compute"] += 1
-        orders = None
+        orders = {}
         if call.stream == 0 and not forecast:     # device tensors, read only by stats()
-            orders = {name: c for i, name in enumerate(g.names)
-                      if (st := g.states.get((i, 0))) is not None and (c := st.forecaster.chosen_order()) is not None}
+            for i, name in enumerate(g.names):
+                state = g.states.get((i, 0))
+                chosen = state.forecaster.chosen_order() if state is not None else None
+                if chosen is not None:
+                    orders[name] = chosen
         self._trace.append({
             "graph": g.index, "generation": call.generation, "step": call.step, "stream": call.stream,
             "coordinate": call.coord, "decision": "forecast" if forecast else "compute",
