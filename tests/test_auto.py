@@ -21,6 +21,8 @@ from taylorseer_fx.report import decision_trace
 from taylorseer_fx.runtime import Runtime
 from taylorseer_fx.transform import RegionInfo
 
+from policy_helpers import forecast_runs
+
 torch.set_num_threads(1)
 
 FAST = settings(max_examples=40, deadline=None, derandomize=True, database=None,
@@ -47,19 +49,6 @@ def drive(policy, outputs, coords=None, num_steps=None) -> list[dict]:
 
 def computes(trace) -> list[int]:
     return [c["step"] for c in trace if c["decision"] == "compute"]
-
-
-def forecast_runs(steps: list[int], n: int) -> list[int]:
-    """Lengths of the runs of consecutive forecast steps (a trailing run included)."""
-    out, cur = [], 0
-    for s in range(n):
-        if s in steps:
-            if cur:
-                out.append(cur)
-            cur = 0
-        else:
-            cur += 1
-    return out + ([cur] if cur else [])
 
 
 @st.composite

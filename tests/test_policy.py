@@ -26,6 +26,8 @@ from taylorseer_fx.policy import (
     policy_from_dict,
 )
 
+from policy_helpers import forecast_runs
+
 FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 DATA = json.loads((Path(__file__).parent / "data" / "schedules.json").read_text())
 REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
@@ -41,20 +43,6 @@ def trace(policy: Policy, n: int, estimate=None) -> list[int]:
             out.append(s)
             last = s
     return out
-
-
-def runs(steps: list[int], n: int) -> list[int]:
-    """Lengths of the runs of consecutive forecast steps."""
-    mask = [s in set(steps) for s in range(n)]
-    out, cur = [], 0
-    for c in mask:
-        if c:
-            if cur:
-                out.append(cur)
-            cur = 0
-        else:
-            cur += 1
-    return out + ([cur] if cur else [])
 
 
 # ---- direct transcriptions of the public rules ----
@@ -176,9 +164,9 @@ def _check_invariants(policy: FixedPolicy, n: int, steps: list[int]) -> None:
     assert set(range(max(n - policy.cooldown, 0), n)) <= set(steps)
     if policy.compute_from is not None:
         assert set(range(policy.compute_from, n)) <= set(steps)
-    assert all(r <= policy.interval - 1 for r in runs(steps, n))
+    assert all(r <= policy.interval - 1 for r in forecast_runs(steps, n))
     if policy.max_forecast_run is not None:
-        assert all(r <= policy.max_forecast_run for r in runs(steps, n))
+        assert all(r <= policy.max_forecast_run for r in forecast_runs(steps, n))
     forecasts = [s for s in range(n) if s not in steps]
     if forecasts and policy.form == "newton":
         assert len([s for s in steps if s < forecasts[0]]) >= policy.order + 1
@@ -363,7 +351,7 @@ def test_auto_monotone_in_threshold(base, t1, t2, accumulate, max_run, cooldown,
         assert set(range(min(3, n))) <= set(steps)
         assert set(range(max(n - cooldown, 0), n)) <= set(steps)
         if max_run is not None:
-            assert all(r <= max_run for r in runs(steps, n))
+            assert all(r <= max_run for r in forecast_runs(steps, n))
 
 
 def test_auto_defaults():
