@@ -129,7 +129,8 @@ class Forecaster:
         self.num_points = 0
         self.nodes: list[float] = []
         self._r: torch.Tensor | None = None
-        self._ratios: list[torch.Tensor] = []   # ||D_j|| / ||D_0|| for the stored degrees j = 1..k
+        self._den: torch.Tensor | None = None   # ||D_0|| (or of the reference) at the last update
+        self._ratios: dict[int, torch.Tensor] = {}  # ||D_j|| / ||D_0||, formed when first asked for
         self._backtest: torch.Tensor | None = None  # relative back-test error per order (select)
         self._chosen: torch.Tensor | None = None    # the order chosen at the last update (select)
         self._weights: torch.Tensor | None = None   # 1 for the terms of the chosen order, 0 above
@@ -201,7 +202,6 @@ class Forecaster:
             self._choose(t, tensors, old)
         top = min(old, self.order)  # degree of the stored polynomial after this update
         num_sq = den_sq = None
-        ratio_sq: list = [None] * top  # ||D_j||^2, j = 1..top
         if reference is not None and (extra or top):
             for x in _flatten(reference, "reference")[0]:
                 den = torch.linalg.vector_norm(x, dtype=self._compute_dtype).square()
@@ -221,12 +221,9 @@ class Forecaster:
                 num_sq = num if num_sq is None else num_sq + num
             else:
                 factors[old].copy_(a)
-            for j in range(1, top + 1):  # the stored differences: the embedded pairs of each degree
-                sq = torch.linalg.vector_norm(factors[j], dtype=self._compute_dtype).square()
-                ratio_sq[j - 1] = sq if ratio_sq[j - 1] is None else ratio_sq[j - 1] + sq
-        den = den_sq.sqrt() + _EPS if den_sq is not None else None
-        self._r = (num_sq.sqrt() / den).to(torch.float32) if extra else None
-        self._ratios = [(sq.sqrt() / den).to(torch.float32) for sq in ratio_sq]
+        self._den = den_sq.sqrt() + _EPS if den_sq is not None else None
+        self._r = (num_sq.sqrt() / self._den).to(torch.float32) if extra else None
+        self._ratios = {}
         self.nodes = [t] + self.nodes[: min(old, self.order)]
         self.num_points = self.num_points + 1 if derivatives else 1
 
@@ -285,7 +282,7 @@ class Forecaster:
         self._check_ready("forecast")
         t = _coord(t)
         k = len(self.nodes) - 1  # degree of the stored polynomial
-        w = self._weights if self.select is not None else None
+        w = self._weights
         if self.select is not None and w is None:
             k = min(k, self.select)  # no choice made yet: the preferred degree
         if self.form == "newton":  # p(t) = D_0 + (t-n_0)(D_1 + (t-n_1)(D_2 + ...))
@@ -320,10 +317,14 @@ class Forecaster:
     def top_ratio(self, degree: int | None = None) -> torch.Tensor | None:
         """``||D_k|| / ||D_0||`` for the stored factor ``k = min(degree, len(nodes) - 1)`` (default: the
         highest; 0-dim float32 tensor on the device); None while only one point is stored."""
-        if not self._ratios:
+        top = len(self.nodes) - 1
+        if top < 1 or self._den is None:
             return None
-        k = len(self._ratios) if degree is None else max(1, min(int(degree), len(self._ratios)))
-        return self._ratios[k - 1]
+        k = top if degree is None else max(1, min(int(degree), top))
+        if k not in self._ratios:   # on the device, no sync; the factors stay as they are until the next update
+            sq = sum(torch.linalg.vector_norm(f[k], dtype=self._compute_dtype).square() for f in self._factors)
+            self._ratios[k] = (sq.sqrt() / self._den).to(torch.float32)
+        return self._ratios[k]
 
     def chosen_order(self) -> torch.Tensor | None:
         """With ``select``: the degree the forecasts use, chosen at the last update (0-dim int64 tensor
