@@ -204,7 +204,7 @@ class Forecaster:
         num_sq = den_sq = None
         if reference is not None and (extra or top):
             for x in _flatten(reference, "reference")[0]:
-                den = torch.linalg.vector_norm(x, dtype=self._compute_dtype).square()
+                den = self._norm_sq(x)
                 den_sq = den if den_sq is None else den_sq + den
         for x, factors, (a, b) in zip(tensors, self._factors, self._scratch):
             a.copy_(x)  # a = D'_{j-1} in the compute dtype
@@ -226,6 +226,13 @@ class Forecaster:
         self._ratios = {}
         self.nodes = [t] + self.nodes[: min(old, self.order)]
         self.num_points = self.num_points + 1 if derivatives else 1
+
+    def _norm_sq(self, x: torch.Tensor) -> torch.Tensor:
+        """||x||^2 as a 0-dim tensor in the compute dtype (accumulated in it, or in x's own dtype when x
+        is wider: float64 outputs with float32 arithmetic)."""
+        if x.dtype.itemsize > torch.finfo(self._compute_dtype).bits // 8:
+            return torch.linalg.vector_norm(x).to(self._compute_dtype).square()
+        return torch.linalg.vector_norm(x, dtype=self._compute_dtype).square()
 
     def _terms(self, t: float, k: int) -> list[float]:
         """Signed coordinate factors of the series terms 0..k at ``t`` (newton: prod_{i<j} (t - n_i);
@@ -257,7 +264,7 @@ class Forecaster:
                 torch.sub(a, x, out=b)
                 e = torch.linalg.vector_norm(b).square()
                 err_sq[j] = e if err_sq[j] is None else err_sq[j] + e
-            n = torch.linalg.vector_norm(x, dtype=self._compute_dtype).square()
+            n = self._norm_sq(x)
             y_sq = n if y_sq is None else y_sq + n
         err = torch.stack(err_sq).sqrt() / (y_sq.sqrt() + _EPS)
         best = err.argmin()
@@ -322,7 +329,7 @@ class Forecaster:
             return None
         k = top if degree is None else max(1, min(int(degree), top))
         if k not in self._ratios:   # on the device, no sync; the factors stay as they are until the next update
-            sq = sum(torch.linalg.vector_norm(f[k], dtype=self._compute_dtype).square() for f in self._factors)
+            sq = sum(self._norm_sq(f[k]) for f in self._factors)
             self._ratios[k] = (sq.sqrt() / self._den).to(torch.float32)
         return self._ratios[k]
 

@@ -244,8 +244,9 @@ def test_t_squared_taylor_15_newton_16():
 # ------------------------------------------------------------------------- dtypes/strides/tuples
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
-def test_dtype_roundtrip(form, dtype):
-    f = Forecaster(1, form)
+@pytest.mark.parametrize("select", [None, 1])
+def test_dtype_roundtrip(form, dtype, select):
+    f = Forecaster(1 if select is None else 2, form, select=select)
     for s in range(3):
         f.update(float(s), torch.full((2, 3), 1.0 + s, dtype=dtype))
     out = f.forecast(3.0)
@@ -292,8 +293,9 @@ def test_tuple_outputs(container):
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_low_precision_factor_dtype(form):
-    f = Forecaster(2, form, factor_dtype=torch.bfloat16)
+@pytest.mark.parametrize("select", [None, 1])
+def test_low_precision_factor_dtype(form, select):
+    f = Forecaster(2, form, factor_dtype=torch.bfloat16, select=select)
     for s in range(4):
         f.update(float(s), torch.full((3,), 1.0 + 2.0 * s))  # bf16-exact values
     assert all(b.dtype == torch.bfloat16 for b in f._factors[0])
@@ -559,3 +561,15 @@ def test_select_pair_estimate_uses_the_preferred_degree():
     assert float(f.error_estimate(5.0, "pair", degree=1)) == pytest.approx(float(d1.norm() / ys[2].norm()) * 2.0)
     assert float(f.error_estimate(5.0, "pair")) == pytest.approx(float(d2.norm() / ys[2].norm()) * 2.0 * 4.0)
     assert float(f.top_ratio(1)) == pytest.approx(float(d1.norm() / ys[2].norm()))
+
+
+@pytest.mark.parametrize("select", [None, 1])
+def test_float64_outputs_with_float32_arithmetic(select):
+    """float64 region outputs (a float64 model) with the default float32 arithmetic: the norms behind
+    the estimates, the reference (residual regions) and the back-test work in the wider dtype's norm."""
+    f = Forecaster(2, "newton", select=select)
+    for s in range(4):
+        y = torch.full((2, 3), 1.0 + s, dtype=torch.float64)
+        f.update(float(s), y, reference=(y * 2,))
+    assert f.forecast(4.0).dtype == torch.float64
+    assert float(f.error_estimate(5.0, "pair", degree=1)) == pytest.approx(1.0 / 8.0 * 2.0)
