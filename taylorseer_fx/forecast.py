@@ -164,8 +164,9 @@ class Forecaster:
         ``derivatives=False`` keeps only the 0-th factor (official TaylorSeer's warm-up gating).
         Buffers are allocated at the first update (or after a reset with new shapes) and updated in
         place afterwards. Also forms the next difference (newton ``D_{order+1}``, taylor ``F_{order+1}``)
-        without storing it and keeps ``r = ||next|| / ||D_0||`` (0-dim float32 tensor on the device),
-        and ``||D_k|| / ||D_0||`` of the highest stored factor (the embedded pair, :meth:`top_ratio`).
+        without storing it and keeps ``r = ||next|| / ||D_0||`` (0-dim float32 tensor on the device), and
+        ``||D_0||`` for the ratios of the stored factors (the embedded pairs, :meth:`top_ratio`, formed
+        when first asked for). With ``select``, first back-tests the forecast degrees (:meth:`backtest`).
 
         ``reference``: tensors (any structure) whose norm replaces ``||D_0||`` in those ratios, so that
         the estimates are relative to what the caller returns -- e.g. the whole region output when
@@ -230,7 +231,7 @@ class Forecaster:
     def _norm_sq(self, x: torch.Tensor) -> torch.Tensor:
         """||x||^2 as a 0-dim tensor in the compute dtype (accumulated in it, or in x's own dtype when x
         is wider: float64 outputs with float32 arithmetic)."""
-        if x.dtype.itemsize > torch.finfo(self._compute_dtype).bits // 8:
+        if x.dtype.itemsize > self._compute_dtype.itemsize:
             return torch.linalg.vector_norm(x).to(self._compute_dtype).square()
         return torch.linalg.vector_norm(x, dtype=self._compute_dtype).square()
 
@@ -346,9 +347,7 @@ class Forecaster:
     def _scale(self, t: float, k: int) -> float:
         """The coordinate factor of the degree-``k`` term at ``t``: newton ``prod_{i<k} |t - n_i|``,
         taylor ``|x|^k / k!``."""
-        if self.form == "newton":
-            return math.prod(abs(t - n) for n in self.nodes[:k])
-        return abs(t - self.nodes[0]) ** k / math.factorial(k)
+        return abs(self._terms(t, k)[k])
 
     def error_estimate(self, t: float, method: str = "remainder",
                        degree: int | None = None) -> torch.Tensor | None:

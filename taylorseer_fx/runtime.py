@@ -244,19 +244,17 @@ class Runtime:
         }
 
     def _trace_rows(self) -> list[dict]:
-        """The trace as plain data: the chosen degrees (device tensors) read in one go."""
+        """The trace as plain data: the chosen degrees (0-dim device tensors) read in one go."""
         rows = [dict(t) for t in self._trace]
-        held = [(r, k, v) for r in rows if r.get("orders") for k, v in r["orders"].items()]
+        held = [v for r in rows if r.get("orders") for v in r["orders"].values()]
         if held:
             try:
-                values = torch.stack([v.reshape(()) for _, _, v in held]).tolist()
+                values = iter(torch.stack(held).tolist())
             except RuntimeError:                     # regions on different devices
-                values = [int(v) for _, _, v in held]
+                values = iter([int(v) for v in held])
             for r in rows:
                 if r.get("orders"):
-                    r["orders"] = dict(r["orders"])
-            for (r, k, _), v in zip(held, values):
-                r["orders"][k] = int(v)
+                    r["orders"] = {name: next(values) for name in r["orders"]}
         return rows
 
     # ------------------------------------------------------------ internals
