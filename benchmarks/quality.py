@@ -202,10 +202,8 @@ def geo(xs):
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
 
 
-def run_config(bench: Bench, steps: int, shift: float, warmup: int, variants: dict, taus: dict) -> dict:
-    t0 = time.perf_counter()
-    bench.reference(steps, shift)
-    lv = levels_for(steps, warmup)
+def run_fixed(bench: Bench, steps: int, shift: float, warmup: int, lv: dict) -> list[dict]:
+    """Every fixed schedule of :func:`fixed_family` at the levels' intervals (and interval 2)."""
     intervals = sorted(set(lv.values()) | {2})
     fixed = []
     for interval in intervals:
@@ -217,13 +215,22 @@ def run_config(bench: Bench, steps: int, shift: float, warmup: int, variants: di
             p = FixedPolicy(interval=interval, warmup=w, order=order, form=form)
             r = bench.run(p, regions, steps, shift)
             fixed.append(dict(r, interval=interval, regions=regions, order=order, form=form))
-    counts = sorted({f["computes"] for f in fixed})
+    return fixed
 
-    def best_fixed(k):
-        level = min((c for c in counts if c >= k), default=None)
-        if level is None:
-            return None
-        return min((f for f in fixed if f["computes"] == level), key=lambda f: f["error"])
+
+def best_fixed(fixed: list[dict], k: int) -> dict | None:
+    """The fixed schedule with the lowest error at the smallest fixed compute count >= k."""
+    level = min((f["computes"] for f in fixed if f["computes"] >= k), default=None)
+    if level is None:
+        return None
+    return min((f for f in fixed if f["computes"] == level), key=lambda f: f["error"])
+
+
+def run_config(bench: Bench, steps: int, shift: float, warmup: int, variants: dict, taus: dict) -> dict:
+    t0 = time.perf_counter()
+    bench.reference(steps, shift)
+    lv = levels_for(steps, warmup)
+    fixed = run_fixed(bench, steps, shift, warmup, lv)
 
     autos = {}
     for name, kw in variants.items():
@@ -244,7 +251,7 @@ def run_config(bench: Bench, steps: int, shift: float, warmup: int, variants: di
             r = match_tau(bench, make, k, steps, shift, tau0, regions=regions, power=power)
             hist += [e for e in r["evals"]]
             taus[(name, frac)] = r["threshold"]
-            ref = best_fixed(r["computes"])
+            ref = best_fixed(fixed, r["computes"])
             rows.append(dict(r, fraction_target=frac, level=k, ref=ref,
                              ratio=r["error"] / ref["error"] if ref else float("nan")))
         autos[name] = {"rows": rows, "geomean_ratio": geo([r["ratio"] for r in rows])}

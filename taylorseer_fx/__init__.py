@@ -12,7 +12,8 @@ Public API:
 __version__ = "0.1.0"
 
 from .forecast import Forecaster
-from .policy import AutoPolicy, FixedPolicy, MaskPolicy, load_policy
+from .policy import AutoPolicy, FixedPolicy, MaskPolicy
+from .presets import load_policy
 from .decorator import taylor_seer
 from .backend import taylorseer_backend
 

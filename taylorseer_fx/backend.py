@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 from torch import fx
 
-from .policy import Policy, load_policy
+from .policy import Policy
+from .presets import load_policy
 from .runtime import Runtime
 from .select import KINDS, NoRegionError, find_timestep, is_static_placeholder, select_regions
 from .forecast import _out_strides

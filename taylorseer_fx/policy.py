@@ -17,23 +17,17 @@ count) and never forecasts more than ``max_forecast_run`` steps in a row.
 - :class:`AutoPolicy` -- forecast while the estimated relative error of the region output (embedded
   pair by default; summed over the current forecast run when ``accumulate``) stays <= ``threshold``.
 
-Presets live in ``policies/*.toml`` (``kind = "fixed" | "official" | "openvino" | "diffusers" | "seed" |
-"mask" | "auto"`` plus the constructor's fields, and an optional ``description``) and load with
-:func:`load_policy` by name or by path.
+Presets (``policies/*.toml``) load by name with :func:`taylorseer_fx.presets.load_policy`.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import os
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 __all__ = [
     "FORMS", "COORDINATES", "ESTIMATORS", "Policy", "Schedule", "FixedPolicy", "MaskPolicy", "AutoPolicy",
-    "load_policy", "policy_from_dict", "available_policies",
 ]
 
 FORMS = ("newton", "taylor")
@@ -454,75 +448,3 @@ class AutoPolicy(Policy):
 
     def _schedule(self, num_steps, end):
         return _AutoSchedule(self, num_steps, end)
-
-
-# ---- presets ----
-
-_KINDS: dict[str, Callable[..., Policy]] = {
-    "fixed": FixedPolicy, "mask": MaskPolicy, "auto": AutoPolicy,
-    "official": FixedPolicy.official, "openvino": FixedPolicy.openvino,
-    "diffusers": FixedPolicy.diffusers, "seed": FixedPolicy.seed,
-}
-
-
-def _fields_of(factory: Callable[..., Policy]) -> set[str]:
-    params = inspect.signature(factory).parameters.values()
-    names = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
-    return names | (set(_ANCHOR_OVERRIDES) if len(names) < len(params) else set())
-
-
-def policy_from_dict(spec: Mapping[str, Any], source: str = "policy spec") -> Policy:
-    """Build a policy from ``{"kind": ..., <fields>}`` (the TOML preset format; ``description`` ignored)."""
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    spec.pop("description", None)
-    if kind not in _KINDS:
-        raise ValueError(f"{source}: kind must be one of {sorted(_KINDS)}, got {kind!r}")
-    allowed = _fields_of(_KINDS[kind])
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise ValueError(f"{source}: unknown field {unknown[0]!r} for kind {kind!r}; "
-                         f"allowed: {sorted(allowed)}")
-    try:
-        return _KINDS[kind](**spec)
-    except TypeError as e:  # a required field is missing (AutoPolicy's threshold)
-        raise ValueError(f"{source}: {e}") from None
-
-
-def _preset_dirs() -> list[Path]:
-    here = Path(__file__).resolve().parent
-    out: list[Path] = []
-    for d in (here / "policies", here.parent / "policies"):  # installed package first, then the repo
-        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
-            out.append(d)
-    return out
-
-
-def available_policies() -> list[str]:
-    """Names of the presets that :func:`load_policy` finds."""
-    return sorted({p.stem for d in _preset_dirs() for p in d.glob("*.toml")})
-
-
-def load_policy(name_or_path: str | os.PathLike | Policy) -> Policy:
-    """A preset by name (``"official-flux"``) or a TOML file by path. A Policy is returned unchanged."""
-    if isinstance(name_or_path, Policy):
-        return name_or_path
-    text = os.fspath(name_or_path)
-    path = Path(text)
-    if not (text.endswith(".toml") or os.sep in text or "/" in text or path.is_file()):
-        found = [d / f"{text}.toml" for d in _preset_dirs() if (d / f"{text}.toml").is_file()]
-        if not found:
-            raise ValueError(f"unknown policy preset {text!r}; known: {available_policies()}")
-        path = found[0]
-    if not path.is_file():
-        raise FileNotFoundError(f"policy file not found: {path}")
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    with open(path, "rb") as f:
-        try:
-            spec = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: invalid TOML: {e}") from e
-    return policy_from_dict(spec, source=str(path))

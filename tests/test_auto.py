@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taylorseer_fx import AutoPolicy, load_policy, taylorseer_backend
-from taylorseer_fx.policy import ESTIMATORS, policy_from_dict
+from taylorseer_fx.policy import ESTIMATORS
+from taylorseer_fx.presets import policy_from_dict
 from taylorseer_fx.report import decision_trace
 from taylorseer_fx.runtime import Runtime
 from taylorseer_fx.transform import RegionInfo

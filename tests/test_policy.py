@@ -16,15 +16,8 @@ from pathlib import Path
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from taylorseer_fx.policy import (
-    AutoPolicy,
-    FixedPolicy,
-    MaskPolicy,
-    Policy,
-    available_policies,
-    load_policy,
-    policy_from_dict,
-)
+from taylorseer_fx.policy import AutoPolicy, FixedPolicy, MaskPolicy, Policy
+from taylorseer_fx.presets import available_policies, load_policy, policy_from_dict
 
 from policy_helpers import forecast_runs
 
