@@ -17,10 +17,12 @@ order, form, region: ``quality.best_fixed``), geometric mean over the levels -- 
 target ``<= 0.8`` of quality.py is about. A ratio above 0.8 here means no threshold rule with this
 forecaster can meet the target in that configuration.
 
-    python benchmarks/placement.py --configs 28:1:6     # ~10 min, 1 thread
-    python benchmarks/placement.py                      # the three 28-step configurations quality.py misses
+    python benchmarks/placement.py      # the three 28-step configurations quality.py misses (~20 min, 1 thread)
+    python benchmarks/placement.py --configs 28:1:6 --exhaustive 3 --out placement_28-1-6_exhaustive3.json
+                                        # every placement up to 3 computes after warm-up (~32 min)
 
-Writes ``benchmarks/results/placement.json`` (``placement_custom.json`` with other options).
+Writes ``benchmarks/results/placement.json`` (``placement_custom.json`` with other options, or
+``--out``).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--exhaustive", type=int, default=2,
                     help="search every placement up to this many computes after warm-up (default 2)")
+    ap.add_argument("--out", default=None, help="name of the JSON written under benchmarks/results/")
     args = ap.parse_args()
     if args.samples < 1 or args.exhaustive < 0:
         ap.error("--samples must be >= 1 and --exhaustive >= 0")
@@ -134,7 +137,8 @@ def main() -> None:
     data = {"machine": machine(), "samples": args.samples, "exhaustive": args.exhaustive,
             "forecaster": AutoPolicy(threshold=1.0).forecaster_options(), "configs": results}
     custom = args.configs != DEFAULT_CONFIGS or args.samples != 20 or args.exhaustive != 2
-    print(f"wrote {write_json('placement_custom.json' if custom else 'placement.json', data)}")
+    name = args.out or ("placement_custom.json" if custom else "placement.json")
+    print(f"wrote {write_json(name, data)}")
 
 
 if __name__ == "__main__":
