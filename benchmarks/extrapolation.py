@@ -97,7 +97,7 @@ def run_config(model, steps: int, shift: float, warmup: int, samples: int) -> di
     horizon = range(warmup, min(steps, warmup + HORIZON))
     rows = {}
     for name, f in methods(sig).items():
-        k = int(name.split()[1]) if name.split()[0] in ("newton", "taylor") else 1
+        k = int(name.split()[1].rstrip(",")) if name.split()[0] in ("newton", "taylor") else 1
         if k + 1 > warmup:          # not enough warm-up points for this degree (it would equal a lower one)
             continue
         errs = []
