@@ -23,7 +23,8 @@ import torch
 
 from .. import metrics, report
 from ..backend import taylorseer_backend
-from ..policy import AutoPolicy, FixedPolicy, load_policy
+from ..policy import AutoPolicy, FixedPolicy
+from ..presets import load_policy
 from .sampling import load_classifier, load_model, sample
 
 #: name -> (policy factory taking num_steps, regions, description)
