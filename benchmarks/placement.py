@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, setup, table, write_json  # noqa: E402
-from quality import Bench, best_fixed, fixed_count, geo, levels_for, name_fixed, run_fixed  # noqa: E402
+from quality import Bench, best_fixed, geo, levels_for, name_fixed, run_fixed  # noqa: E402
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy  # noqa: E402
 
