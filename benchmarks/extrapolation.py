@@ -59,34 +59,39 @@ def stack_outputs(model, steps: int, shift: float, samples: int, seed: int = 0) 
     return torch.stack(rec)
 
 
-def _forecaster(points, coords, order: int, form: str = "newton", **kw) -> Forecaster:
+def _fitted(points, coords, order: int, form: str = "newton", **kw):
+    """The forecast function of a Forecaster filled with ``points`` at ``coords`` (oldest first)."""
     fc = Forecaster(order, form, **kw)
     for t, y in zip(coords, points):
         fc.update(t, y)
-    return fc
+    return fc.forecast
 
 
 def methods(sig: torch.Tensor) -> dict:
-    """name -> f(points, steps, target step) -> forecast; points/steps: the warm-up computes, oldest first."""
+    """name -> (points needed, fit); ``fit(points, steps)`` (the warm-up computes, oldest first) returns
+    ``predict(step)``."""
     s = [float(v) for v in sig]
     lsnr = [math.log(max(1 - v, 1e-12) / v) for v in s]
 
-    def newton(k, coord):
-        return lambda P, S, t: _forecaster(P, [coord[i] for i in S], k).forecast(coord[t])
+    def fitted(k, coord, form="newton", **kw):
+        def fit(P, S):
+            predict = _fitted(P, [coord[i] for i in S], k, form, **kw)
+            return lambda t: predict(coord[t])
+        return k + 1, fit
 
     def damped(phi):
-        def f(P, S, t):
+        def fit(P, S):
             slope = (P[-1] - P[-2]) / (S[-1] - S[-2])
-            return P[-1] + slope * sum(phi ** i for i in range(1, t - S[-1] + 1))
-        return f
+            return lambda t: P[-1] + slope * sum(phi ** i for i in range(1, t - S[-1] + 1))
+        return 2, fit
 
     steps = list(range(len(s)))
-    out = {f"newton {k} (step)": newton(k, steps) for k in range(4)}
-    out |= {f"newton {k} (sigma)": newton(k, s) for k in (1, 2)}
-    out |= {f"newton {k} (log-SNR)": newton(k, lsnr) for k in (1, 2)}
-    out |= {f"taylor {k}": (lambda P, S, t, k=k: _forecaster(P, S, k, "taylor").forecast(float(t))) for k in (2, 3)}
+    out = {f"newton {k} (step)": fitted(k, steps) for k in range(4)}
+    out |= {f"newton {k} (sigma)": fitted(k, s) for k in (1, 2)}
+    out |= {f"newton {k} (log-SNR)": fitted(k, lsnr) for k in (1, 2)}
+    out |= {f"taylor {k}": fitted(k, steps, "taylor") for k in (2, 3)}
     out |= {f"newton 1, damped {phi}": damped(phi) for phi in (0.9, 0.8)}
-    out["auto's choice"] = lambda P, S, t: _forecaster(P, S, 2, select=1).forecast(float(t))
+    out["auto's choice"] = fitted(2, steps, select=1)
     return out
 
 
@@ -96,16 +101,12 @@ def run_config(model, steps: int, shift: float, warmup: int, samples: int) -> di
     warm = list(range(warmup))
     horizon = range(warmup, min(steps, warmup + HORIZON))
     rows = {}
-    for name, f in methods(sig).items():
-        k = int(name.split()[1].rstrip(",")) if name.split()[0] in ("newton", "taylor") else 1
-        if k + 1 > warmup:          # not enough warm-up points for this degree (it would equal a lower one)
+    for name, (needs, fit) in methods(sig).items():
+        if needs > warmup:          # not enough warm-up points for this degree (it would equal a lower one)
             continue
-        errs = []
-        for t in horizon:
-            y = ys[t].double()
-            pred = f([ys[i] for i in warm], warm, t).double()
-            errs.append(float((pred - y).norm() / y.norm()))
-        rows[name] = errs
+        predict = fit([ys[i] for i in warm], warm)
+        rows[name] = [float((predict(t).double() - ys[t].double()).norm() / ys[t].double().norm())
+                      for t in horizon]
     return {"steps": steps, "shift": shift, "warmup": warmup, "horizons": [t - warmup + 1 for t in horizon],
             "errors": rows}
 
