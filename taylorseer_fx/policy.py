@@ -35,7 +35,8 @@ COORDINATES = ("timestep", "step")
 ESTIMATORS = ("pair", "remainder")   # forecast.Forecaster.error_estimate(t, method=...)
 _COMMON = ("order", "form", "coordinate", "warmup", "cooldown", "max_forecast_run", "num_steps",
            "derivatives_from")
-_ANCHOR_OVERRIDES = ("form", "coordinate", "max_forecast_run", "num_steps")
+#: fields every anchor classmethod (official, openvino, ...) also accepts, besides its own names
+ANCHOR_OVERRIDES = ("form", "coordinate", "max_forecast_run", "num_steps")
 
 
 def _check_int(owner: str, name: str, value: Any, low: int | None, optional: bool = False) -> None:
@@ -211,10 +212,10 @@ class FixedPolicy(Policy):
 
     @staticmethod
     def _anchor(what: str, taylor_fields: dict, common: dict, **kw) -> "FixedPolicy":
-        unknown = sorted(set(common) - set(_ANCHOR_OVERRIDES))
+        unknown = sorted(set(common) - set(ANCHOR_OVERRIDES))
         if unknown:
             raise ValueError(f"FixedPolicy.{what}: unknown field {unknown[0]!r}; allowed overrides: "
-                             f"{_ANCHOR_OVERRIDES}")
+                             f"{ANCHOR_OVERRIDES}")
         kw.update(form="taylor")
         kw.update(common)
         if kw["form"] == "taylor":  # the derivative gating belongs to the taylor form

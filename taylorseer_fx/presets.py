@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .policy import _ANCHOR_OVERRIDES, AutoPolicy, FixedPolicy, MaskPolicy, Policy
+from .policy import ANCHOR_OVERRIDES, AutoPolicy, FixedPolicy, MaskPolicy, Policy
 
 __all__ = ["load_policy", "policy_from_dict", "available_policies"]
 
@@ -28,7 +28,7 @@ _KINDS: dict[str, Callable[..., Policy]] = {
 def _fields_of(factory: Callable[..., Policy]) -> set[str]:
     params = inspect.signature(factory).parameters.values()
     names = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
-    return names | (set(_ANCHOR_OVERRIDES) if len(names) < len(params) else set())
+    return names | (set(ANCHOR_OVERRIDES) if len(names) < len(params) else set())
 
 
 def policy_from_dict(spec: Mapping[str, Any], source: str = "policy spec") -> Policy:
