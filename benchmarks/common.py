@@ -242,6 +242,22 @@ def _fmt(c) -> str:
     return "" if c is None else str(c)
 
 
+def parse_configs(text: str) -> list[tuple[int, float, int]]:
+    """``"28:1:3,50:3:6"`` -> ``[(28, 1.0, 3), (50, 3.0, 6)]`` (steps, sigma shift, warm-up), for the
+    ``--configs`` option of quality.py, placement.py and extrapolation.py. ValueError on a bad entry."""
+    out = []
+    for c in text.split(","):
+        parts = c.split(":")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            steps, shift, warmup = int(parts[0]), float(parts[1]), int(parts[2])
+        except ValueError:
+            raise ValueError(f"--configs: each entry must be steps:shift:warmup (e.g. 28:1:3), got {c!r}") from None
+        out.append((steps, shift, warmup))
+    return out
+
+
 def write_json(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

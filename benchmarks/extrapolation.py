@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, setup, table, write_json  # noqa: E402
+from common import machine, parse_configs, setup, table, write_json  # noqa: E402
 
 from taylorseer_fx import Forecaster  # noqa: E402
 from taylorseer_fx.demo import load_model, sample, sigmas  # noqa: E402
@@ -121,10 +121,9 @@ def main() -> None:
     setup(1)
     model = load_model()
     results = []
-    for c in args.configs.split(","):
-        steps, shift, warmup = (float(v) if i == 1 else int(v) for i, v in enumerate(c.split(":")))
+    for steps, shift, warmup in parse_configs(args.configs):
         if not 3 <= warmup < steps:
-            ap.error(f"--configs: warm-up must be in [3, steps), got {c}")
+            ap.error(f"--configs: warm-up must be in [3, steps), got {steps}:{shift:g}:{warmup}")
         res = run_config(model, steps, shift, warmup, args.samples)
         results.append(res)
         base = res["errors"]["newton 1 (step)"]

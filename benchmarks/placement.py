@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, setup, table, write_json  # noqa: E402
+from common import machine, parse_configs, setup, table, write_json  # noqa: E402
 from quality import Bench, best_fixed, geo, levels_for, name_fixed, run_fixed  # noqa: E402
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy  # noqa: E402
@@ -118,8 +118,7 @@ def main() -> None:
     if args.samples < 1 or args.exhaustive < 0:
         ap.error("--samples must be >= 1 and --exhaustive >= 0")
     setup(1)
-    configs = [tuple(float(v) if i == 1 else int(v) for i, v in enumerate(c.split(":")))
-               for c in args.configs.split(",")]
+    configs = parse_configs(args.configs)
     bench = Bench(args.samples)
     results = []
     for steps, shift, warmup in configs:

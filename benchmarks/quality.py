@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, setup, table, write_json  # noqa: E402
+from common import machine, parse_configs, setup, table, write_json  # noqa: E402
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, load_policy, taylorseer_backend  # noqa: E402
 from taylorseer_fx.demo import load_model, sample, sigmas  # noqa: E402
@@ -337,8 +337,7 @@ def main() -> None:
     setup(1)
     samples = args.samples or (8 if args.quick else 20)
     if args.configs:
-        configs = [tuple(float(v) if i == 1 else int(v) for i, v in enumerate(c.split(":")))
-                   for c in args.configs.split(",")]
+        configs = parse_configs(args.configs)
     elif args.quick:
         configs = [(28, 1.0, 3)]
     else:
