@@ -215,13 +215,17 @@ class TaylorSeerBackend:
             names = [n.name for n in placeholders if not is_static_placeholder(n)]
             raise ValueError(f"timestep_arg={self.timestep_arg!r}: no such graph input; inputs: {names}")
         ts_index = placeholders.index(ts) if ts is not None else None
-        dynamic = [i for i, n in enumerate(placeholders)
-                   if not is_static_placeholder(n, example_inputs[i] if i < len(example_inputs) else None)]
+        static = [is_static_placeholder(n, example_inputs[i] if i < len(example_inputs) else None)
+                  for i, n in enumerate(placeholders)]
+        dynamic = [i for i, s in enumerate(static) if not s]
+        params = [i for i, s in enumerate(static) if s and isinstance(example_inputs[i], torch.Tensor)]
+        instance = sorted({params[0], params[-1]}) if params else []   # identity of the model instance
 
         split_gm, infos, submod_region = split(gm, regions)
         if [i.index for i in infos] != list(range(len(regions))):
             raise AssertionError(f"region pieces {[i.index for i in infos]} do not cover {len(regions)} regions")
-        graph_rt = self.runtime.new_graph(infos, ts_index, dynamic, name=str(gm.meta.get("dynamo_compile_id", "")))
+        graph_rt = self.runtime.new_graph(infos, ts_index, dynamic, name=str(gm.meta.get("dynamo_compile_id", "")),
+                                          instance_indices=instance)
 
         fake_outs = {}
 
@@ -247,6 +251,11 @@ class TaylorSeerBackend:
     def reset(self) -> None:
         """Forget all cached state (forecasters, step counters, schedules) and the stats."""
         self.runtime.reset()
+
+    def memory_bytes(self) -> int:
+        """Bytes this backend holds in cached state (factors, scratch, held outputs), over every
+        thread and model instance. See :meth:`taylorseer_fx.runtime.Runtime.memory_bytes`."""
+        return self.runtime.memory_bytes()
 
     def session(self, timesteps=None, num_steps: int | None = None, streams: int = 1):
         """Context manager: one generation with a caller-given schedule (sync-free step coordinate).

@@ -135,6 +135,11 @@ class Forecaster:
         self._chosen: torch.Tensor | None = None    # the order chosen at the last update (select)
         self._weights: torch.Tensor | None = None   # 1 for the terms of the chosen order, 0 above
 
+    def memory_bytes(self) -> int:
+        """Bytes of the device buffers this forecaster holds (factors and scratch), kept across reset()."""
+        bufs = [b for fs in self._factors for b in fs] + [b for pair in self._scratch for b in pair]
+        return sum(b.numel() * b.element_size() for b in bufs)
+
     def matches(self, outputs) -> bool:
         """True if ``outputs`` has the structure, shapes, dtypes and devices of the stored points
         (False while nothing is stored)."""

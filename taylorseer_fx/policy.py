@@ -102,15 +102,22 @@ class Policy:
         """Keyword arguments of the :class:`~taylorseer_fx.forecast.Forecaster` of each region."""
         return {"order": self.order, "form": self.form}
 
-    def start(self, num_steps: int | None = None) -> "Schedule":
-        """A fresh per-generation decider. Raises ValueError naming num_steps when it is needed but unknown."""
+    def start(self, num_steps: int | None = None, first_step: int = 0) -> "Schedule":
+        """A fresh per-generation decider. Raises ValueError naming num_steps when it is needed but unknown.
+
+        ``first_step``: the step index (0-based) the decider starts at. A region state that starts
+        mid-generation (after a batch change, or a model instance taking over) has its own warm-up and
+        derivative gating counted from there; the cooldown stays counted from the end of the run."""
+        _check_int(type(self).__name__, "first_step", first_step, 0)
         n = self.num_steps if num_steps is None else num_steps
         _check_int(type(self).__name__, "num_steps", n, 1, optional=True)
         if n is None and self.needs_num_steps():
             raise ValueError(f"{self!r} needs num_steps (cooldown counts from the end): pass "
                              "start(num_steps=...) or set num_steps")
         end = None if n is None or self.cooldown == 0 else n - self.cooldown
-        return self._schedule(n, end)
+        sched = self._schedule(n, end)
+        sched.first_step = first_step
+        return sched
 
     def _schedule(self, num_steps: int | None, end: int | None) -> "Schedule":
         raise NotImplementedError
@@ -138,6 +145,7 @@ class Schedule:
         self.num_steps = num_steps
         self.end = end  # every step >= end is computed (cooldown, compute_from)
         self.last_compute: int | None = None
+        self.first_step = 0   # step the decider started at: warm-up and gating count from it
         self._step: int | None = None
         self._decision = True
 
@@ -157,11 +165,11 @@ class Schedule:
 
     def derivatives(self, step: int) -> bool:
         """Whether a compute at ``step`` may form derivative factors (taylor warm-up gating)."""
-        return step >= self.policy.derivatives_from
+        return step - self.first_step >= self.policy.derivatives_from
 
     def _forced(self, step: int) -> bool:
         p = self.policy
-        return (step < p.warmup or self.last_compute is None
+        return (step - self.first_step < p.warmup or self.last_compute is None
                 or (self.end is not None and step >= self.end)
                 or (p.max_forecast_run is not None and step - self.last_compute - 1 >= p.max_forecast_run))
 
@@ -177,7 +185,7 @@ class _FixedSchedule(Schedule):
         if self._forced(step):
             return True
         p = self.policy
-        gap = (p.phase or p.interval) if self.last_compute < p.warmup else p.interval
+        gap = (p.phase or p.interval) if self.last_compute - self.first_step < p.warmup else p.interval
         return step - self.last_compute >= gap
 
 

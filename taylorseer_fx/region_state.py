@@ -1,0 +1,284 @@
+"""Cached state of one generation: per (graph, region, stream) forecasters, per graph schedules.
+
+Knows nothing of FX or of how calls are placed (``steps.py`` does that): a :class:`Generation` is
+created for each generation of each owner (``runtime.py``) and dropped with it, so nothing of it can
+reach another generation, thread or model instance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .forecast import Forecaster
+from .steps import Position, StepTracker
+
+__all__ = ["RegionState", "Generation", "StepPlan", "Owner"]
+
+
+def _strides(t: torch.Tensor) -> tuple:
+    """Strides a fresh tensor can reproduce (expanded, stride-0 layouts become contiguous)."""
+    if any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape)):
+        return torch.empty(t.shape).stride()
+    return t.stride()
+
+
+def _clone(v):
+    if isinstance(v, torch.Tensor):
+        return v.clone()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_clone(x) for x in v)
+    return v
+
+
+def _nbytes(v) -> int:
+    if isinstance(v, torch.Tensor):
+        return v.numel() * v.element_size()
+    if isinstance(v, (tuple, list)):
+        return sum(_nbytes(x) for x in v)
+    if isinstance(v, dict):
+        return sum(_nbytes(x) for x in v.values())
+    return 0
+
+
+class RegionState:
+    """One region's outputs in one stream: a Forecaster for the floating tensors, the rest kept as
+    constants. Residual outputs are stored as (output - input) in float32 and get the current input
+    added back, into a tensor with the computed output's shape, strides and dtype; their error
+    estimates stay relative to the whole region output."""
+
+    def __init__(self, forecaster: Forecaster):
+        self.forecaster = forecaster
+        self.kind: tuple = ()        # per output: ("f", k) forecast slot k | ("c", value) constant
+        self.container = None        # tuple/list type of the outputs, None for a single tensor
+        self.residual: dict = {}     # output index -> (input index, shape, stride, dtype)
+
+    def absorb(self, out, args, residual: dict, x: float, derivatives: bool) -> None:
+        """Take a computed output at forecaster coordinate ``x``. ``args[j]`` is the region input
+        ``j`` (a sequence or ``{j: tensor}``); ``residual``: ``{output index: input index}``."""
+        kind, tensors, res, whole = [], [], {}, []
+        for i, o in enumerate(out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(o, torch.Tensor) and o.is_floating_point():
+                whole.append(o)
+                j = residual.get(i)
+                if j is not None and isinstance(args[j], torch.Tensor) and args[j].shape == o.shape:
+                    res[i] = (j, o.shape, _strides(o), o.dtype)
+                    o = o.float() - args[j].float()
+                kind.append(("f", len(tensors)))
+                tensors.append(o)
+            else:
+                kind.append(("c", o.clone() if isinstance(o, torch.Tensor) else o))
+        f = self.forecaster
+        if tensors:
+            tensors = tuple(tensors)
+            if f.num_points and not f.matches(tensors):
+                f.reset()
+            if derivatives and f.form == "newton" and x in f.nodes:
+                derivatives = False          # a repeated coordinate: restart the factors from here
+            # estimates relative to the region output, also when its residual is what is stored
+            f.update(x, tensors, derivatives=derivatives, reference=tuple(whole) if res else None)
+        self.kind, self.residual = tuple(kind), res
+        self.container = type(out) if isinstance(out, (tuple, list)) else None
+
+    @property
+    def ready(self) -> bool:
+        """True once a compute was absorbed (a forecast can be made)."""
+        return bool(self.kind)
+
+    def forecast_tensors(self, x: float) -> list:
+        """The forecast of the floating outputs, in output order (a residual output's is the delta)."""
+        fc = self.forecaster.forecast(x)
+        fc = (fc,) if isinstance(fc, torch.Tensor) else fc
+        return [fc[v] for _, v in self.kind]
+
+    def forecast(self, x: float, args):
+        fc = self.forecaster.forecast(x) if any(k == "f" for k, _ in self.kind) else ()
+        fc = (fc,) if isinstance(fc, torch.Tensor) else fc
+        outs = []
+        for i, (k, v) in enumerate(self.kind):
+            if k == "f" and i in self.residual:
+                j, shape, stride, dtype = self.residual[i]
+                r = torch.empty_strided(shape, stride, dtype=dtype, device=fc[v].device)
+                outs.append(torch.add(fc[v], args[j], out=r))
+            else:
+                outs.append(fc[v] if k == "f" else v)
+        return outs[0] if self.container is None else self.container(outs)
+
+    def memory_bytes(self) -> int:
+        return self.forecaster.memory_bytes() + sum(_nbytes(v) for k, v in self.kind if k == "c")
+
+
+@dataclass
+class StepPlan:
+    """The decision of one graph for one step (shared by the step's streams)."""
+    step: int
+    compute: list             # per region: True = compute
+    derivatives: bool
+    estimate: float | None
+
+
+class _GraphSchedules:
+    def __init__(self, schedules: list, first_step: int):
+        self.schedules = schedules
+        self.first_step = first_step
+        self.plan: StepPlan | None = None
+
+
+class Generation:
+    """Everything cached for one generation of one owner.
+
+    ``policy`` decides; ``start_schedules(n_regions, first_step)`` returns the fresh schedules of a
+    graph that starts (at step 0, or later: a graph that joins or restarts mid-generation gets its
+    own warm-up from ``first_step``)."""
+
+    def __init__(self, policy, start_schedules, factor_dtype: torch.dtype):
+        self.policy = policy
+        self.factor_dtype = factor_dtype
+        self._start_schedules = start_schedules
+        self.states: dict = {}      # (graph, region, stream) -> RegionState
+        self._graphs: dict = {}     # graph -> _GraphSchedules
+        self._held: list = []       # deferred step-1 computes: (graph, region, stream, out, bases, residual, x, der)
+
+    # ------------------------------------------------------------ placement
+    def apply(self, pos: Position, graph: int) -> None:
+        """Carry out what the tracker said about this call: realign and prune at a new step, restart
+        a graph."""
+        if pos.realign is not None:
+            self._realign(pos.realign)
+        if pos.transition is not None:
+            keep = pos.transition
+            for key in [k for k in self.states if k[2] >= keep.get(k[0], 0)]:
+                del self.states[key]          # streams/graphs that can no longer be continued
+        if pos.restart:
+            for key in [k for k in self.states if k[0] == graph]:
+                del self.states[key]
+            self._graphs.pop(graph, None)
+
+    def _realign(self, shifts: dict) -> None:
+        for graph, shift in shifts.items():
+            if shift:
+                moved = {}
+                for (g, r, s), st in list(self.states.items()):
+                    if g == graph:
+                        del self.states[(g, r, s)]
+                        if s >= shift:
+                            moved[(g, r, s - shift)] = st
+                self.states.update(moved)
+        held, self._held = self._held, []
+        for graph, region, stream, out, bases, residual, x, der in held:
+            self.state(graph, region, stream).absorb(out, bases, residual, x, der)
+
+    def hold(self, graph: int, region: int, stream: int, out, args, residual: dict, x: float,
+             derivatives: bool) -> None:
+        """Keep a copy of a deferred compute (step 1 while its streams are not known yet)."""
+        bases = {j: args[j].clone() for j in set(residual.values()) if isinstance(args[j], torch.Tensor)}
+        self._held.append((graph, region, stream, _clone(out), bases, residual, x, derivatives))
+
+    # ------------------------------------------------------------ state
+    def state(self, graph: int, region: int, stream: int) -> RegionState:
+        key = (graph, region, stream)
+        st = self.states.get(key)
+        if st is None:
+            st = RegionState(Forecaster(**self.policy.forecaster_options(), factor_dtype=self.factor_dtype))
+            self.states[key] = st
+        return st
+
+    def memory_bytes(self) -> int:
+        held = sum(_nbytes(h[3]) + _nbytes(h[4]) for h in self._held)
+        return sum(st.memory_bytes() for st in self.states.values()) + held
+
+    # ------------------------------------------------------------ decisions
+    def plan(self, graph: int, step: int, n_regions: int, x: float, device, per_region: bool) -> StepPlan:
+        """The graph's decision at ``step`` (made at its first call of the step, reused by the others)."""
+        gs = self._graphs.get(graph)
+        if gs is None:
+            gs = self._graphs[graph] = _GraphSchedules(self._start_schedules(n_regions, step), step)
+        if gs.plan is not None and gs.plan.step == step:
+            return gs.plan
+        cache: dict = {}
+        per = len(gs.schedules) > 1
+
+        def estimate(i=0):
+            if "v" not in cache:
+                cache["v"] = self.estimates(graph, n_regions, x, device, per_region=per)
+            return cache["v"][i]
+        if per:
+            compute = [s.decide(step, lambda i=i: estimate(i)) for i, s in enumerate(gs.schedules)]
+        else:
+            compute = [gs.schedules[0].decide(step, estimate)] * n_regions
+        est = max(cache["v"]) if cache.get("v") else None
+        gs.plan = StepPlan(step, compute, gs.schedules[0].derivatives(step),
+                           est if est is not None and math.isfinite(est) else None)
+        return gs.plan
+
+    def estimates(self, graph: int, n_regions: int, x: float, device=None, per_region: bool = False) -> list:
+        """Estimated relative error of forecasting each region of ``graph`` (stream 0) at ``x``; one
+        host read. Regions that cannot forecast, or have no estimate yet, give +inf (compute). Returns
+        one value (the max) or one per region; all-reduced with MAX under ``torch.distributed``."""
+        method = getattr(self.policy, "estimator", "remainder")
+        vals = []
+        for i in range(n_regions):
+            st = self.states.get((graph, i, 0))
+            if st is None or not st.ready:
+                vals.append(math.inf)
+            elif not any(k[0] == "f" for k in st.kind):
+                vals.append(0.0)                      # constant outputs forecast exactly
+            else:
+                e = st.forecaster.error_estimate(x, method, degree=self.policy.order)
+                vals.append(math.inf if e is None else e)
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        tensors = [v for v in vals if isinstance(v, torch.Tensor)]
+        if not tensors and not dist:
+            return vals if per_region else [max(vals, default=math.inf)]
+        dev = tensors[0].device if tensors else (device or torch.device("cpu"))
+        t = torch.stack([v.to(dev, torch.float32).reshape(()) if isinstance(v, torch.Tensor)
+                         else torch.tensor(float(v), dtype=torch.float32, device=dev) for v in vals])
+        t = torch.nan_to_num(t, nan=math.inf, posinf=math.inf)
+        if not per_region:
+            t = t.max().reshape(1)
+        if dist:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t.tolist()                              # the one host read
+
+    def chosen_orders(self, graph: int, names: Sequence[str]) -> dict:
+        """``{region name: chosen degree (0-dim device tensor)}`` of stream 0, order-selecting policies."""
+        orders = {}
+        for i, name in enumerate(names):
+            st = self.states.get((graph, i, 0))
+            chosen = st.forecaster.chosen_order() if st is not None else None
+            if chosen is not None:
+                orders[name] = chosen
+        return orders
+
+
+class Owner:
+    """The cached state of one thread x one model instance: its step tracker and the state of its
+    current generation (dropped, and so released, when the next generation starts or :meth:`end`).
+    ``new_generation()`` makes the :class:`Generation` of a new generation."""
+
+    def __init__(self, new_generation, refs: tuple = ()):
+        self.tracker = StepTracker()
+        self.generation: Generation | None = None
+        self._generation_id: int | None = None
+        self._new_generation = new_generation
+        self.refs = refs              # weak references to the instance's parameters (identity check)
+
+    def place(self, graph: int, coord: float, sig: tuple, counted: tuple | None = None):
+        """``(Position, Generation)`` of one call of ``graph`` (see ``steps.py``)."""
+        pos = self.tracker.observe(graph, coord, sig, counted=counted)
+        if pos.generation != self._generation_id:
+            self._generation_id, self.generation = pos.generation, self._new_generation()
+        self.generation.apply(pos, graph)
+        return pos, self.generation
+
+    def end(self) -> None:
+        """The current generation is over: its state is dropped; the next call starts a new one."""
+        self.tracker.end()
+        self.generation, self._generation_id = None, None
+
+    def memory_bytes(self) -> int:
+        g = self.generation
+        return 0 if g is None else g.memory_bytes()

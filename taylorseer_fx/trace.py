@@ -1,0 +1,88 @@
+"""Stats and the decision trace of one backend: counts and one row per cached model call.
+
+Thread-safe (one lock; calls from several threads interleave in the trace in the order they ended).
+Knows nothing of FX, policies or forecasters: rows are handed in by ``graph_runtime.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import torch
+
+__all__ = ["Recorder"]
+
+
+class Recorder:
+    """Counts and trace rows. ``max_trace`` rows are kept (the oldest are dropped)."""
+
+    max_trace = 100_000
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._steps = {"compute": 0, "forecast": 0}
+            self._calls = 0
+            self._uncached = 0
+            self._gens: set = set()
+            self._regions: dict = {}
+            self._trace = collections.deque(maxlen=self.max_trace)
+
+    def uncached(self) -> None:
+        with self._lock:
+            self._uncached += 1
+
+    def record(self, row: dict) -> None:
+        """One cached call: ``row`` has graph, generation, step, stream, coordinate, estimate,
+        regions ({name: "compute" | "forecast" | "fallback"}), orders, wall_s, thread."""
+        forecast = any(v == "forecast" for v in row["regions"].values())
+        row["decision"] = "forecast" if forecast else "compute"
+        with self._lock:
+            self._calls += 1
+            self._gens.add(row["generation"])
+            if row["stream"] == 0:
+                self._steps[row["decision"]] += 1
+            for name, what in row["regions"].items():
+                d = self._regions.setdefault(name, {"compute": 0, "forecast": 0})
+                d["forecast" if what == "forecast" else "compute"] += 1
+            self._trace.append(row)
+
+    def stats(self) -> dict:
+        """``{"compute", "forecast"}``: steps (stream 0 of each step) at which regions were computed /
+        at least one region was forecast; ``"steps"``, ``"calls"``, ``"uncached_calls"``,
+        ``"generations"``; ``"regions"``: ``{name: {"compute": n, "forecast": n}}`` over all calls;
+        ``"trace"``: one dict per call (graph, generation (a process-unique id), step (0-based index),
+        stream, coordinate (the timestep value, model units), decision, estimate (the max over
+        regions read by an adaptive policy at the step's first call; None when not read or not
+        finite), regions, orders (at a computed call of stream 0 with an order-selecting policy:
+        {name: degree the region forecasts with until its next compute}, else None), wall_s (host
+        seconds, not synchronised with the device), thread (``threading.get_ident()``)). Reading the
+        orders syncs once here, never during the run."""
+        with self._lock:
+            rows = [dict(t) for t in self._trace]
+            out = {
+                "compute": self._steps["compute"], "forecast": self._steps["forecast"],
+                "steps": self._steps["compute"] + self._steps["forecast"],
+                "calls": self._calls, "uncached_calls": self._uncached, "generations": len(self._gens),
+                "regions": {k: dict(v) for k, v in self._regions.items()},
+            }
+        out["trace"] = _read_orders(rows)
+        return out
+
+
+def _read_orders(rows: list[dict]) -> list[dict]:
+    """The chosen degrees (0-dim device tensors) read in one go."""
+    held = [v for r in rows if r.get("orders") for v in r["orders"].values()]
+    if held:
+        try:
+            values = iter(torch.stack(held).tolist())
+        except RuntimeError:                     # regions on different devices
+            values = iter([int(v) for v in held])
+        for r in rows:
+            if r.get("orders"):
+                r["orders"] = {name: next(values) for name in r["orders"]}
+    return rows
