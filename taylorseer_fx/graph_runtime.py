@@ -136,7 +136,7 @@ class GraphRuntime:
         else:
             coord = self._read_coord(args)
             if coord is None or not math.isfinite(coord):
-                self._warn_once("coord", f"taylorseer: graph {self.index} has no finite step coordinate (no "
+                self._warn_once("coord", f"taylorseer: graph {self.index} has no step coordinate (no "
                                 "timestep input found, or a non-finite value; pass timestep_arg=... or use "
                                 "backend.session(timesteps=...)); running it uncached")
                 ctx.recorder.uncached()
@@ -145,7 +145,8 @@ class GraphRuntime:
         pos, gen = owner.place(self.index, coord, self._signature(args), counted)
         x = self._forecaster_x(pos.step, coord)
         plan = gen.plan(self.index, pos.step, len(self.regions), x, self.device, ctx.per_region)
-        return _Call(pos.generation, pos.step, pos.stream, coord, x, gen, plan, pos.defer)
+        label = ctx.generation_label(owner, pos.generation, coord, pos.step)
+        return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer)
 
     def _instance(self, args) -> tuple:
         return tuple(args[i] for i in self.instance_indices)

@@ -65,11 +65,12 @@ class Session:
 
 class _Thread:
     """What one thread holds in one runtime: its owners (instance key -> Owner) and its session."""
-    __slots__ = ("owners", "session", "__weakref__")
+    __slots__ = ("owners", "session", "last", "__weakref__")
 
     def __init__(self):
         self.owners: dict = {}
         self.session: Session | None = None
+        self.last: tuple | None = None    # (owner, generation label, coordinate, step) of the last call
 
     def end_all(self) -> None:
         for owner in list(self.owners.values()):
@@ -180,6 +181,18 @@ class Runtime:
                 raise ValueError(f"{e} (taylorseer_backend: pass num_steps=..., or call the model inside "
                                  "backend.session(timesteps=..., num_steps=...))") from e
         return Generation(policy, start, self.factor_dtype)
+
+    def generation_label(self, owner: Owner, generation: int, coord: float, step: int) -> int:
+        """The generation id shown in the trace. Graph-break pieces of one model are separate owners
+        (their parameters differ); a piece that starts its generation at the coordinate and step of
+        the thread's previous call, in another owner, is labelled with that call's generation."""
+        th = self._thread()
+        if owner.label_of != generation:
+            last = th.last
+            sibling = last is not None and last[0] is not owner and last[2:] == (coord, step)
+            owner.label_of, owner.label = generation, (last[1] if sibling else generation)
+        th.last = (owner, owner.label, coord, step)
+        return owner.label
 
     def current_session(self) -> Session | None:
         th = getattr(self._local, "state", None)

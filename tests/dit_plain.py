@@ -14,7 +14,8 @@ non-contiguous tensor (the same values with transposed strides), to test stride 
 :class:`HookReference` is the test oracle: the uncached model with forward hooks that replace region
 outputs by :class:`~taylorseer_fx.forecast.Forecaster` forecasts, following the runtime's rules
 (docs in ``taylorseer_fx/runtime.py``) written out independently: steps and streams from the
-timestep value, a new generation when the coordinate turns back or the input shapes change.
+timestep value, a new generation when the coordinate turns back or the input shapes change (a
+batch-only change at a new step keeps the step index and restarts the factors and the warm-up).
 """
 
 from __future__ import annotations
@@ -203,10 +204,18 @@ class HookReference:
         self.coord, self.sig, self.direction, self.step, self.stream = coord, sig, 0, 0, 0
         self.schedule = self.policy.start(self.num_steps)
 
+    def _restart(self):
+        """A batch change within the generation: the step index goes on; fresh factors and warm-up."""
+        self.part = getattr(self, "part", 0) + 1
+        self.schedule = self.policy.start(self.num_steps, first_step=self.step)
+
     def __call__(self, x, timestep, y=None):
         coord = float(timestep.reshape(-1)[0])
         sig = (tuple(x.shape), tuple(timestep.shape), None if y is None else tuple(y.shape))
-        if self.coord is None or sig != self.sig:
+        batch_only = (self.sig is not None and sig != self.sig
+                      and all(a[1:] == b[1:] for a, b in zip(sig, self.sig) if a is not None)
+                      and len({(a[0], b[0]) for a, b in zip(sig, self.sig) if a is not None and a != b}) == 1)
+        if self.coord is None or (sig != self.sig and (coord == self.coord or not batch_only)):
             self._new_generation(coord, sig)
         elif coord == self.coord:
             self.stream += 1
@@ -216,6 +225,9 @@ class HookReference:
                 self._new_generation(coord, sig)
             else:
                 self.direction, self.coord, self.step, self.stream = d, coord, self.step + 1, 0
+                if sig != self.sig:
+                    self.sig = sig
+                    self._restart()
         if self.stream == 0:
             self.compute = self.schedule.decide(self.step)
             self.derivatives = self.schedule.derivatives(self.step)
@@ -229,7 +241,7 @@ class HookReference:
 
     def _hook(self, index):
         def hook(module, args, output):
-            key = (self.gen, self.stream, index)
+            key = (self.gen, getattr(self, "part", 0), self.stream, index)
             f = self.forecasters.get(key)
             if f is None:
                 f = self.forecasters[key] = self._Forecaster(self.policy.order, self.policy.form)

@@ -6,6 +6,7 @@ a reference model of the rules) and the compiled plain DiT against :class:`dit_p
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from dit_plain import HookReference, make_plain_dit, plain_dit_inputs
 from taylorseer_fx.backend import taylorseer_backend
 from taylorseer_fx.forecast import Forecaster
 from taylorseer_fx.policy import AutoPolicy, FixedPolicy
+from taylorseer_fx.region_state import Generation
 from taylorseer_fx.runtime import GraphRuntime, Runtime
 from taylorseer_fx.transform import RegionInfo
 
@@ -24,122 +26,231 @@ torch.set_num_threads(1)
 
 # ================================================================= runtime alone
 
+MAX_STREAMS = 8
+
+
 def _region(ts, x):
     """A region that is exactly linear in the timestep: newton order 1 forecasts it exactly."""
     return (x * (1.0 + ts[:, None]),)
 
 
+class Interrupt(Exception):
+    """Raised inside a model call (a KeyboardInterrupt stand-in)."""
+
+
 class FakeModel:
-    """One graph with one region, driven through GraphRuntime like a compiled model."""
+    """One graph with one region, driven through GraphRuntime like a compiled model. The third input
+    plays a parameter: its identity tells model instances apart (``instance=``)."""
 
     def __init__(self, policy, **kw):
         self.rt = Runtime(policy, **kw)
-        self.g = self.rt.new_graph([RegionInfo(0, "r")], timestep_index=0, dynamic_indices=(0, 1))
+        self.g = self.rt.new_graph([RegionInfo(0, "r")], timestep_index=0, dynamic_indices=(0, 1),
+                                   instance_indices=(2,))
+        self.params = [torch.zeros(1), torch.zeros(1)]
 
-    def __call__(self, t: float, x: torch.Tensor):
-        ts = torch.full((x.shape[0],), float(t))
+    def __call__(self, t, x: torch.Tensor, instance: int = 0, fail: bool = False):
+        ts = t if not isinstance(t, (int, float)) else torch.full((x.shape[0],), float(t))
+
+        def body(ts, x, p):
+            out = self.g.run_region(0, _region, (ts, x))[0]
+            if fail:
+                raise Interrupt
+            return out
+        args = (ts, x, self.params[instance])
         if x.requires_grad:
-            return self.g(lambda ts, x: self.g.run_region(0, _region, (ts, x))[0], (ts, x))
+            return self.g(body, args)
         with torch.no_grad():
-            return self.g(lambda ts, x: self.g.run_region(0, _region, (ts, x))[0], (ts, x))
+            return self.g(body, args)
 
 
 class RulesReference:
-    """The rules written out on their own: one tracker for the call sequence, a Forecaster per
-    (generation, stream), one decision per step at its first call."""
+    """The rules of ``steps.py`` written out on their own, for one model instance of one thread: a
+    history of computed points per stream (a fresh Forecaster replays it for every forecast), one
+    decision per step at its first call."""
 
     def __init__(self, policy):
         self.policy = policy
-        self.gen = 0
-        self.coord = self.sig = None
-        self.forecasters = {}
+        self.gen = None
         self.log = []
 
-    def reset(self):
-        self.coord = None
+    def end(self):
+        self.gen = None
 
     def __call__(self, t, x):
         sig = tuple(x.shape)
-        if self.coord is None or sig != self.sig:
+        if self.gen is None:
             self._new(t, sig)
         elif t == self.coord:
-            self.stream += 1
-        else:
-            d = 1 if t > self.coord else -1
-            if self.dir and d != self.dir:
+            if sig != self.sig or self.calls >= MAX_STREAMS:
                 self._new(t, sig)
             else:
-                self.dir, self.coord, self.step, self.stream = d, t, self.step + 1, 0
+                self.stream, self.calls = self.calls, self.calls + 1
+        else:
+            d = 1 if t > self.coord else -1
+            batch_only = sig != self.sig and sig[1:] == self.sig[1:]
+            if (self.dir and d != self.dir) or (sig != self.sig and not batch_only):
+                self._new(t, sig)
+            else:
+                self._next_step(t, d)
+                if sig != self.sig:           # a batch change within the generation
+                    self.sig, self.hist, self.held = sig, {}, {}
+                    self.n0 = 0
+                    self.sched = self.policy.start(None, first_step=self.step)
         if self.stream == 0:
             self.compute = self.sched.decide(self.step)
-        f = self.forecasters.setdefault((self.gen, self.stream), Forecaster(self.policy.order, self.policy.form))
-        xc = float(t) if self.policy.form == "newton" and self.policy.coordinate == "timestep" else float(self.step)
+            self.derivatives = self.sched.derivatives(self.step)
+        p = self.policy
+        xc = float(t) if p.form == "newton" and p.coordinate == "timestep" else float(self.step)
         value = _region(torch.full((x.shape[0],), float(t)), x)
-        if self.compute or f.num_points == 0:
-            f.update(xc, value, derivatives=self.sched.derivatives(self.step))
-            what, out = "compute" if self.compute else "fallback", value[0]
+        defer = self.step == 1 and self.stream < self.n0 and self.n0 > 1
+        hist = self.hist.get(self.stream, [])
+        if self.compute or defer or not hist:
+            (self.held if defer else self.hist).setdefault(self.stream, []).append((xc, value, self.derivatives))
+            what, out = "compute" if self.compute or defer else "fallback", value[0]
         else:
+            f = Forecaster(p.order, p.form)
+            for point in hist:
+                _replay(f, *point)
             what, out = "forecast", f.forecast(xc)[0]
         self.log.append((self.gen, self.step, self.stream, what))
         return out
 
     def _new(self, t, sig):
-        self.gen += 1
-        self.coord, self.sig, self.dir, self.step, self.stream = t, sig, 0, 0, 0
+        self.gen = (self.gen or 0) + 1
+        self.coord, self.sig, self.dir, self.step, self.stream, self.calls = t, sig, 0, 0, 0, 1
+        self.hist, self.held, self.n0 = {}, {}, 0
         self.sched = self.policy.start()
 
+    def _next_step(self, t, d):
+        if self.step == 0:
+            self.n0 = self.calls
+        if self.step == 1 and self.held:        # step 1 has self.calls streams: drop step 0's leading calls
+            shift = max(0, self.n0 - self.calls)
+            self.hist = {j: self.hist.get(j + shift, []) + self.held[j] for j in self.held}
+            self.held = {}
+        self.hist = {k: v for k, v in self.hist.items() if k < self.calls}   # streams that go on
+        self.dir, self.coord, self.step, self.stream, self.calls = d, t, self.step + 1, 0, 1
 
-def _impl_log(rt):
-    return [(t["step"], t["stream"], t["regions"]["r"]) for t in rt.stats()["trace"]]
+
+def _replay(f, xc, value, derivatives):
+    if derivatives and f.form == "newton" and xc in f.nodes:
+        derivatives = False
+    f.update(xc, value, derivatives=derivatives)
+
+
+def _impl_log(rt, thread=None):
+    return [(t["step"], t["stream"], t["regions"]["r"]) for t in rt.stats()["trace"]
+            if thread is None or t["thread"] == thread]
 
 
 @st.composite
-def call_sequences(draw):
-    """Generations of 2..6 steps with strictly decreasing timesteps, 1 or 2 streams (CFG as separate
-    calls), batch 1..3, sometimes a batch change in the middle. A generation boundary the rules
-    cannot see (same shape, and the coordinate keeps going down or the run so far had one step)
-    gets an explicit reset, so that a forecast from another generation would show."""
+def call_sequences(draw, instances=1):
+    """Generations of 1..6 steps with strictly decreasing timesteps, 1 or 2 streams (CFG as separate
+    calls), batch 1..3, sometimes a batch change in the middle, a dummy call before the loop, an
+    exception inside a call, a model instance of ``instances``. A generation boundary the rules
+    cannot see (the coordinate keeps going down, same shape) gets an explicit reset, so that a
+    forecast from another generation would show."""
     events = []
     seed = 0
-    cur_batch, last_t, seg_steps = None, None, 0
+    last = {}        # instance -> (batch, last t)
     for _ in range(draw(st.integers(1, 4))):
-        n = draw(st.integers(2, 6))
+        inst = draw(st.integers(0, instances - 1))
+        n = draw(st.integers(1, 6))
         ts = sorted(draw(st.sets(st.integers(0, 1000), min_size=n, max_size=n)), reverse=True)
         streams = draw(st.integers(1, 2))
         batch = draw(st.integers(1, 3))
-        change_at = draw(st.integers(1, n))  # == n: no change
-        hidden = batch == cur_batch and (ts[0] <= last_t or seg_steps < 2)
-        if hidden or draw(st.booleans()):
+        change_at = draw(st.integers(1, max(n, 1)))  # == n: no change
+        prev = last.get(inst)
+        if prev is None or ts[0] <= prev[1] or draw(st.booleans()):
             events.append(("reset",))
-        xs = {}
+        if draw(st.integers(0, 3)) == 0:
+            events.append(("call", float(ts[0]), torch.zeros(batch, 3), inst, False))   # a dummy call
+        fail_at = draw(st.integers(0, 3 * n))        # < n * streams: an exception at that call
+        k, xs = 0, {}
         for i, t in enumerate(ts):
             b = batch if i < change_at else batch % 3 + 1
-            seg_steps = seg_steps + 1 if (b == cur_batch and i > 0) else 1
-            cur_batch, last_t = b, t
             for s in range(streams):
-                if (b, s) not in xs:
+                if (b, s) not in xs:           # one latent per stream: the region is linear in t
                     seed += 1
                     xs[(b, s)] = torch.randn(b, 3, generator=torch.Generator().manual_seed(seed))
-                events.append(("call", float(t), xs[(b, s)]))
+                events.append(("call", float(t), xs[(b, s)], inst, k == fail_at))
+                k += 1
+                if k - 1 == fail_at:
+                    break
+            if k - 1 == fail_at:
+                break
+        last[inst] = (batch, ts[-1])
     return events
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(events=call_sequences(), form=st.sampled_from(["newton", "taylor"]), interval=st.integers(1, 3))
-def test_random_sequences_follow_the_rules_and_never_mix_generations(events, form, interval):
-    policy = FixedPolicy(interval=interval, order=1, form=form, warmup=2)
-    impl, ref = FakeModel(policy), RulesReference(policy)
+def _play(events, impl, refs, check_exact):
     for ev in events:
         if ev[0] == "reset":
-            impl.rt.reset(), ref.reset()
-            ref.log.clear()
+            impl.rt.reset() if threading.current_thread() is threading.main_thread() else impl.rt.interrupt()
+            for r in refs:
+                r.end()
             continue
-        _, t, x = ev
-        got, want = impl(t, x), ref(t, x)
-        assert torch.equal(got, want), (ev, ref.log[-1])
-        if form == "newton":  # exact for a linear region: a forecast from any other state would not be
+        _, t, x, inst, fail = ev
+        if fail:
+            with pytest.raises(Interrupt):
+                impl(t, x, inst, fail=True)
+            for r in refs:                   # the thread's generations are over
+                r.end()
+            continue
+        got, want = impl(t, x, inst), refs[inst](t, x)
+        assert torch.equal(got, want), (ev, refs[inst].log[-1])
+        if check_exact:   # exact for a linear region: a forecast from any other state would not be
             torch.testing.assert_close(got, x * (1.0 + t), rtol=1e-4, atol=2e-2)
-    assert _impl_log(impl.rt) == [(s, k, w) for _, s, k, w in ref.log]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=call_sequences(instances=2), form=st.sampled_from(["newton", "taylor"]), interval=st.integers(1, 3))
+def test_random_sequences_follow_the_rules_and_never_mix_generations(events, form, interval):
+    """One thread, two model instances, dummy calls, batch changes, exceptions, resets."""
+    policy = FixedPolicy(interval=interval, order=1, form=form, warmup=2)
+    impl, refs = FakeModel(policy), [RulesReference(policy), RulesReference(policy)]
+    _play(events, impl, refs, form == "newton")
+    got = [(t["step"], t["stream"], t["regions"]["r"]) for t in impl.rt.stats()["trace"]]
+    # the trace interleaves the instances in call order; each instance's rows follow its reference
+    want = []
+    logs = [iter(r.log) for r in refs]
+    for ev in events:
+        if ev[0] == "reset":
+            want = []                              # reset() also clears the stats
+        elif not ev[4]:
+            _, s, k, w = next(logs[ev[3]])
+            want.append((s, k, w))
+    assert got == want
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=call_sequences(), b=call_sequences(), form=st.sampled_from(["newton", "taylor"]))
+def test_threads_through_one_runtime_are_independent(a, b, form):
+    """Two threads run their own call sequences through one runtime in lock step (every call of one
+    thread sits between calls of the other): each thread's outputs equal its reference run alone."""
+    policy = FixedPolicy(interval=2, order=1, form=form, warmup=2)
+    impl = FakeModel(policy)
+    n = max(len(a), len(b))
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def run(events):
+        ref = RulesReference(policy)
+        try:
+            for ev in events + [("noop",)] * (n - len(events)):
+                if ev[0] != "noop":
+                    _play([ev], impl, [ref], form == "newton")
+                barrier.wait()
+        except BaseException as e:      # noqa: BLE001 - reported below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(ev,)) for ev in (a, b)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not [e for e in errors if not isinstance(e, threading.BrokenBarrierError)], errors
 
 
 def test_streams_and_generations_in_the_trace():
@@ -157,14 +268,26 @@ def test_streams_and_generations_in_the_trace():
     assert s["regions"]["r"] == {"compute": 5, "forecast": 2}
 
 
-def test_shape_change_starts_a_generation_and_falls_back_to_compute():
-    m = FakeModel(FixedPolicy(interval=2, order=1))
+def _states(rt):
+    """Every RegionState the runtime holds (all threads, instances)."""
+    return [st for th in list(rt._threads) for o in th.owners.values() if o.generation is not None
+            for st in o.generation.states.values()]
+
+
+def test_batch_change_keeps_the_step_and_restarts_the_factors():
+    m = FakeModel(FixedPolicy(interval=2, order=1, cooldown=1, num_steps=5))
     for t in (900.0, 800.0):
         m(t, torch.ones(2, 3))
-    out = m(700.0, torch.ones(1, 3))           # would be a forecast step; new shape -> compute
+    out = m(700.0, torch.ones(1, 3))           # would be a forecast step; new batch -> compute
     assert torch.equal(out, torch.full((1, 3), 701.0))
+    m(600.0, torch.ones(1, 3))                 # the restarted factors' warm-up (2 points)
+    m(500.0, torch.ones(1, 3))                 # the last step: the cooldown still counts from the end
     tr = m.rt.stats()["trace"]
-    assert tr[-1]["step"] == 0 and tr[-1]["regions"]["r"] == "compute"
+    assert [(t["step"], t["regions"]["r"]) for t in tr] == [
+        (0, "compute"), (1, "compute"), (2, "compute"), (3, "compute"), (4, "compute")]
+    assert len({t["generation"] for t in tr}) == 1
+    m(400.0, torch.ones(1, 4))                 # not only the batch: a new generation
+    assert m.rt.stats()["trace"][-1]["step"] == 0
 
 
 def test_grad_enabled_call_runs_uncached_and_stores_nothing():
@@ -176,7 +299,7 @@ def test_grad_enabled_call_runs_uncached_and_stores_nothing():
     out = m(700.0, xg)                          # grad enabled: computed, not a step
     assert out.requires_grad and torch.equal(out.detach(), torch.full((1, 3), 701.0))
     assert m.rt.stats()["uncached_calls"] == 1 and m.rt.stats()["calls"] == 2
-    for st_ in m.g.states.values():
+    for st_ in _states(m.rt):
         assert all(not f.requires_grad for fs in st_.forecaster._factors for f in fs)
     with torch.no_grad():
         out = m(700.0, x)                       # the generation goes on: step 2 is forecast
@@ -189,8 +312,9 @@ def test_reset_forgets_everything():
     x = torch.ones(1, 3)
     with torch.no_grad():
         m(900.0, x), m(800.0, x)
+        assert m.rt.memory_bytes() > 0
         m.rt.reset()
-        assert m.rt.stats()["calls"] == 0 and not m.g.states
+        assert m.rt.stats()["calls"] == 0 and m.rt.memory_bytes() == 0 and not _states(m.rt)
         m(700.0, x)
     assert m.rt.stats()["trace"][-1]["step"] == 0
 
@@ -208,28 +332,39 @@ def test_session_counts_calls_without_reading_the_timestep(monkeypatch):
     for t, (a, b) in zip(ts.tolist(), outs):
         torch.testing.assert_close(a, x * (1 + t)), torch.testing.assert_close(b, u * (1 + t))
     assert m.rt.stats()["forecast"] == 1
-    with pytest.raises(ValueError, match="streams"):
-        with m.rt.session(timesteps=ts, streams=0):
-            pass
 
 
-def test_session_num_steps_feeds_the_policy():
+@pytest.mark.parametrize("kw, field", [
+    (dict(streams=0), "streams"), (dict(timesteps=[1.0, float("nan")]), "finite"),
+    (dict(timesteps=[1.0, float("inf")]), "finite"), (dict(timesteps=torch.ones(2, 3)), "1-D"),
+    (dict(timesteps=[[1.0], [2.0]]), "1-D"), (dict(timesteps=[]), "empty"), (dict(num_steps=0), "num_steps"),
+    (dict(num_steps=-3), "num_steps"), (dict(num_steps=2.5), "num_steps"), (dict(timesteps=["a"]), "numbers"),
+])
+def test_session_rejects_bad_arguments_at_once(kw, field):
+    m = FakeModel(FixedPolicy(interval=2, order=1))
+    with pytest.raises(ValueError, match=field):
+        with m.rt.session(**kw):
+            pytest.fail("entered")
+
+
+def test_session_num_steps_feeds_the_policy_and_wins_over_the_backends():
     policy = FixedPolicy(interval=2, order=1, cooldown=2)
     m = FakeModel(policy)
     with pytest.raises(ValueError, match="num_steps"), torch.no_grad():
         m(900.0, torch.ones(1, 3))
-    m = FakeModel(policy)
-    with m.rt.session(num_steps=6), torch.no_grad():
-        for t in range(6, 0, -1):
-            m(float(t), torch.ones(1, 3))
-    assert [t["decision"] for t in m.rt.stats()["trace"]] == ["compute", "compute", "forecast", "compute",
-                                                              "compute", "compute"]
+    for backend_steps in (None, 20):
+        m = FakeModel(policy, num_steps=backend_steps)
+        with m.rt.session(num_steps=6), torch.no_grad():
+            for t in range(6, 0, -1):
+                m(float(t), torch.ones(1, 3))
+        assert [t["decision"] for t in m.rt.stats()["trace"]] == ["compute", "compute", "forecast", "compute",
+                                                                  "compute", "compute"]
 
 
 def test_second_graph_sibling_and_recompile():
-    """A graph-break sibling (same coordinate in the same call) joins the generation; a graph that
-    starts at another coordinate (a recompile after a shape change) starts a new one, and the first
-    graph then resets too."""
+    """A graph-break sibling (same coordinate in the same call) goes step by step with the first; a
+    graph that takes over mid-run (a recompile after a batch change) goes on with the step index and
+    its own warm-up; a graph that skipped a step restarts its factors."""
     rt = Runtime(FixedPolicy(interval=2, order=1))
     g1 = rt.new_graph([RegionInfo(0, "a")], 0, (0, 1))
     g2 = rt.new_graph([RegionInfo(0, "b")], 0, (0, 1))
@@ -246,11 +381,11 @@ def test_second_graph_sibling_and_recompile():
         assert len(gens) == 1
         assert [t["regions"] for t in rt.stats()["trace"][-2:]] == [{"a": "forecast"}, {"g1:b": "forecast"}]
         g3 = rt.new_graph([RegionInfo(0, "c")], 0, (0, 1))
-        call(g3, 600.0, torch.ones(2, 3))     # another shape: new generation everywhere
-        out = call(g1, 500.0, x)
+        call(g3, 600.0, torch.ones(2, 3))     # another batch, another graph: step 3 of the same run
+        out = call(g1, 500.0, x)              # g1 was not called at step 3: its factors restart
     tr = rt.stats()["trace"]
-    assert tr[-1]["generation"] > tr[-2]["generation"] > tr[-3]["generation"]
-    assert tr[-1]["step"] == 0 and tr[-1]["regions"] == {"a": "compute"}
+    assert [(t["step"], t["regions"]) for t in tr[-2:]] == [(3, {"g2:c": "compute"}), (4, {"a": "compute"})]
+    assert len({t["generation"] for t in tr}) == 1
     assert torch.equal(out, x * 501.0)
 
 
@@ -260,18 +395,18 @@ def test_auto_policy_reads_one_estimate_per_step(monkeypatch):
     rt = Runtime(policy)
     g = rt.new_graph([RegionInfo(i, f"r{i}") for i in range(3)], 0, (0, 1))
     calls = []
-    orig = GraphRuntime._estimates
+    orig = Generation.estimates
 
-    def spy(self, x, per_region=False):
+    def spy(self, graph, n_regions, x, device=None, per_region=False):
         by_hand = []
         for i in range(3):
-            e = self.states[(i, 0)].forecaster.error_estimate(x)
+            e = self.states[(graph, i, 0)].forecaster.error_estimate(x)
             by_hand.append(math.inf if e is None else float(e))
-        out = orig(self, x, per_region)
+        out = orig(self, graph, n_regions, x, device, per_region)
         calls.append((out, max(by_hand)))
         return out
 
-    monkeypatch.setattr(GraphRuntime, "_estimates", spy)
+    monkeypatch.setattr(Generation, "estimates", spy)
     reads = []
     orig_tolist = torch.Tensor.tolist
 
@@ -408,7 +543,10 @@ def test_batch_change_mid_run_never_forecasts_from_old_shape(dit):
     calls = [(x2, t, y2) for t in (999.0, 800.0, 600.0)] + [(x1, t, y1) for t in (400.0, 200.0, 100.0, 0.0)]
     be, _ = _check_against_reference(dit, FixedPolicy(interval=2, order=1), calls)
     tr = be.stats()["trace"]
-    assert tr[3]["step"] == 0 and tr[3]["decision"] == "compute"
+    # a batch change within the generation: the step index goes on, the factors and warm-up restart
+    assert [(t["step"], t["decision"]) for t in tr[3:]] == [(3, "compute"), (4, "compute"), (5, "forecast"),
+                                                           (6, "compute")]
+    assert len({t["generation"] for t in tr}) == 1
 
 
 def test_grad_enabled_call_through_the_compiled_model_runs_uncached(dit):
