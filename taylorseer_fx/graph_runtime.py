@@ -138,7 +138,10 @@ class GraphRuntime:
             if coord is None or not math.isfinite(coord):
                 self._warn_once("coord", f"taylorseer: graph {self.index} has no step coordinate (no "
                                 "timestep input found, or a non-finite value; pass timestep_arg=... or use "
-                                "backend.session(timesteps=...)); running it uncached")
+                                "backend.session(timesteps=...)); running it uncached. A timestep passed as a "
+                                "Python number is baked into the first graph dynamo traces (one uncached call; "
+                                "from its second value on it is a graph input): pass a tensor to cache the "
+                                "first call too")
                 ctx.recorder.uncached()
                 return None
         owner = ctx.owner(self._instance(args))
