@@ -266,6 +266,7 @@ class Owner:
         self._new_generation = new_generation
         self.refs = refs              # weak references to the instance's parameters (identity check)
         self.label_of = self.label = None   # the trace's label of the current generation (runtime.py)
+        self.interrupts = 0           # the thread's interrupted calls this owner has taken into account
 
     def place(self, graph: int, coord: float, sig: tuple, counted: tuple | None = None):
         """``(Position, Generation)`` of one call of ``graph`` (see ``steps.py``)."""

@@ -33,6 +33,10 @@ from .trace import Recorder
 
 __all__ = ["Runtime", "GraphRuntime", "Session"]
 
+#: per thread: exceptions raised inside a model call of any backend (an owner that saw fewer ends its
+#: generation at its next call: Wan 2.2's two denoisers have one backend each)
+_INTERRUPTS = threading.local()
+
 
 def _never_forecasts(policy) -> bool:
     """True for policies that compute every step (FixedPolicy(interval=1), an all-True mask)."""
@@ -157,7 +161,11 @@ class Runtime:
         th = self._thread()
         key = tuple(id(t) for t in instance)
         owner = th.owners.get(key)
+        interrupts = getattr(_INTERRUPTS, "n", 0)
         if owner is not None and all(r() is t for r, t in zip(owner.refs, instance)):
+            if owner.interrupts != interrupts:    # another backend's call of this thread was interrupted
+                owner.end()
+                owner.interrupts = interrupts
             return owner
         th_ref = weakref.ref(th)
 
@@ -166,6 +174,7 @@ class Runtime:
             if t is not None:
                 t.owners.pop(key, None)
         owner = Owner(self._new_generation, tuple(weakref.ref(t, gone) for t in instance))
+        owner.interrupts = interrupts
         th.owners[key] = owner
         return owner
 
@@ -199,8 +208,13 @@ class Runtime:
         return None if th is None else th.session
 
     def interrupt(self) -> None:
-        """An exception inside a model call of this thread: every generation of the thread is over."""
-        self._thread().end_all()
+        """An exception inside a model call of this thread: every generation of the thread is over, in
+        this backend now and in every other backend at its next call."""
+        _INTERRUPTS.n = getattr(_INTERRUPTS, "n", 0) + 1
+        th = self._thread()
+        th.end_all()
+        for owner in th.owners.values():
+            owner.interrupts = _INTERRUPTS.n
 
     # ------------------------------------------------------------ api
     def reset(self) -> None:

@@ -16,6 +16,7 @@ import torch
 from dit_plain import make_plain_dit, plain_dit_inputs
 from taylorseer_fx import AutoPolicy, FixedPolicy, taylorseer_backend
 from taylorseer_fx.runtime import GraphRuntime
+from taylorseer_fx.steps import MAX_STREAMS
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 
@@ -162,33 +163,36 @@ def test_a_dummy_call_before_the_loop_changes_nothing(batched_cfg):
     assert be.stats()["forecast"] > 0
 
 
-@pytest.mark.parametrize("steps", [1, 2])
-def test_many_short_generations_hold_bounded_memory(steps):
+def _plain(policy=None):
+    """The plain test DiT compiled through a fresh backend: (compiled, backend, x, y)."""
     model = make_plain_dit()
     x, y = plain_dit_inputs()
-    be = taylorseer_backend(FixedPolicy(interval=2, order=1), inner="eager")
-    cm = torch.compile(model, backend=be)
+    be = taylorseer_backend(policy or FixedPolicy(interval=2, order=1), inner="eager")
+    return torch.compile(model, backend=be), be, x, y
+
+
+def _held_over(cm, be, x, y, coords_per_generation, generations):
     held = []
     with torch.no_grad():
-        for gen in range(500):
-            for k in range(steps):
-                cm(x, torch.full((2,), 900.0 - 100.0 * k), y)
+        for _ in range(generations):
+            for t in coords_per_generation:
+                cm(x, torch.full((2,), t), y)
             held.append(be.memory_bytes())
-    out_bytes = cm(x, torch.full((2,), 900.0), y).numel() * 4
+    return held
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_many_short_generations_hold_bounded_memory(steps):
+    cm, be, x, y = _plain()
+    one_stream = _held_over(cm, be, x, y, [900.0, 800.0], 1)[0]       # one generation, one stream
+    held = _held_over(cm, be, x, y, [900.0 - 100.0 * k for k in range(steps)], 500)
     assert 0 < max(held) == max(held[:20])                 # flat: never above what 20 generations held
-    assert max(held) <= 8 * 8 * out_bytes                  # a few buffers per stream, streams bounded
+    assert max(held) <= MAX_STREAMS * one_stream           # 1-step runs at one timestep: streams, bounded
 
 
 def test_constant_coordinate_never_forecasts_and_stays_bounded():
-    model = make_plain_dit()
-    x, y = plain_dit_inputs()
-    be = taylorseer_backend(FixedPolicy(interval=2, order=1), inner="eager")
-    cm = torch.compile(model, backend=be)
-    held = []
-    with torch.no_grad():
-        for _ in range(200):
-            cm(x, torch.full((2,), 500.0), y)
-            held.append(be.memory_bytes())
+    cm, be, x, y = _plain()
+    held = _held_over(cm, be, x, y, [500.0], 200)
     assert be.stats()["forecast"] == 0
     assert max(held) == max(held[:20])
 
@@ -213,10 +217,7 @@ def test_cfg_truncation_keeps_the_step_index_and_the_cooldown():
 
 @pytest.mark.parametrize("kind", ["tensor", "0-dim", "float", "int"])
 def test_every_timestep_type_caches(kind):
-    model = make_plain_dit()
-    x, y = plain_dit_inputs()
-    be = taylorseer_backend(FixedPolicy(interval=2, order=1), inner="eager")
-    cm = torch.compile(model, backend=be)
+    cm, be, x, y = _plain()
     make = {"tensor": lambda t: torch.full((2,), float(t)), "0-dim": lambda t: torch.tensor(float(t)),
             "float": lambda t: float(t) + 0.5, "int": int}[kind]
     with torch.no_grad(), pytest.warns() if kind in ("float", "int") else _no_warning():
@@ -235,10 +236,7 @@ def test_every_timestep_type_caches(kind):
 
 
 def test_per_sample_timesteps_use_element_0_and_say_so_once():
-    model = make_plain_dit()
-    x, y = plain_dit_inputs()
-    be = taylorseer_backend(FixedPolicy(interval=2, order=1), inner="eager")
-    cm = torch.compile(model, backend=be)
+    cm, be, x, y = _plain()
     with torch.no_grad(), pytest.warns(UserWarning, match="element 0") as rec:
         for t in range(900, 0, -100):
             cm(x, torch.tensor([float(t), float(t) / 2]), y)

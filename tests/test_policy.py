@@ -464,3 +464,22 @@ def test_preset_errors(tmp_path):
 def test_bad_values_raise(make, field):
     with pytest.raises(ValueError, match=field):
         make()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(interval=st.integers(1, 5), order=st.integers(0, 2), extra=st.integers(0, 3), phase=st.integers(0, 4),
+       first=st.integers(1, 30), n=st.integers(1, 25), form=st.sampled_from(["newton", "taylor"]))
+def test_a_schedule_started_mid_generation_is_the_same_schedule_shifted(interval, order, extra, phase, first, n,
+                                                                         form):
+    """start(first_step=s): warm-up, phase and derivative gating count from s (a batch change or a
+    second model instance joining mid-run), so the decisions are those of a fresh run, shifted."""
+    policy = FixedPolicy(interval=interval, order=order, warmup=order + 1 + extra, phase=phase % interval,
+                         form=form)
+    fresh, late = policy.start(), policy.start(first_step=first)
+    assert [fresh.decide(k) for k in range(n)] == [late.decide(first + k) for k in range(n)]
+    assert [fresh.derivatives(k) for k in range(n)] == [late.derivatives(first + k) for k in range(n)]
+
+
+def test_first_step_must_be_a_non_negative_int():
+    with pytest.raises(ValueError, match="first_step"):
+        FixedPolicy(interval=2).start(first_step=-1)

@@ -612,3 +612,16 @@ def test_random_sequences_compiled_equal_the_reference(data):
 
 
 _SHARED: dict = {}
+
+
+def test_an_interrupted_call_in_one_backend_ends_the_threads_generations_in_every_backend():
+    """Wan 2.2-like: two denoisers with a backend each; an exception inside the second one's call
+    means the run is over for the first one too (its next call starts a new generation)."""
+    m1, m2 = FakeModel(FixedPolicy(interval=2, order=1)), FakeModel(FixedPolicy(interval=2, order=1))
+    x = torch.ones(1, 3)
+    m1(900.0, x), m1(800.0, x)
+    with pytest.raises(Interrupt):
+        m2(700.0, x, fail=True)
+    m1(700.0, x)                                 # would be step 2, a forecast, in the old run
+    assert [(t["step"], t["regions"]["r"]) for t in m1.rt.stats()["trace"]][-1] == (0, "compute")
+    assert m1.rt.stats()["trace"][-1]["generation"] != m1.rt.stats()["trace"][0]["generation"]
