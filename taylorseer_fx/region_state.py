@@ -187,8 +187,8 @@ class Generation:
         return st
 
     def memory_bytes(self) -> int:
-        held = sum(_nbytes(h[3]) + _nbytes(h[4]) for h in self._held)
-        return sum(st.memory_bytes() for st in self.states.values()) + held
+        held = sum(_nbytes(h[3]) + _nbytes(h[4]) for h in list(self._held))   # snapshots: another
+        return sum(st.memory_bytes() for st in list(self.states.values())) + held   # thread may call
 
     # ------------------------------------------------------------ decisions
     def plan(self, graph: int, step: int, n_regions: int, x: float, device, per_region: bool) -> StepPlan:

@@ -213,7 +213,7 @@ class Runtime:
         _INTERRUPTS.n = getattr(_INTERRUPTS, "n", 0) + 1
         th = self._thread()
         th.end_all()
-        for owner in th.owners.values():
+        for owner in list(th.owners.values()):     # reset() may clear the dict from another thread
             owner.interrupts = _INTERRUPTS.n
 
     # ------------------------------------------------------------ api
