@@ -254,3 +254,16 @@ class _no_warning:
 
     def __exit__(self, *exc):
         return self._cm.__exit__(*exc)
+
+
+def test_threads_server_example(capsys):
+    _demo()
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / "threads_server.py"
+    spec = importlib.util.spec_from_file_location("threads_server", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--requests", "6", "--steps", "8", "--workers", "3"])
+    out = capsys.readouterr().out
+    assert "6/6 equal to the sequential run" in out and " 0 of " not in out
