@@ -264,6 +264,6 @@ def test_threads_server_example(capsys):
     spec = importlib.util.spec_from_file_location("threads_server", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(["--requests", "6", "--steps", "8", "--workers", "3"])
+    mod.main(["--requests", "6", "--steps", "12", "--workers", "3"])
     out = capsys.readouterr().out
     assert "6/6 equal to the sequential run" in out and " 0 of " not in out
