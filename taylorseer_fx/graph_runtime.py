@@ -8,8 +8,8 @@ Per call (``__call__``):
 * **Coordinate.** The value of the timestep input, in the model's own units (0..1000, a sigma ...):
   one host read per call. A 0-dim or (B,) tensor, a Python float or int. Per-sample timesteps that
   differ within the batch use element 0 (a warning says so, once per graph). In a ``session`` with a
-  schedule the calls are counted instead (sync-free): call ``n`` of this graph is step
-  ``n // streams``, stream ``n % streams``, coordinate ``timesteps[step]``.
+  schedule the calls are counted instead (sync-free, per owner: ``runtime.Session.count``): call
+  ``n`` is step ``n // streams``, stream ``n % streams``, coordinate ``timesteps[step]``.
 * **Owner.** State belongs to one thread and one model instance: the instance is told apart by the
   identity of the parameters dynamo passes as graph inputs (two instances of one class share the
   compiled graph, never its state). The owner's step tracker (``steps.py``, where the rules of
@@ -129,9 +129,10 @@ class GraphRuntime:
         if self.device is None:
             self.device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
         counted = None
+        owner = ctx.owner(self._instance(args))
         session = ctx.current_session()
         if session is not None and session.timesteps is not None:
-            step, stream, coord = session.count(self.index)
+            step, stream, coord = session.count(owner, self.index)
             counted = (step, stream)
         else:
             coord = self._read_coord(args)
@@ -144,7 +145,6 @@ class GraphRuntime:
                                 "first call too")
                 ctx.recorder.uncached()
                 return None
-        owner = ctx.owner(self._instance(args))
         pos, gen = owner.place(self.index, coord, self._signature(args), counted)
         x = self._forecaster_x(pos.step, coord)
         plan = gen.plan(self.index, pos.step, len(self.regions), x, self.device, ctx.per_region)

@@ -55,16 +55,24 @@ class Session:
     timesteps: list | None
     num_steps: int | None
     streams: int
-    calls: dict = field(default_factory=dict)  # graph index -> calls counted
+    calls: dict = field(default_factory=dict)  # owner or graph index -> calls counted
 
-    def count(self, graph: int) -> tuple[int, int, float]:
-        """``(step, stream, coordinate)`` of the next call of ``graph``; starts over after the last step."""
-        n = self.calls.get(graph, 0)
+    def count(self, owner, graph: int) -> tuple[int, int, float]:
+        """``(step, stream, coordinate)`` of the next call of ``owner`` through ``graph``; starts over
+        after the last step. Calls are counted per owner (a recompile after a batch change, cond and
+        uncond in graphs of their own, go on counting); an owner's first call goes on from the graph's
+        count (a second model instance taking over a shared graph mid-run, Wan 2.2-like)."""
+        n = self.calls.get(owner)
+        if n is None:
+            n = self.calls.get(graph, 0)
         step, stream = divmod(n, self.streams)
         if step >= len(self.timesteps):
             n, step, stream = 0, 0, 0
-        self.calls[graph] = n + 1
+        self.calls[owner] = self.calls[graph] = n + 1
         return step, stream, self.timesteps[step]
+
+    def clear(self) -> None:
+        self.calls.clear()
 
 
 class _Thread:
@@ -80,7 +88,7 @@ class _Thread:
         for owner in list(self.owners.values()):
             owner.end()
         if self.session is not None:
-            self.session.calls.clear()
+            self.session.clear()
 
 
 def _check_session(timesteps, num_steps, streams) -> list | None:
@@ -229,7 +237,7 @@ class Runtime:
         for th in threads:
             th.owners.clear()             # a call in flight keeps its own reference and finishes
             if th.session is not None:
-                th.session.calls.clear()
+                th.session.clear()
 
     def memory_bytes(self) -> int:
         """Bytes of cached state (factors, scratch, held outputs) over all threads and instances."""

@@ -149,8 +149,8 @@ class StepTracker:
         return self._call(graph, sig, 0, restart=restart, transition=transition, realign=realign)
 
     # ------------------------------------------------------------ internals
-    def _new(self, graph: int, coord: float, sig: tuple, step: int = 0) -> Position:
-        self._gen = _Generation(next(_GENERATION_IDS), coord, step)
+    def _new(self, graph: int, coord: float, sig: tuple) -> Position:
+        self._gen = _Generation(next(_GENERATION_IDS), coord)
         return self._call(graph, sig, 0)
 
     def _next_step(self, g: _Generation, coord: float) -> tuple:

@@ -267,3 +267,23 @@ def test_threads_server_example(capsys):
     mod.main(["--requests", "6", "--steps", "12", "--workers", "3"])
     out = capsys.readouterr().out
     assert "6/6 equal to the sequential run" in out and " 0 of " not in out
+
+
+def test_in_a_session_a_recompile_and_a_second_instance_go_on_counting():
+    """Sync-free sessions count calls per owner: a batch change (a new graph) mid-run and a second
+    model instance taking over a shared graph both continue at the right step and timestep."""
+    a, b = make_plain_dit(seed=0), make_plain_dit(seed=1)
+    x, y = plain_dit_inputs(batch=1)
+    ts = [1000.0 - 50.0 * k for k in range(20)]
+    be = taylorseer_backend("openvino-lite", inner="eager")
+    ca, cb = torch.compile(a, backend=be), torch.compile(b, backend=be)
+    with torch.no_grad(), be.session(timesteps=ts):
+        for k, t in enumerate(ts):
+            xb, yb = (torch.cat([x, x]), torch.cat([y, y])) if k < 8 else (x, y)
+            (ca if k < 14 else cb)(xb, torch.full((xb.shape[0],), t), yb)
+    tr = be.stats()["trace"]
+    assert [t["step"] for t in tr] == list(range(20)) and [t["coordinate"] for t in tr] == ts
+    assert len(be.graphs) == 2                                   # batch 2, then batch 1
+    assert [t["decision"] for t in tr[8:10]] == ["compute", "compute"]     # the new graph's warm-up
+    assert [t["decision"] for t in tr[14:16]] == ["compute", "compute"]    # b's own warm-up
+    assert [t["decision"] for t in tr[-2:]] == ["compute", "compute"]      # the cooldown, from the end
