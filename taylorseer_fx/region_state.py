@@ -121,9 +121,8 @@ class StepPlan:
 
 
 class _GraphSchedules:
-    def __init__(self, schedules: list, first_step: int):
-        self.schedules = schedules
-        self.first_step = first_step
+    def __init__(self, schedules: list):
+        self.schedules = schedules    # one, or one per region (per_region)
         self.plan: StepPlan | None = None
 
 
@@ -195,7 +194,7 @@ class Generation:
         """The graph's decision at ``step`` (made at its first call of the step, reused by the others)."""
         gs = self._graphs.get(graph)
         if gs is None:
-            gs = self._graphs[graph] = _GraphSchedules(self._start_schedules(n_regions, step), step)
+            gs = self._graphs[graph] = _GraphSchedules(self._start_schedules(n_regions, step))
         if gs.plan is not None and gs.plan.step == step:
             return gs.plan
         cache: dict = {}
