@@ -71,9 +71,6 @@ class Session:
         self.calls[owner] = self.calls[graph] = n + 1
         return step, stream, self.timesteps[step]
 
-    def clear(self) -> None:
-        self.calls.clear()
-
 
 class _Thread:
     """What one thread holds in one runtime: its owners (instance key -> Owner) and its session."""
@@ -85,10 +82,10 @@ class _Thread:
         self.last: tuple | None = None    # (owner, generation label, coordinate, step) of the last call
 
     def end_all(self) -> None:
+        """End every owner's generation. A session's call count goes on: the next call is still placed
+        at the step the session counts (a new generation, with its own warm-up, starting there)."""
         for owner in list(self.owners.values()):
             owner.end()
-        if self.session is not None:
-            self.session.clear()
 
 
 def _check_session(timesteps, num_steps, streams) -> list | None:
@@ -236,8 +233,6 @@ class Runtime:
             threads = list(self._threads)
         for th in threads:
             th.owners.clear()             # a call in flight keeps its own reference and finishes
-            if th.session is not None:
-                th.session.clear()
 
     def memory_bytes(self) -> int:
         """Bytes of cached state (factors, scratch, held outputs) over all threads and instances."""

@@ -625,3 +625,22 @@ def test_an_interrupted_call_in_one_backend_ends_the_threads_generations_in_ever
     m1(700.0, x)                                 # would be step 2, a forecast, in the old run
     assert [(t["step"], t["regions"]["r"]) for t in m1.rt.stats()["trace"]][-1] == (0, "compute")
     assert m1.rt.stats()["trace"][-1]["generation"] != m1.rt.stats()["trace"][0]["generation"]
+
+
+def test_in_a_session_an_interrupted_call_ends_the_generation_but_not_the_count():
+    """A caught exception inside a session: the calls after it sit at the steps and timesteps the
+    session counts, in a new generation with its own warm-up (nothing of the old one is used)."""
+    m = FakeModel(FixedPolicy(interval=2, order=1))
+    ts = [900.0, 800.0, 700.0, 600.0, 500.0, 400.0, 300.0]
+    x = torch.ones(1, 3)
+    with m.rt.session(timesteps=ts):
+        for k, t in enumerate(ts):
+            if k == 3:
+                with pytest.raises(Interrupt):
+                    m(t, x, fail=True)
+                continue
+            m(t, x)
+    tr = m.rt.stats()["trace"]
+    assert [(t["step"], t["coordinate"]) for t in tr] == [(k, t) for k, t in enumerate(ts) if k != 3]
+    assert tr[2]["generation"] != tr[3]["generation"]
+    assert [t["regions"]["r"] for t in tr[3:]] == ["compute", "compute", "forecast"]
