@@ -58,7 +58,6 @@ class _Call:
     plan: StepPlan
     defer: bool               # compute and hold the outputs (steps.py: step 1 with unknown streams)
     regions: dict = field(default_factory=dict)
-    t0: float = 0.0
 
     def computes(self, index: int) -> bool:
         return self.defer or self.plan.compute[index]
@@ -117,8 +116,8 @@ class GraphRuntime:
             orders = call.gen.chosen_orders(self.index, self.names) or None   # device tensors
         self.ctx.recorder.record({
             "graph": self.index, "generation": call.generation, "step": call.step, "stream": call.stream,
-            "coordinate": call.coord, "estimate": call.plan.estimate, "regions": dict(call.regions),
-            "orders": orders, "wall_s": time.perf_counter() - t0, "thread": threading.get_ident(),
+            "coordinate": call.coord, "decision": "forecast" if forecast else "compute",
+            "estimate": call.plan.estimate, "regions": dict(call.regions), "orders": orders, "wall_s": time.perf_counter() - t0, "thread": threading.get_ident(),
         })
 
     def _begin(self, args) -> _Call | None:

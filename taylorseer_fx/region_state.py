@@ -88,15 +88,18 @@ class RegionState:
         """True once a compute was absorbed (a forecast can be made)."""
         return bool(self.kind)
 
+    def _forecasts(self, x: float) -> tuple:
+        fc = self.forecaster.forecast(x) if any(k == "f" for k, _ in self.kind) else ()
+        return (fc,) if isinstance(fc, torch.Tensor) else fc
+
     def forecast_tensors(self, x: float) -> list:
-        """The forecast of the floating outputs, in output order (a residual output's is the delta)."""
-        fc = self.forecaster.forecast(x)
-        fc = (fc,) if isinstance(fc, torch.Tensor) else fc
+        """The forecast of the floating outputs, in output order (a residual output's is the delta);
+        only for states whose outputs are all floating tensors."""
+        fc = self._forecasts(x)
         return [fc[v] for _, v in self.kind]
 
     def forecast(self, x: float, args):
-        fc = self.forecaster.forecast(x) if any(k == "f" for k, _ in self.kind) else ()
-        fc = (fc,) if isinstance(fc, torch.Tensor) else fc
+        fc = self._forecasts(x)
         outs = []
         for i, (k, v) in enumerate(self.kind):
             if k == "f" and i in self.residual:

@@ -109,11 +109,6 @@ class StepTracker:
         self.max_streams = max_streams
         self._gen: _Generation | None = None
 
-    @property
-    def generation(self) -> int | None:
-        """Id of the current generation (None before the first call and after :meth:`end`)."""
-        return None if self._gen is None else self._gen.id
-
     def end(self) -> None:
         """The current generation is over: the next call starts a new one."""
         self._gen = None
@@ -163,7 +158,7 @@ class StepTracker:
         g.previous, g.calls = g.calls, {}
         g.step += 1
         g.coord = coord
-        return dict(g.previous), realign
+        return g.previous, realign             # a fresh dict every step, never changed afterwards
 
     def _call(self, graph: int, sig: tuple, stream: int, restart: bool = False,
               transition: dict | None = None, realign: dict | None = None) -> Position:
@@ -192,7 +187,7 @@ class StepTracker:
         if step != g.step:
             g.previous, g.calls = (g.calls if step == g.step + 1 else {}), {}
             g.step, g.coord = step, coord
-            transition = dict(g.previous)
+            transition = g.previous
         first_in_step = graph not in g.calls
         g.calls[graph] = max(g.calls.get(graph, 0), stream + 1)
         g.sigs[graph] = sig

@@ -37,10 +37,9 @@ class Recorder:
             self._uncached += 1
 
     def record(self, row: dict) -> None:
-        """One cached call: ``row`` has graph, generation, step, stream, coordinate, estimate,
-        regions ({name: "compute" | "forecast" | "fallback"}), orders, wall_s, thread."""
-        forecast = any(v == "forecast" for v in row["regions"].values())
-        row["decision"] = "forecast" if forecast else "compute"
+        """One cached call: ``row`` has graph, generation, step, stream, coordinate, decision
+        ("forecast" when any region was forecast, else "compute"), estimate, regions ({name: "compute"
+        | "forecast" | "fallback"}), orders, wall_s, thread."""
         with self._lock:
             self._calls += 1
             self._gens.add(row["generation"])
