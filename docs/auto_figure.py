@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from taylorseer_fx import backend as backend_module
 from taylorseer_fx import load_policy, taylorseer_backend
 from taylorseer_fx.demo import load_model, sample, sigmas
 from taylorseer_fx.report import decision_trace, format_table, plot_trace
@@ -22,9 +21,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def measured_trace(model, labels, noise, policy, steps: int, shift: float) -> list[dict]:
-    # the split pieces (not a fused whole-graph call), so that every region call passes run_region
-    opts = {"fused": False} if "fused" in getattr(backend_module, "_OPTIONS", ()) else {}
-    be = taylorseer_backend(policy, regions="stack", inner="eager", **opts)
+    # the split pieces (not a whole-graph call), so that every region call passes run_region
+    be = taylorseer_backend(policy, regions="stack", inner="eager", whole_graph=False)
     compiled = torch.compile(model, backend=be)
     with be.session(timesteps=sigmas(2)[:2].tolist()):
         sample(compiled, labels, num_steps=2, noise=noise)       # compile

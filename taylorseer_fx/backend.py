@@ -27,8 +27,9 @@ from .policy import Policy
 from .presets import load_policy
 from .runtime import Runtime
 from .select import KINDS, NoRegionError, find_timestep, is_static_placeholder, select_regions
-from .forecast import _out_strides
-from .transform import CacheNode, compile_pieces, compute_graph, forecast_graph, split
+from .lazy_compile import LazyCompile, has_symbolic_inputs
+from .transform import CacheNode, compile_pieces, split
+from .whole_graph import WholeGraph
 
 __all__ = ["TaylorSeerBackend", "taylorseer_backend", "default_backend", "DEFAULT_POLICY"]
 
@@ -38,7 +39,9 @@ log = logging.getLogger(__name__)
 #: in 6; order 1, taylor form). Needs no step count.
 DEFAULT_POLICY = "official-flux"
 
-_OPTIONS = ("timestep_arg", "num_steps", "per_region", "factor_dtype", "fused")
+#: the backend's keyword options (besides policy, regions, inner), see :func:`taylorseer_backend`
+OPTIONS = ("timestep_arg", "num_steps", "per_region", "factor_dtype", "whole_graph")
+_RENAMED = {"fused": "whole_graph"}
 
 
 def _resolve_policy(policy) -> Policy:
@@ -90,63 +93,20 @@ def _check_regions(regions) -> None:
 class _Graph:
     """The callable handed back to dynamo for one graph: a model call through the runtime."""
 
-    def __init__(self, graph_runtime, split_gm: fx.GraphModule):
+    def __init__(self, graph_runtime):
         self.graph_runtime = graph_runtime
-        self.split_gm = split_gm
 
     def __call__(self, *args):
-        return self.graph_runtime(self.split_gm, args)
+        return self.graph_runtime(args)
 
 
-class _Fused:
-    """The two whole-graph versions of one graph (``fused=True``), each one inner-compiled call:
-    ``compute(args) -> (model outputs, [(region outputs, {piece input index: tensor})])`` and
-    ``forecast(args, [region forecasts]) -> model outputs`` (a residual output's forecast is the delta)."""
-
-    def __init__(self, compute, n_out: int, forecast, infos, layouts: list):
-        self._compute, self.n_out, self._forecast = compute, n_out, forecast
-        self.infos = infos
-        self.layouts = layouts     # per forecast input: (shape, stride, dtype) compiled for, or None
-
-    def compute(self, args):
-        res = self._compute(*args)
-        i, regions = self.n_out, []
-        for info in self.infos:
-            k = len(info.output_names)
-            outs = tuple(res[i:i + k])
-            i += k
-            bases = {}
-            for j in sorted(set(info.residual.values())):
-                bases[j] = res[i]
-                i += 1
-            regions.append((outs, bases))
-        return tuple(res[:self.n_out]), regions
-
-    def forecast(self, args, forecasts):
-        flat = [t for ts in forecasts for t in ts]
-        for k, (t, lay) in enumerate(zip(flat, self.layouts)):
-            if lay is not None and (t.stride() != lay[1] or t.dtype != lay[2]):
-                flat[k] = torch.empty_strided(lay[0], lay[1], dtype=lay[2], device=t.device).copy_(t)
-        return tuple(self._forecast(*args, *flat))
-
-
-def _compile_fused(gm, example_inputs, inner, infos, fake_outs) -> _Fused:
-    from torch._guards import detect_fake_mode
-    fake_mode = detect_fake_mode(example_inputs) or torch._subclasses.fake_tensor.FakeTensorMode()
-    cgm, n_out = compute_graph(gm, infos)
-    fgm = forecast_graph(gm, infos)
-    extra, layouts = [], []
-    for info in infos:
-        for oi, fo in enumerate(fake_outs[info.index]):
-            dtype = torch.float32 if oi in info.residual else fo.dtype   # residual: float32 delta
-            static = all(isinstance(v, int) for v in tuple(fo.shape) + tuple(fo.stride()))
-            stride = _out_strides(fo.shape, fo.stride()) if static else fo.stride()
-            with fake_mode:
-                extra.append(torch.empty_strided(fo.shape, stride, dtype=dtype, device=fo.device))
-            layouts.append((tuple(fo.shape), tuple(stride), dtype) if static else None)
-    compute = inner(cgm, list(example_inputs))
-    forecast = inner(fgm, list(example_inputs) + extra)
-    return _Fused(compute, n_out, forecast, infos, layouts)
+def _split_pieces(split_gm, submod_region, infos, inner, graph_rt):
+    """The split graph's compile: ``build(fake inputs) -> split_gm`` with every piece compiled by
+    ``inner`` and every region piece a CacheNode of ``graph_rt`` (a callable holding the runtime)."""
+    def build(inputs):
+        wrap = lambda ri, compiled, piece, fake_out: CacheNode(ri, compiled, graph_rt(), infos[ri])  # noqa: E731
+        return compile_pieces(split_gm, inputs, inner, submod_region, wrap)
+    return build
 
 
 class TaylorSeerBackend:
@@ -155,30 +115,32 @@ class TaylorSeerBackend:
     See :func:`taylorseer_backend` for the arguments. ``stats()``, ``reset()`` and
     ``session(timesteps=None, num_steps=None, streams=1)`` act on the state of every graph it compiled."""
 
-    def __init__(self, policy=None, regions="stack", inner="inductor", **options):
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise ValueError(f"taylorseer_backend: unknown option {unknown[0]!r}; known: {_OPTIONS}")
+    def __init__(self, policy=None, regions="stack", inner="inductor", *, timestep_arg: str | None = None,
+                 num_steps: int | None = None, per_region: bool | None = None,
+                 factor_dtype: torch.dtype = torch.float32, whole_graph: bool = True, **unknown):
+        for name in unknown:
+            if name in _RENAMED:
+                raise ValueError(f"taylorseer_backend: option {name!r} is now called {_RENAMED[name]!r}")
+            raise ValueError(f"taylorseer_backend: unknown option {name!r}; known: "
+                             f"('policy', 'regions', 'inner') + {OPTIONS}")
         policy = _resolve_policy(policy)
         _check_regions(regions)
         self.regions = regions
         self.inner_name = inner if isinstance(inner, str) else getattr(inner, "__name__", repr(inner))
         self.inner = _resolve_inner(inner)
-        self.timestep_arg = options.get("timestep_arg")
-        if self.timestep_arg is not None and not isinstance(self.timestep_arg, str):
-            raise ValueError(f"timestep_arg must be a str (the model's argument name), got {self.timestep_arg!r}")
-        num_steps = options.get("num_steps")
+        self._inner_with: dict = {}
+        if timestep_arg is not None and not isinstance(timestep_arg, str):
+            raise ValueError(f"timestep_arg must be a str (the model's argument name), got {timestep_arg!r}")
+        self.timestep_arg = timestep_arg
         if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-        factor_dtype = options.get("factor_dtype", torch.float32)
         if not isinstance(factor_dtype, torch.dtype) or not factor_dtype.is_floating_point:
             raise ValueError(f"factor_dtype must be a floating torch.dtype, got {factor_dtype!r}")
-        per_region = options.get("per_region")
         if per_region is not None and not isinstance(per_region, bool):
-            raise ValueError(f"per_region must be a bool, got {per_region!r}")
-        self.fused = options.get("fused", True)
-        if not isinstance(self.fused, bool):
-            raise ValueError(f"fused must be a bool, got {self.fused!r}")
+            raise ValueError(f"per_region must be a bool or None, got {per_region!r}")
+        if not isinstance(whole_graph, bool):
+            raise ValueError(f"whole_graph must be a bool, got {whole_graph!r}")
+        self.whole_graph = whole_graph
         self.runtime = Runtime(policy, num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype)
         self.graphs: list[dict] = []   # per compiled graph: what was done (debugging, tests)
 
@@ -196,11 +158,29 @@ class TaylorSeerBackend:
         return f"taylorseer_backend(policy={self.policy!r}, regions={self.regions!r}, inner={self.inner_name!r})"
 
     # ------------------------------------------------------------ dynamo entry point
-    def __call__(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
+    def _inner_for(self, mode, options) -> Callable:
+        """The inner backend with ``torch.compile``'s ``mode`` / ``options`` applied (inductor only)."""
+        if (mode in (None, "default")) and not options:
+            return self.inner
+        if self.inner_name != "inductor":
+            raise ValueError(f"torch.compile(mode={mode!r}, options={options!r}): mode and options are "
+                             f"inductor settings, and this backend compiles with inner={self.inner_name!r}; "
+                             "use taylorseer_backend(inner='inductor') or drop mode/options")
+        key = (mode, repr(sorted((options or {}).items())))
+        if key not in self._inner_with:
+            try:
+                self._inner_with[key] = torch._TorchCompileInductorWrapper(mode, options, None)
+            except RuntimeError as e:         # an unknown inductor option or a bad value
+                raise ValueError(f"torch.compile(options=...): {e}") from None
+        return self._inner_with[key]
+
+    def __call__(self, gm: fx.GraphModule, example_inputs: list, mode: str | None = None,
+                 options: dict | None = None) -> Callable:
+        inner = self._inner_for(mode, options)
         if torch.is_grad_enabled():
             log.info("taylorseer: graph traced with grad enabled; compiled unchanged (runs uncached)")
             self.graphs.append({"regions": [], "reason": "grad enabled"})
-            return self.inner(gm, example_inputs)
+            return inner(gm, example_inputs)
         try:
             regions = select_regions(gm, self.regions)
         except NoRegionError as e:
@@ -208,7 +188,7 @@ class TaylorSeerBackend:
                 raise ValueError(str(e)) from None
             warnings.warn(f"taylorseer: graph with no region runs unchanged: {e}", stacklevel=2)
             self.graphs.append({"regions": [], "reason": str(e)})
-            return self.inner(gm, example_inputs)
+            return inner(gm, example_inputs)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         ts = find_timestep(gm, self.timestep_arg)
         if ts is None and self.timestep_arg is not None:
@@ -221,27 +201,39 @@ class TaylorSeerBackend:
         params = [i for i, s in enumerate(static) if s and isinstance(example_inputs[i], torch.Tensor)]
         instance = sorted({params[0], params[-1]}) if params else []   # identity of the model instance
 
-        split_gm, infos, submod_region = split(gm, regions)
+        split_gm, infos, submod_region = split(gm, regions)     # an FX pass: nothing compiled yet
         if [i.index for i in infos] != list(range(len(regions))):
             raise AssertionError(f"region pieces {[i.index for i in infos]} do not cover {len(regions)} regions")
-        graph_rt = self.runtime.new_graph(infos, ts_index, dynamic, name=str(gm.meta.get("dynamo_compile_id", "")),
-                                          instance_indices=instance)
-
-        fake_outs = {}
-
-        def wrap_region(ri, compiled, piece, fake_out):
-            fake_outs[ri] = tuple(fake_out) if isinstance(fake_out, (tuple, list)) else (fake_out,)
-            return CacheNode(ri, compiled, graph_rt, infos[ri])
-
-        compile_pieces(split_gm, example_inputs, self.inner, submod_region, wrap_region)
-        if self.fused:
+        symbolic = has_symbolic_inputs(example_inputs)           # compile now what would be lazy
+        whole = None
+        if self.whole_graph:
             try:
-                graph_rt.fused = _compile_fused(gm, example_inputs, self.inner, infos, fake_outs)
+                whole = WholeGraph(gm, infos, example_inputs, inner, lazy=not symbolic)
             except ValueError as e:
-                log.warning("taylorseer: no fused path for this graph (%s); split pieces only", e)
+                log.warning("taylorseer: no whole-graph path for this graph (%s); split pieces only", e)
+        holder: list = []
+        pieces = LazyCompile(_split_pieces(split_gm, submod_region, infos, inner, lambda: holder[0]),
+                             example_inputs, "split pieces")
+        graph_rt = self.runtime.new_graph(infos, ts_index, dynamic, whole=whole, pieces=pieces,
+                                          name=str(gm.meta.get("dynamo_compile_id", "")), instance_indices=instance)
+        holder.append(graph_rt)
+        if whole is None or symbolic:
+            pieces.get()
         self.graphs.append({"regions": [i.name for i in infos], "timestep": ts.name if ts is not None else None,
-                            "split_gm": split_gm, "infos": infos, "fused": graph_rt.fused})
-        return _Graph(graph_rt, split_gm)
+                            "split_gm": split_gm, "infos": infos, "whole_graph": whole, "pieces": pieces})
+        return _Graph(graph_rt)
+
+    def compile_seconds(self) -> dict:
+        """Seconds spent in the inner compiles that ran after the backend call (lazily, at the first call
+        that needed them): ``{"forecast": s, "pieces": s}`` summed over graphs."""
+        out = {"forecast": 0.0, "pieces": 0.0}
+        for g in self.graphs:
+            w, p = g.get("whole_graph"), g.get("pieces")
+            if w is not None and w.forecast_compiled.seconds is not None:
+                out["forecast"] += w.forecast_compiled.seconds
+            if p is not None and p.seconds is not None:
+                out["pieces"] += p.seconds
+        return out
 
     # ------------------------------------------------------------ state
     def stats(self) -> dict:
@@ -263,7 +255,10 @@ class TaylorSeerBackend:
         return self.runtime.session(timesteps=timesteps, num_steps=num_steps, streams=streams)
 
 
-def taylorseer_backend(policy=None, regions="stack", inner="inductor", **options) -> TaylorSeerBackend:
+def taylorseer_backend(policy=None, regions="stack", inner="inductor", *, timestep_arg: str | None = None,
+                       num_steps: int | None = None, per_region: bool | None = None,
+                       factor_dtype: torch.dtype = torch.float32, whole_graph: bool = True,
+                       **unknown) -> TaylorSeerBackend:
     """A torch.compile backend that forecasts regions of a diffusion transformer instead of computing them.
 
     Args:
@@ -273,41 +268,67 @@ def taylorseer_backend(policy=None, regions="stack", inner="inductor", **options
             output - input of the stack), ``"modules"`` (each block's attention / feed-forward outputs),
             a regex (``re.fullmatch``) over normalised module paths (``transformer_blocks.0.attn``) or a
             ``callable(path) -> bool``.
-        inner: the backend that compiles the pieces: ``"inductor"``, ``"eager"``, ``"aot_eager"``, any
-            registered name, or a backend callable.
-        options: ``timestep_arg`` (the model argument holding the step coordinate, when not one of
-            timestep/timesteps/t/sigma/sigmas), ``num_steps`` (steps per generation, for policies with a
-            cooldown), ``per_region`` (one decision per region instead of one per step),
-            ``factor_dtype`` (dtype of the stored factors, float32), ``fused`` (default True: also
-            compile two whole-graph versions with ``inner``, one returning every region's outputs as
-            extra outputs and one taking the regions' forecasts as extra inputs, and use them for
-            calls in which every region computes, or every region forecasts; per-region or mixed
-            decisions, fallbacks and grad-enabled calls use the split pieces. Costs two more inner
-            compiles per graph, at compile time; ``fused=False`` skips them).
+        inner: the backend that compiles the graphs: ``"inductor"``, ``"eager"``, ``"aot_eager"``, any
+            registered name, or a backend callable. ``torch.compile(..., mode=..., options=...)`` are
+            passed on to inductor (a ValueError for any other inner backend).
+        timestep_arg: the model argument holding the step coordinate, when it is not one of
+            timestep/timesteps/t/sigma/sigmas. Default None (found by name).
+        num_steps: steps per generation, for policies with a cooldown when no session gives it.
+            Default None.
+        per_region: one decision per region instead of one per step. Default None: the policy's
+            ``per_region`` (False for fixed policies).
+        factor_dtype: dtype of the stored factors. Default ``torch.float32``.
+        whole_graph: default True: every graph runs as one inner-compiled call when every region
+            computes (compiled in the backend call, as plain ``torch.compile`` would) or every region
+            forecasts (its forecast version, compiled at the first such step). Calls with per-region
+            or mixed decisions use the split pieces, compiled the first time one needs them.
+            ``False`` (debugging): the split pieces only, compiled at once.
 
     Raises ValueError naming the argument for an unknown preset, region kind, inner backend or option.
     """
-    return TaylorSeerBackend(policy=policy, regions=regions, inner=inner, **options)
+    return TaylorSeerBackend(policy=policy, regions=regions, inner=inner, timestep_arg=timestep_arg,
+                             num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype,
+                             whole_graph=whole_graph, **unknown)
 
 
 _DEFAULT: TaylorSeerBackend | None = None
+_BY_OPTIONS: dict = {}
+_BACKEND_KEYS = ("policy", "regions", "inner") + OPTIONS
 
 
-def default_backend() -> TaylorSeerBackend:
-    """The backend behind ``torch.compile(model, backend="taylorseer")`` (created at first use)."""
+def default_backend(options: dict | None = None) -> TaylorSeerBackend:
+    """The backend behind ``torch.compile(model, backend="taylorseer")`` (created at first use).
+
+    ``options``: the ``torch.compile(..., options={...})`` of such a call; its keys among
+    ``policy``, ``regions``, ``inner`` and :data:`OPTIONS` build the backend (one per distinct set of
+    values, kept for ``stats()`` / ``reset()`` / ``session()``), the other keys are inductor options."""
     global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = TaylorSeerBackend()
-    return _DEFAULT
+    ours = {k: v for k, v in (options or {}).items() if k in _BACKEND_KEYS}
+    if not ours:
+        if _DEFAULT is None:
+            _DEFAULT = TaylorSeerBackend()
+        return _DEFAULT
+    key = repr(sorted(ours.items()))
+    if key not in _BY_OPTIONS:
+        _BY_OPTIONS[key] = TaylorSeerBackend(**ours)
+    return _BY_OPTIONS[key]
 
 
-def _taylorseer_by_name(gm: fx.GraphModule, example_inputs: list, **kwargs: Any) -> Callable:
-    return default_backend()(gm, example_inputs)
+def _taylorseer_by_name(gm: fx.GraphModule, example_inputs: list, mode: str | None = None,
+                        options: dict | None = None, **kwargs: Any) -> Callable:
+    """``backend="taylorseer"``: :func:`default_backend` for the call's options (entry point
+    ``torch_dynamo_backends``)."""
+    if kwargs:
+        raise ValueError(f"backend='taylorseer': unexpected arguments {sorted(kwargs)}")
+    rest = {k: v for k, v in (options or {}).items() if k not in _BACKEND_KEYS} or None
+    return default_backend(options)(gm, example_inputs, mode=mode, options=rest)
 
 
 def _register() -> None:
+    """Register ``"taylorseer"`` by name when this module is imported before dynamo has read the
+    ``torch_dynamo_backends`` entry points (when the entry point loads it, dynamo registers it)."""
     from torch._dynamo.backends import registry
-    if "taylorseer" not in getattr(registry, "_COMPILER_FNS", {}):
+    if registry._BACKENDS.get("taylorseer") is None and "taylorseer" not in registry._COMPILER_FNS:
         try:
             registry.register_backend(compiler_fn=_taylorseer_by_name, name="taylorseer")
         except AssertionError:  # pragma: no cover - registered concurrently

@@ -22,7 +22,7 @@ import numbers
 
 import torch
 
-__all__ = ["FORMS", "ESTIMATORS", "Forecaster"]
+__all__ = ["FORMS", "ESTIMATORS", "Forecaster", "out_strides", "add_back"]
 
 FORMS = ("newton", "taylor")
 ESTIMATORS = ("remainder", "pair")
@@ -54,7 +54,7 @@ def _coord(t) -> float:
     return float(t)
 
 
-def _out_strides(shape, stride) -> tuple:
+def out_strides(shape, stride) -> tuple:
     """The output's strides when they describe non-overlapping memory, else contiguous strides.
 
     (Expanded views with stride 0 cannot be written to; every other layout, transposed or sliced,
@@ -72,6 +72,16 @@ def _out_strides(shape, stride) -> tuple:
         out[i] = acc
         acc *= max(shape[i], 1)
     return tuple(out)
+
+
+def add_back(delta: torch.Tensor, base: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None):
+    """A residual region output from its forecast ``delta`` (output - input, float32) and the region's
+    current input ``base``: ``delta + base`` computed in float32, in ``dtype`` (written into ``out``
+    when given, which must have that dtype). The whole-graph forecast version calls it in its graph,
+    the split path on the piece's output."""
+    if out is not None:
+        return torch.add(delta, base, out=out)
+    return torch.add(delta, base).to(dtype)
 
 
 class Forecaster:
@@ -202,7 +212,7 @@ class Forecaster:
         if self._meta is None or [(s, d) for s, _, d in meta] != [(s, d) for s, _, d in self._meta]:
             self._allocate(tensors)
         self._meta, self._single = meta, single
-        self._strides = [_out_strides(x.shape, x.stride()) for x in tensors]
+        self._strides = [out_strides(x.shape, x.stride()) for x in tensors]
 
         if self.select is not None and derivatives:
             self._choose(t, tensors, old)

@@ -20,8 +20,11 @@ Per call (``__call__``):
   .decide(step, estimate)``; one schedule per region with ``per_region``); the step's other streams
   reuse it. A region whose forecaster of this stream is empty computes (fallback). The estimate
   (adaptive policies) is the max over regions of ``Forecaster.error_estimate`` read with one host read.
-* **Whole graph.** When every region computes, or every region forecasts from a filled forecaster, the
-  call runs the backend's whole-graph versions (``fused``) instead of the split pieces.
+* **Paths.** The call runs the whole graph (``whole_graph.py``) when every region computes, when every
+  region forecasts from a state the forecast version accepts, and when every region was to be
+  forecast but none has a state yet (a fallback: all computed). Otherwise -- per-region or mixed
+  decisions, a forecast from some regions' states only -- it runs the split pieces (``pieces``,
+  compiled at the first such call). Uncached calls run the whole compute version.
 * **Forecaster coordinate.** ``taylor``: the step index; ``newton``: the timestep value when
   ``policy.coordinate == "timestep"``, else the step index.
 
@@ -67,10 +70,13 @@ class GraphRuntime:
     """Runs the calls of one compiled graph. ``regions``: RegionInfo-like (.name, .residual);
     ``timestep_index``: graph input holding the coordinate (None: none found); ``dynamic_indices``:
     inputs that are not parameters/buffers (the call's signature); ``instance_indices``: parameter
-    inputs whose identity tells model instances apart."""
+    inputs whose identity tells model instances apart. ``whole``: the graph's
+    :class:`~taylorseer_fx.whole_graph.WholeGraph` (None: split pieces only); ``pieces``: a callable
+    running the split graph, whose region pieces call :meth:`run_region` (compiled at its first call)."""
 
     def __init__(self, context, index: int, regions: list, timestep_index: int | None,
-                 dynamic_indices: Sequence[int], instance_indices: Sequence[int] = (), name: str = ""):
+                 dynamic_indices: Sequence[int], instance_indices: Sequence[int] = (), name: str = "",
+                 whole=None, pieces: Callable | None = None):
         self.ctx = context
         self.index = index
         self.regions = regions
@@ -80,7 +86,8 @@ class GraphRuntime:
         self.name = name
         self.names = [r.name if index == 0 else f"g{index}:{r.name}" for r in regions]
         self.device = None
-        self.fused = None               # the backend's whole-graph versions, see _run_fused
+        self.whole = whole
+        self.pieces = pieces
         self._tls = threading.local()   # the call in progress, per thread
         self._warned: set = set()
 
@@ -90,16 +97,16 @@ class GraphRuntime:
         return getattr(self._tls, "call", None)
 
     # ------------------------------------------------------------ call
-    def __call__(self, body: Callable, args: Sequence) -> Any:
-        """Run ``body(*args)`` (the split graph) as one model call."""
+    def __call__(self, args: Sequence) -> Any:
+        """Run one model call of the graph on ``args`` (its inputs)."""
         t0 = time.perf_counter()
         call = self._begin(args)
         if call is None:
-            return body(*args)
+            return self.whole.run(args) if self.whole is not None else self.pieces(*args)
         self._tls.call = call
         try:
-            out = self._run_fused(call, args) if self.fused is not None else None
-            return body(*args) if out is None else out
+            out = self._run_whole(call, args) if self.whole is not None else None
+            return self.pieces(*args) if out is None else out
         except BaseException:
             self.ctx.interrupt()        # the interrupted generation is over: nothing of it is used again
             call = None
@@ -200,30 +207,29 @@ class GraphRuntime:
         return float(step)
 
     # ------------------------------------------------------------ regions
-    def _run_fused(self, call: _Call, args) -> Any:
-        """The call as one whole-graph call when every region computes, or every region forecasts
-        from a forecaster filled in this generation with the layout the fused graph was built for;
-        None: use the split pieces (per-region or mixed decisions, fallbacks)."""
-        n, gen = len(self.regions), call.gen
+    def _run_whole(self, call: _Call, args) -> Any:
+        """The call through the whole graph (see the module docstring), or None: use the split pieces."""
+        n, gen, whole = len(self.regions), call.gen, self.whole
         decisions = {call.computes(i) for i in range(n)}
-        if self.ctx.per_region or len(decisions) != 1:
+        if len(decisions) != 1:
             return None
-        if decisions == {True}:
-            out, regions = self.fused.compute(args)
+        states = [None] * n if True in decisions else [gen.states.get((self.index, i, call.stream))
+                                                         for i in range(n)]
+        if all(st is None or not st.ready for st in states):     # compute (as decided, or fallback)
+            out, regions = whole.compute(args)
+            label = "compute" if True in decisions else "fallback"
             for i, (outs, bases) in enumerate(regions):
                 if not self.ctx.never:
                     self._absorb(call, i, outs, bases)
-                call.regions[self.names[i]] = "compute"
+                call.regions[self.names[i]] = label
             return out
-        states = [gen.states.get((self.index, i, call.stream)) for i in range(n)]
-        if not all(st is not None and st.kind and all(k == "f" for k, _ in st.kind)
-                   and set(st.residual) == set(self.regions[i].residual) for i, st in enumerate(states)):
+        if not all(whole.accepts(st, info) for st, info in zip(states, self.regions)):
             return None
         forecasts = []
         for i, st in enumerate(states):
             forecasts.append(st.forecast_tensors(call.x))
             call.regions[self.names[i]] = "forecast"
-        return self.fused.forecast(args, forecasts)
+        return whole.forecast(args, forecasts)
 
     def _absorb(self, call: _Call, index: int, out, args) -> None:
         residual = self.regions[index].residual

@@ -13,17 +13,10 @@ from typing import Sequence
 
 import torch
 
-from .forecast import Forecaster
+from .forecast import Forecaster, add_back, out_strides
 from .steps import Position, StepTracker
 
 __all__ = ["RegionState", "Generation", "StepPlan", "Owner"]
-
-
-def _strides(t: torch.Tensor) -> tuple:
-    """Strides a fresh tensor can reproduce (expanded, stride-0 layouts become contiguous)."""
-    if any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape)):
-        return torch.empty(t.shape).stride()
-    return t.stride()
 
 
 def _clone(v):
@@ -65,7 +58,7 @@ class RegionState:
                 whole.append(o)
                 j = residual.get(i)
                 if j is not None and isinstance(args[j], torch.Tensor) and args[j].shape == o.shape:
-                    res[i] = (j, o.shape, _strides(o), o.dtype)
+                    res[i] = (j, o.shape, out_strides(o.shape, o.stride()), o.dtype)
                     o = o.float() - args[j].float()
                 kind.append(("f", len(tensors)))
                 tensors.append(o)
@@ -105,7 +98,7 @@ class RegionState:
             if k == "f" and i in self.residual:
                 j, shape, stride, dtype = self.residual[i]
                 r = torch.empty_strided(shape, stride, dtype=dtype, device=fc[v].device)
-                outs.append(torch.add(fc[v], args[j], out=r))
+                outs.append(add_back(fc[v], args[j], dtype, out=r))
             else:
                 outs.append(fc[v] if k == "f" else v)
         return outs[0] if self.container is None else self.container(outs)

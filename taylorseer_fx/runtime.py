@@ -146,9 +146,10 @@ class Runtime:
 
     # ------------------------------------------------------------ graphs and owners
     def new_graph(self, regions: Sequence, timestep_index: int | None, dynamic_indices: Sequence[int],
-                  name: str = "", instance_indices: Sequence[int] = ()) -> GraphRuntime:
+                  name: str = "", instance_indices: Sequence[int] = (), whole=None, pieces=None) -> GraphRuntime:
+        """A :class:`GraphRuntime` for one compiled graph (see there for the arguments)."""
         g = GraphRuntime(self, len(self.graphs), list(regions), timestep_index, tuple(dynamic_indices),
-                         tuple(instance_indices), name)
+                         tuple(instance_indices), name, whole=whole, pieces=pieces)
         self.graphs.append(g)
         return g
 

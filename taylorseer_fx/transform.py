@@ -15,10 +15,10 @@ Steps (the way torch's DDPOptimizer splits graphs, ``torch/_dynamo/backends/dist
 3. :func:`compile_pieces` compiles piece by piece with the inner backend on fake inputs propagated
    through the already compiled pieces (inductor's first call on fakes returns the runtime
    strides), and replaces each region piece by a ``CacheNode``.
-4. :func:`compute_graph` / :func:`forecast_graph` (the backend's ``fused=True``): two whole-graph
-   versions, one returning every region's outputs as extra outputs, one taking the regions'
-   forecasts as extra inputs with the regions' nodes removed. One inner-compiled call each, for the
-   calls in which every region computes / forecasts (no cost per piece, no lost fusion at the cuts).
+
+The split graph is the backend's second path: the main one is the whole graph (``whole_graph.py``),
+which uses the region infos made here. The backend compiles the pieces only when a call needs them
+(``lazy_compile.py``).
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from torch.fx.passes.split_module import split_module
 
 from .select import Region, is_static_placeholder
 
-__all__ = ["RegionInfo", "CacheNode", "plan_partitions", "split", "compile_pieces", "call_compiled",
-           "compute_graph", "forecast_graph"]
+__all__ = ["RegionInfo", "CacheNode", "plan_partitions", "split", "compile_pieces", "call_compiled"]
 
 log = logging.getLogger(__name__)
 
@@ -361,79 +360,3 @@ def compile_pieces(split_gm: fx.GraphModule, example_inputs: list, inner: Callab
         comp.run(*example_inputs)
     split_gm.recompile()
     return split_gm
-
-
-# ---------------------------------------------------------------- 4. fused whole-graph versions
-
-def _copy(gm: fx.GraphModule) -> tuple[fx.Graph, Any, dict]:
-    """A copy of ``gm``'s graph without its output node: (graph, mapped output value, {name: node})."""
-    g = fx.Graph()
-    env: dict = {}
-    out = g.graph_copy(gm.graph, env)
-    for old, new in env.items():
-        if old.op == "placeholder" and hasattr(old, "_dynamo_source"):
-            new._dynamo_source = old._dynamo_source
-    return g, out, {old.name: new for old, new in env.items()}
-
-
-def _module(gm: fx.GraphModule, g: fx.Graph) -> fx.GraphModule:
-    new = fx.GraphModule(gm, g)
-    new.meta = gm.meta
-    for attr in ("_param_name_to_source", "compile_subgraph_reason"):
-        if hasattr(gm, attr):
-            setattr(new, attr, getattr(gm, attr))
-    return new
-
-
-def _region_nodes(node: dict, info: RegionInfo) -> list:
-    missing = [n for n in info.output_names + info.input_names if n not in node]
-    if missing:
-        raise ValueError(f"region {info.name!r}: piece inputs/outputs {missing} not found in the graph")
-    outs = [node[n] for n in info.output_names]
-    for o in outs:
-        v = _example(o)
-        if not (isinstance(v, torch.Tensor) and v.is_floating_point()):
-            raise ValueError(f"region {info.name!r}: output {o.name} is not a floating tensor")
-    return outs
-
-
-def compute_graph(gm: fx.GraphModule, infos: list[RegionInfo]) -> tuple[fx.GraphModule, int]:
-    """``gm`` returning, after its own outputs, every region's outputs (piece order) and then the
-    region inputs its residual outputs continue (``sorted(set(info.residual.values()))``), region by
-    region. Returns ``(graph module, number of the model's own outputs)``."""
-    g, out, node = _copy(gm)
-    if not isinstance(out, (tuple, list)):
-        raise ValueError("graph output is not a tuple")
-    extra = []
-    for info in infos:
-        extra += _region_nodes(node, info)
-        extra += [node[info.input_names[j]] for j in sorted(set(info.residual.values()))]
-    g.output(tuple(out) + tuple(extra))
-    return _module(gm, g), len(out)
-
-
-def forecast_graph(gm: fx.GraphModule, infos: list[RegionInfo]) -> fx.GraphModule:
-    """``gm`` with every region's outputs replaced by new trailing placeholders (the forecasts, region
-    by region, piece order) and the nodes left dead removed. A residual output's placeholder is the
-    forecast (output - input): the graph adds the region's current input and casts to the output's
-    dtype, as ``torch.add(delta, input, out=<output dtype>)`` does."""
-    g, out, node = _copy(gm)
-    g.output(out)
-    first = next(n for n in g.nodes if n.op != "placeholder")
-    replaced: dict = {}
-    for info in infos:
-        for oi, o in enumerate(_region_nodes(node, info)):
-            with g.inserting_before(first):
-                ph = g.placeholder(f"forecast_{info.index}_{oi}")
-                ph._dynamo_source = None          # not a dynamo input (aot_autograd asks)
-            repl = ph
-            if oi in info.residual:
-                base = node[info.input_names[info.residual[oi]]]
-                base = replaced.get(base, base)
-                with g.inserting_before(o):
-                    repl = g.call_method("to", (g.call_function(torch.add, (ph, base)), _example(o).dtype))
-            o.replace_all_uses_with(repl)
-            replaced[o] = repl
-    g.eliminate_dead_code()
-    g.lint()
-    return _module(gm, g)

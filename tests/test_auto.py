@@ -32,6 +32,12 @@ FAST = settings(max_examples=40, deadline=None, derandomize=True, database=None,
 
 # ================================================================= runtime alone
 
+def call_graph(graph, body, args):
+    """One model call of a hand-driven GraphRuntime whose split graph is ``body`` (no whole graph)."""
+    graph.pieces = body
+    return graph(args)
+
+
 def drive(policy, outputs, coords=None, num_steps=None) -> list[dict]:
     """One generation through a one-region GraphRuntime whose region returns ``outputs[step]``
     (computed or not, the trajectory is the same: decisions only depend on the policy and it).
@@ -42,7 +48,7 @@ def drive(policy, outputs, coords=None, num_steps=None) -> list[dict]:
     g = rt.new_graph([RegionInfo(0, "r")], timestep_index=0, dynamic_indices=(0,))
     with torch.no_grad():
         for k in range(n):
-            g(lambda ts, k=k: g.run_region(0, lambda ts: (outputs[k],), (ts,))[0],
+            call_graph(g, lambda ts, k=k: g.run_region(0, lambda ts: (outputs[k],), (ts,))[0],
               (torch.full((1,), float(coords[k])),))
     return [{"step": c["step"], "decision": c["decision"], "estimate": c["estimate"]}
             for c in rt.stats()["trace"]]

@@ -131,8 +131,8 @@ def test_forecasts_keep_the_computed_strides(monkeypatch, regions):
         return out
 
     monkeypatch.setattr(GraphRuntime, "run_region", spy)
-    # spies the split path's CacheNodes (fused=True runs whole-graph calls; see test_fused.py)
-    be = taylorseer_backend(FixedPolicy(interval=2, order=1), regions=regions, inner="eager", fused=False)
+    # spies the split path's CacheNodes (the default runs whole-graph calls; see test_whole_graph.py)
+    be = taylorseer_backend(FixedPolicy(interval=2, order=1), regions=regions, inner="eager", whole_graph=False)
     _run(torch.compile(model, backend=be), x, y, _timesteps(5))
     for index, calls in seen.items():
         metas = {tuple(m) for _, m in calls}
@@ -190,11 +190,12 @@ def test_zero_recompiles_over_a_generation():
 
     cm = torch.compile(model, backend=outer)
     _run(cm, x, y, _timesteps(20))
-    assert len(calls) == 1 and len(compiles) == 5          # prefix, stack, suffix, fused x2: compiled once
+    n = len(compiles)
+    assert len(calls) == 1 and not be.graphs[0]["pieces"].done   # uniform decisions: whole graph only
     s = be.stats()
     assert s["steps"] == 20 and s["forecast"] > 0
     _run(cm, x, y, _timesteps(20))                          # a second generation: still no recompile
-    assert len(calls) == 1 and len(compiles) == 5
+    assert len(calls) == 1 and len(compiles) == n
 
 
 # ---------------------------------------------------------------- validation and fallbacks
@@ -349,7 +350,7 @@ def test_inductor_never_forecast_allclose_and_forecast_strides(monkeypatch):
         return out
 
     monkeypatch.setattr(GraphRuntime, "run_region", spy)
-    be = taylorseer_backend(FixedPolicy(interval=2, order=1), regions="stack", inner="inductor", fused=False)
+    be = taylorseer_backend(FixedPolicy(interval=2, order=1), regions="stack", inner="inductor", whole_graph=False)
     got = _run(torch.compile(model, backend=be), x, y, ts)
     want = _run(model, x, y, ts)
     computed = [m for w, m in seen if w == "compute"]

@@ -125,14 +125,14 @@ def test_interrupted_run_leaves_nothing_for_a_lower_starting_run(monkeypatch):
     be = taylorseer_backend(FixedPolicy(interval=3, order=1, warmup=2), inner="eager")
     cm = torch.compile(model, backend=be)
     _generate(cm, 10, 0, [1, 2])                    # compiled, one clean run
-    orig, calls = GraphRuntime._run_fused, []
+    orig, calls = GraphRuntime._run_whole, []
 
     def failing(self, call, args):              # inside the 4th model call (a forecast step)
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
         return orig(self, call, args)
-    monkeypatch.setattr(GraphRuntime, "_run_fused", failing)
+    monkeypatch.setattr(GraphRuntime, "_run_whole", failing)
     with pytest.raises(KeyboardInterrupt):
         _generate(cm, 10, 1, [3, 4])
     monkeypatch.undo()

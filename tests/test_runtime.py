@@ -29,6 +29,21 @@ torch.set_num_threads(1)
 MAX_STREAMS = 8
 
 
+_BODY = threading.local()
+
+
+def _this_threads_body(*args):
+    return _BODY.fn(*args)
+
+
+def drive(graph, body, args):
+    """One model call of a hand-driven GraphRuntime whose split graph is ``body`` (no whole graph);
+    the body is per thread (threads share the graph)."""
+    graph.pieces = _this_threads_body
+    _BODY.fn = body
+    return graph(args)
+
+
 def _region(ts, x):
     """A region that is exactly linear in the timestep: newton order 1 forecasts it exactly."""
     return (x * (1.0 + ts[:, None]),)
@@ -58,9 +73,9 @@ class FakeModel:
             return out
         args = (ts, x, self.params[instance])
         if x.requires_grad:
-            return self.g(body, args)
+            return drive(self.g, body, args)
         with torch.no_grad():
-            return self.g(body, args)
+            return drive(self.g, body, args)
 
 
 class RulesReference:
@@ -371,7 +386,7 @@ def test_second_graph_sibling_and_recompile():
 
     def call(g, t, x):
         ts = torch.full((x.shape[0],), t)
-        return g(lambda ts, x: g.run_region(0, _region, (ts, x))[0], (ts, x))
+        return drive(g, lambda ts, x: g.run_region(0, _region, (ts, x))[0], (ts, x))
 
     x = torch.ones(1, 3)
     with torch.no_grad():
@@ -417,7 +432,7 @@ def test_auto_policy_reads_one_estimate_per_step(monkeypatch):
     x = torch.ones(1, 3)
     with torch.no_grad():
         for k in range(20):
-            g(body, (torch.full((1,), 1.0 - k / 20), x))
+            drive(g, body, (torch.full((1,), 1.0 - k / 20), x))
     s = rt.stats()
     assert s["forecast"] > 0 and s["compute"] > 3
     assert 0 < len(calls) <= 20 - 3                      # at most once per step, never in warm-up
@@ -440,7 +455,7 @@ def test_per_region_decisions():
 
     with torch.no_grad():
         for k in range(10):
-            g(body, (torch.full((1,), 1.0 - k / 10), torch.ones(1, 3)))
+            drive(g, body, (torch.full((1,), 1.0 - k / 10), torch.ones(1, 3)))
     r = rt.stats()["regions"]
     assert r["lin"]["forecast"] > r["quad"]["forecast"]
 
@@ -456,7 +471,7 @@ def test_forecast_keeps_dtype_structure_and_constants():
     outs = []
     with torch.no_grad():
         for t in (3.0, 2.0, 1.0):
-            outs.append(g(lambda ts, x: g.run_region(0, region, (ts, x)), (torch.full((2,), t), torch.ones(2, 3))))
+            outs.append(drive(g, lambda ts, x: g.run_region(0, region, (ts, x)), (torch.full((2,), t), torch.ones(2, 3))))
     assert rt.stats()["trace"][-1]["regions"]["r"] == "forecast"
     a, b = outs[1], outs[2]
     assert type(b) is list and b[0].dtype == torch.bfloat16 and b[0].stride() == a[0].stride()
@@ -471,7 +486,7 @@ def test_residual_forecast_adds_the_current_input():
     with torch.no_grad():
         for k, t in enumerate((3.0, 2.0, 1.0)):
             h = torch.full((1, 3), 10.0 * k)
-            outs.append(g(lambda ts, h: g.run_region(0, region, (ts, h))[0], (torch.full((1,), t), h)))
+            outs.append(drive(g, lambda ts, h: g.run_region(0, region, (ts, h))[0], (torch.full((1,), t), h)))
     assert rt.stats()["trace"][-1]["regions"]["r"] == "forecast"
     torch.testing.assert_close(outs[2], torch.full((1, 3), 20.0 + 2.0))
 

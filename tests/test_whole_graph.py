@@ -1,5 +1,6 @@
-"""The fused fast path (``fused=True``): one whole-graph call when every region computes or every
-region forecasts; equal outputs and decisions to the split path (``fused=False``)."""
+"""The whole-graph path (the default): one whole-graph call when every region computes or every region
+forecasts, split pieces compiled only when a call needs them; equal outputs and decisions to the split
+path (``whole_graph=False``)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,11 @@ def _run(fn, inputs, ts):
 
 def _both(model, inputs, ts, **kw):
     res = {}
-    for fused in (True, False):
+    for whole in (True, False):
         torch._dynamo.reset()
-        be = taylorseer_backend(fused=fused, inner="eager", **kw)
+        be = taylorseer_backend(whole_graph=whole, inner="eager", **kw)
         outs = _run(torch.compile(model, backend=be), inputs, ts)
-        res[fused] = (outs, be, _decisions(be), be.stats()["forecast"])   # dynamo.reset() resets be
+        res[whole] = (outs, be, _decisions(be), be.stats()["forecast"])   # dynamo.reset() resets be
     return res
 
 
@@ -42,10 +43,10 @@ def _decisions(be):
     return [(t["step"], t["decision"], t["regions"]) for t in be.stats()["trace"]]
 
 
-def _spy_fused(be):
+def _spy_whole(be):
     calls = {"compute": 0, "forecast": 0}
     for g in be.graphs:
-        f = g["fused"]
+        f = g["whole_graph"]
         assert f is not None
         for kind in calls:
             orig = getattr(f, kind)
@@ -59,7 +60,7 @@ def _spy_fused(be):
 
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("regions", ["stack", "stack-residual", "modules"])
-def test_fused_equals_split_plain_dit(regions, transposed):
+def test_whole_equals_split_plain_dit(regions, transposed):
     model = make_plain_dit(transposed_out=transposed)
     x, y = plain_dit_inputs()
     ts = _timesteps(10)
@@ -71,20 +72,71 @@ def test_fused_equals_split_plain_dit(regions, transposed):
     assert nf > 0
 
 
-def test_fused_path_is_taken_and_forecast_graph_drops_the_region():
+def test_whole_path_is_taken_and_compiles_the_rest_only_when_needed():
     model = make_plain_dit()
     x, y = plain_dit_inputs()
     be = taylorseer_backend(FixedPolicy(interval=3), regions="stack-residual", inner="eager")
     cm = torch.compile(model, backend=be)
-    _run(cm, lambda t: (x, y), _timesteps(1))
-    calls = _spy_fused(be)
-    _run(cm, lambda t: (x, y), _timesteps(6)[1:])
+    ts = _timesteps(6)
+    _run(cm, lambda t: (x, y), ts[:1])
+    g = be.graphs[0]
+    assert not g["pieces"].done and not g["whole_graph"].forecast_compiled.done   # only compute compiled
+    calls = _spy_whole(be)
+    _run(cm, lambda t: (x, y), ts[1:2])                     # warm-up: computed
+    assert not g["whole_graph"].forecast_compiled.done
+    _run(cm, lambda t: (x, y), ts[2:])
     assert calls["compute"] >= 1 and calls["forecast"] >= 1
     assert sum(calls.values()) == 5
+    assert g["whole_graph"].forecast_compiled.done and not g["pieces"].done   # uniform decisions: no pieces
+    assert be.compile_seconds()["pieces"] == 0.0
+
+
+def test_never_compiles_only_the_compute_version():
+    model = make_plain_dit()
+    x, y = plain_dit_inputs()
+    be = taylorseer_backend("never", inner="eager")
+    _run(torch.compile(model, backend=be), lambda t: (x, y), _timesteps(6))
+    g = be.graphs[0]
+    assert not g["pieces"].done and not g["whole_graph"].forecast_compiled.done
+    assert be.stats()["forecast"] == 0
+
+
+def test_mixed_decisions_compile_the_pieces_at_the_first_call_that_needs_them(monkeypatch):
+    from taylorseer_fx.graph_runtime import GraphRuntime
+    model = make_plain_dit()
+    x, y = plain_dit_inputs()
+    ts = _timesteps(8)
+    torch._dynamo.reset()
+    ref = taylorseer_backend(FixedPolicy(interval=3), regions="modules", inner="eager", whole_graph=False)
+    want = _run(torch.compile(model, backend=ref), lambda t: (x, y), ts)
+    want_decisions = _decisions(ref)
+    torch._dynamo.reset()
+    be = taylorseer_backend(FixedPolicy(interval=3), regions="modules", inner="eager")
+    cm = torch.compile(model, backend=be)
+    got = _run(cm, lambda t: (x, y), ts[:3])
+    assert not be.graphs[0]["pieces"].done
+    monkeypatch.setattr(GraphRuntime, "_run_whole", lambda self, call, args: None)   # as if mixed
+    got += _run(cm, lambda t: (x, y), ts[3:])
+    assert be.graphs[0]["pieces"].done and be.compile_seconds()["pieces"] > 0
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    assert _decisions(be) == want_decisions and be.stats()["forecast"] > 0
+
+
+def test_symbolic_shapes_compile_everything_at_once():
+    model = make_plain_dit()
+    x, y = plain_dit_inputs()
+    be = taylorseer_backend(FixedPolicy(interval=3), inner="eager")
+    cm = torch.compile(model, backend=be, dynamic=True)
+    outs = _run(cm, lambda t: (x, y), _timesteps(1))
+    g = be.graphs[0]      # (a region returning a symbolic size has no whole-graph form: pieces only)
+    assert g["pieces"].done and (g["whole_graph"] is None or g["whole_graph"].forecast_compiled.done)
+    with torch.no_grad():
+        torch.testing.assert_close(outs[0], model(x, torch.full((x.shape[0],), 999.0), y))
 
 
 @pytest.mark.parametrize("regions", ["stack", "stack-residual", "modules"])
-def test_fused_equals_split_demo_model(regions):
+def test_whole_equals_split_demo_model(regions):
     from taylorseer_fx.demo import load_model
     model = load_model()
     g = torch.Generator().manual_seed(0)
@@ -116,7 +168,7 @@ def test_batch_change_mid_run_never_forecasts_from_old_shape():
         assert [d[:2] for d in dec_f[first_new:first_new + 2]] == [(first_new, "compute"), (first_new + 1, "compute")]
 
 
-def test_per_region_uses_the_split_path():
+def test_per_region_equals_split_path():
     model = make_plain_dit()
     x, y = plain_dit_inputs()
     ts = _timesteps(8)
@@ -125,25 +177,25 @@ def test_per_region_uses_the_split_path():
     for a, b in zip(got, want):
         assert torch.equal(a, b)
     assert dec_f == dec_s and nf > 0
-    be = taylorseer_backend(FixedPolicy(interval=3), regions="modules", inner="eager", per_region=True)
-    cm = torch.compile(model, backend=be)
-    _run(cm, lambda t: (x, y), ts[:1])
-    calls = _spy_fused(be)
-    _run(cm, lambda t: (x, y), ts[1:])
-    assert calls == {"compute": 0, "forecast": 0}
+    assert not res[True][1].graphs[0]["pieces"].done     # one schedule per region, all equal: uniform
 
 
-def test_fused_false_builds_nothing():
+def test_whole_graph_false_builds_only_the_pieces():
     model = make_plain_dit()
     x, y = plain_dit_inputs()
-    be = taylorseer_backend(FixedPolicy(interval=3), inner="eager", fused=False)
-    _run(torch.compile(model, backend=be), lambda t: (x, y), _timesteps(2))
-    assert be.graphs[0]["fused"] is None
+    be = taylorseer_backend(FixedPolicy(interval=3), inner="eager", whole_graph=False)
+    _run(torch.compile(model, backend=be), lambda t: (x, y), _timesteps(1))
+    assert be.graphs[0]["whole_graph"] is None and be.graphs[0]["pieces"].done
+
+
+def test_fused_is_renamed():
+    with pytest.raises(ValueError, match="whole_graph"):
+        taylorseer_backend(fused=False)
 
 
 @pytest.mark.inductor
 @pytest.mark.parametrize("regions", ["stack-residual", "modules"])
-def test_fused_inductor_matches_split_eager_demo_model(regions):
+def test_whole_inductor_matches_split_eager_demo_model(regions):
     from taylorseer_fx.demo import load_model, sigmas
     model = load_model()
     g = torch.Generator().manual_seed(0)
@@ -151,14 +203,15 @@ def test_fused_inductor_matches_split_eager_demo_model(regions):
     labels = torch.tensor([1, 2, 10, 10])
     ts = sigmas(12)[:-1].tolist()
     res = {}
-    for inner, fused in (("eager", False), ("inductor", True)):
+    for inner, whole in (("eager", False), ("inductor", True)):
         torch._dynamo.reset()
-        be = taylorseer_backend(FixedPolicy(interval=3, warmup=3, order=2), regions=regions, inner=inner, fused=fused)
+        be = taylorseer_backend(FixedPolicy(interval=3, warmup=3, order=2), regions=regions, inner=inner,
+                                whole_graph=whole)
         cm = torch.compile(model, backend=be)
         with torch.no_grad():
             outs = [cm(x, torch.full((4,), float(t)), labels) for t in ts]
-        if fused:
-            assert be.graphs[0]["fused"] is not None
+        if whole:
+            assert be.graphs[0]["whole_graph"].forecast_compiled.done and not be.graphs[0]["pieces"].done
         res[inner] = (outs, _decisions(be))
     assert res["eager"][1] == res["inductor"][1] and any(d == "forecast" for _, d, _ in res["eager"][1])
     for a, b in zip(res["inductor"][0], res["eager"][0]):
