@@ -217,3 +217,32 @@ def test_whole_inductor_matches_split_eager_demo_model(regions):
     for a, b in zip(res["inductor"][0], res["eager"][0]):
         assert a.stride() == b.stride()
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.inductor
+def test_lazy_pieces_and_forecast_version_compile_with_inductor_at_run_time(monkeypatch):
+    """The versions compiled after the backend call (at the first call that needs them) give what the
+    split path compiled at once gives."""
+    from taylorseer_fx.graph_runtime import GraphRuntime
+    model = make_plain_dit()
+    x, y = plain_dit_inputs()
+    ts = _timesteps(9)
+    res = {}
+    for whole in (False, True):
+        torch._dynamo.reset()
+        be = taylorseer_backend(FixedPolicy(interval=3), regions="stack-residual", inner="inductor",
+                                whole_graph=whole)
+        cm = torch.compile(model, backend=be)
+        outs = _run(cm, lambda t: (x, y), ts[:5])             # computes, then whole-graph forecasts
+        if whole:
+            assert be.graphs[0]["whole_graph"].forecast_compiled.done and not be.graphs[0]["pieces"].done
+            monkeypatch.setattr(GraphRuntime, "_run_whole", lambda self, call, args: None)
+        outs += _run(cm, lambda t: (x, y), ts[5:])            # split pieces, compiled now
+        monkeypatch.undo()
+        if whole:
+            assert be.graphs[0]["pieces"].done
+        res[whole] = (outs, _decisions(be))
+    assert res[True][1] == res[False][1]
+    for a, b in zip(res[True][0], res[False][0]):
+        assert a.stride() == b.stride()
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
