@@ -42,16 +42,9 @@ from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy  # noqa: E402
 DEFAULT_CONFIGS = "28:1:3,28:3:3,28:1:6"
 
 
-class PlacedAuto(MaskPolicy):
-    """An explicit compute set with the forecaster the auto policy ``auto`` would give each region."""
-
-    def __init__(self, compute_steps, num_steps: int, auto: AutoPolicy):
-        super().__init__(compute_steps, num_steps=num_steps, order=auto.order, form=auto.form,
-                         coordinate=auto.coordinate)
-        object.__setattr__(self, "auto", auto)
-
-    def forecaster_options(self) -> dict:
-        return self.auto.forecaster_options()
+def placed_auto(compute_steps, num_steps: int, auto: AutoPolicy) -> MaskPolicy:
+    """An explicit compute set with the forecast (how) of the auto policy ``auto``."""
+    return MaskPolicy(compute_steps, num_steps=num_steps).with_forecast(auto)
 
 
 def search(evaluate, start: list[int], warmup: int, steps: int, exhaustive: int, max_sweeps: int = 4):
@@ -87,7 +80,7 @@ def run_config(bench: Bench, steps: int, shift: float, warmup: int, exhaustive: 
     def evaluate(cs: list[int]) -> float:
         key = tuple(cs)
         if key not in memo:
-            memo[key] = bench.run(PlacedAuto(cs, steps, auto), "stack", steps, shift)["error"]
+            memo[key] = bench.run(placed_auto(cs, steps, auto), "stack", steps, shift)["error"]
         return memo[key]
 
     rows = []

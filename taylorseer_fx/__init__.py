@@ -4,7 +4,8 @@ Public API:
 
 - :func:`taylorseer_backend` -- ``torch.compile(model, backend=taylorseer_backend(policy=...))``;
   also ``backend="taylorseer"`` by name.
-- Policies: :class:`FixedPolicy`, :class:`MaskPolicy`, :class:`AutoPolicy`, :func:`load_policy`.
+- Policies: :class:`FixedPolicy`, :class:`MaskPolicy`, :class:`AutoPolicy` (the *when*), each with a
+  :class:`Forecast` (the *how*); :func:`load_policy` / :func:`policy_to_toml` (presets).
 - :func:`taylor_seer` -- the seed decorator for one module with a single tensor output.
 - :class:`Forecaster` -- the forecast math (``newton`` and ``taylor`` forms).
 """
@@ -12,17 +13,19 @@ Public API:
 __version__ = "0.1.0"
 
 from .forecast import Forecaster
-from .policy import AutoPolicy, FixedPolicy, MaskPolicy
-from .presets import load_policy
+from .policy import AutoPolicy, FixedPolicy, Forecast, MaskPolicy
+from .presets import load_policy, policy_to_toml
 from .decorator import taylor_seer
 from .backend import taylorseer_backend
 
 __all__ = [
     "AutoPolicy",
     "FixedPolicy",
+    "Forecast",
     "Forecaster",
     "MaskPolicy",
     "load_policy",
+    "policy_to_toml",
     "taylor_seer",
     "taylorseer_backend",
 ]

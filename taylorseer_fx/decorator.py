@@ -134,7 +134,7 @@ def taylor_seer(
             """Forget the stored factors and restart at step 0, optionally with new settings."""
             old = self._taylor_seer.policy
             self._taylor_seer = _make_state(
-                old.warmup if warmup_steps is None else warmup_steps,
+                old.warmup_steps if warmup_steps is None else warmup_steps,
                 old.interval if skip_interval_steps is None else skip_interval_steps,
                 old.order if n_derivatives is None else n_derivatives,
                 old.form,

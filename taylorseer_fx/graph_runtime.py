@@ -26,7 +26,7 @@ Per call (``__call__``):
   decisions, a forecast from some regions' states only -- it runs the split pieces (``pieces``,
   compiled at the first such call). Uncached calls run the whole compute version.
 * **Forecaster coordinate.** ``taylor``: the step index; ``newton``: the timestep value when
-  ``policy.coordinate == "timestep"``, else the step index.
+  ``policy.forecast.coordinate == "timestep"``, else the step index.
 
 The backend-wide part (policy, owners per thread, sessions, stats) is ``runtime.Runtime``, handed
 in as ``context``; this module does not import it.
@@ -201,8 +201,8 @@ class GraphRuntime:
             warnings.warn(message, stacklevel=4)
 
     def _forecaster_x(self, step: int, coord: float) -> float:
-        p = self.ctx.policy
-        if p.form == "newton" and getattr(p, "coordinate", "timestep") == "timestep":
+        f = self.ctx.forecast
+        if f.form == "newton" and f.coordinate == "timestep":
             return float(coord)
         return float(step)
 

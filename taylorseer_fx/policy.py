@@ -1,6 +1,15 @@
 """Policies: per step, compute the model (region) or forecast it. Knows nothing of graphs or tensors.
 
-A :class:`Policy` is an immutable config (a frozen dataclass: readable ``repr``, equality, hashable).
+A :class:`Policy` is an immutable config (a frozen dataclass: readable ``repr``, equality, hashable,
+``dataclasses.replace``). Its fields hold what was given (``None`` stays ``None``); what a ``None``
+resolves to is read from properties (:attr:`Policy.warmup_steps`, :attr:`Policy.forecast`), so
+``replace(AutoPolicy(threshold=0.1), order=2) == AutoPolicy(threshold=0.1, order=2)``.
+
+A policy has two parts: *when* (which steps compute: the schedule, the subclass's own fields plus
+warmup / cooldown / max_forecast_run / num_steps / derivatives_from) and *how* (the :class:`Forecast`:
+form, order, coordinate and order choice, fields of every policy). Any schedule takes any forecast:
+``MaskPolicy(...).with_forecast(AutoPolicy(threshold=0.1).forecast)``.
+
 ``policy.start(num_steps)`` returns a fresh per-generation :class:`Schedule`; its
 ``decide(step, estimate=None)`` answers True (compute) or False (forecast) for 0-based steps called in
 increasing order (a repeated step returns the same answer; a smaller step raises).
@@ -22,19 +31,23 @@ Presets (``policies/*.toml``) load by name with :func:`taylorseer_fx.presets.loa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
+from .forecast import ESTIMATORS, FORMS
+
 __all__ = [
-    "FORMS", "COORDINATES", "ESTIMATORS", "Policy", "Schedule", "FixedPolicy", "MaskPolicy", "AutoPolicy",
+    "FORMS", "COORDINATES", "ESTIMATORS", "MAX_ORDER", "Forecast", "Policy", "Schedule", "FixedPolicy",
+    "MaskPolicy", "AutoPolicy",
 ]
 
-FORMS = ("newton", "taylor")
 COORDINATES = ("timestep", "step")
-ESTIMATORS = ("pair", "remainder")   # forecast.Forecaster.error_estimate(t, method=...)
-_COMMON = ("order", "form", "coordinate", "warmup", "cooldown", "max_forecast_run", "num_steps",
-           "derivatives_from")
+#: the largest forecast order (and max_order) a policy accepts: (order + 1) stored factors per output
+MAX_ORDER = 8
+_HOW = ("order", "form", "coordinate", "select_order", "max_order", "order_margin")
+_COMMON = _HOW + ("warmup", "cooldown", "max_forecast_run", "num_steps", "derivatives_from")
 #: fields every anchor classmethod (official, openvino, ...) also accepts, besides its own names
 ANCHOR_OVERRIDES = ("form", "coordinate", "max_forecast_run", "num_steps")
 
@@ -48,59 +61,127 @@ def _check_int(owner: str, name: str, value: Any, low: int | None, optional: boo
         raise ValueError(f"{owner}: {name} must be {allowed}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Forecast:
+    """How a region is forecast (every value resolved): the part of a policy that is not the schedule.
+
+    ``form``: ``"newton"`` (divided differences, exact for polynomials of degree <= order on any
+    spacing) or ``"taylor"`` (the paper's recursion in the step index). ``order``: the polynomial
+    degree. ``coordinate``: what the forecaster extrapolates in, ``"timestep"`` (the model's timestep
+    value) or ``"step"`` (the step index). ``select_order``: choose the degree per forecast run among
+    ``0..max_order`` by back-test (``order_margin``: how much better another degree must be)."""
+
+    form: str
+    order: int
+    coordinate: str
+    select_order: bool
+    max_order: int
+    order_margin: float
+
+    def forecaster_options(self) -> dict:
+        """Keyword arguments of the :class:`~taylorseer_fx.forecast.Forecaster` of each region."""
+        if not self.select_order or self.max_order == self.order:
+            return {"order": self.order, "form": self.form}
+        return {"order": self.max_order, "form": self.form, "select": self.order,
+                "select_margin": float(self.order_margin)}
+
+
 @dataclass(frozen=True, kw_only=True, repr=False)
 class Policy:
-    """Base of all policies. Fields common to every policy (see the module docstring)."""
+    """Base of all policies. Fields common to every policy (see the module docstring); ``None`` means
+    the default, resolved in :attr:`warmup_steps` and :attr:`forecast`."""
 
     order: int = 1
     form: str = "newton"
-    coordinate: str | None = None  # None: "step" for taylor, "timestep" for newton
-    warmup: int | None = None  # None: order + 1
+    coordinate: str | None = None  # None: "step" for taylor, "timestep" for newton (AutoPolicy: "step")
+    warmup: int | None = None  # None: order + 1 (AutoPolicy: max(order + 1, 3))
     cooldown: int = 0
     max_forecast_run: int | None = None
     num_steps: int | None = None
     derivatives_from: int = 0
+    select_order: bool | None = None   # None: False (AutoPolicy: True with the pair estimator)
+    max_order: int | None = None       # None: order + 1 with select_order, else order
+    order_margin: float = 1.0
 
     def __post_init__(self) -> None:
         self._validate()
 
-    def _set(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
+    # ------------------------------------------------------------ resolved values
+    def _default_coordinate(self) -> str:
+        return "step" if self.form == "taylor" else "timestep"
 
+    def _default_warmup(self) -> int:
+        return self.order + 1
+
+    def _default_select_order(self) -> bool:
+        return False
+
+    @property
+    def warmup_steps(self) -> int:
+        """The warm-up: leading steps always computed (``warmup``, or its default)."""
+        return self._default_warmup() if self.warmup is None else self.warmup
+
+    @property
+    def forecast(self) -> Forecast:
+        """How regions are forecast, every ``None`` resolved."""
+        select = self._default_select_order() if self.select_order is None else self.select_order
+        max_order = self.max_order if self.max_order is not None else self.order + 1 if select else self.order
+        coordinate = self._default_coordinate() if self.coordinate is None else self.coordinate
+        return Forecast(self.form, self.order, coordinate, select, max_order, self.order_margin)
+
+    def with_forecast(self, forecast: "Forecast | Policy") -> "Policy":
+        """This policy's schedule with another forecast (a :class:`Forecast`, or a policy's)."""
+        f = forecast.forecast if isinstance(forecast, Policy) else forecast
+        if not isinstance(f, Forecast):
+            raise ValueError(f"with_forecast: expected a Forecast or a Policy, got {forecast!r}")
+        return dataclasses.replace(self, **{k: getattr(f, k) for k in _HOW})
+
+    # ------------------------------------------------------------ validation
     def _validate(self) -> None:
         n = type(self).__name__
         _check_int(n, "order", self.order, 0)
+        if self.order > MAX_ORDER:
+            raise ValueError(f"{n}: order must be an int in [0, {MAX_ORDER}], got {self.order!r}")
         if self.form not in FORMS:
             raise ValueError(f"{n}: form must be one of {FORMS}, got {self.form!r}")
-        if self.coordinate is None:
-            self._set("coordinate", "step" if self.form == "taylor" else "timestep")
-        if self.coordinate not in COORDINATES:
-            raise ValueError(f"{n}: coordinate must be one of {COORDINATES}, got {self.coordinate!r}")
-        if self.form == "taylor" and self.coordinate != "step":
+        if self.coordinate is not None and self.coordinate not in COORDINATES:
+            raise ValueError(f"{n}: coordinate must be one of {COORDINATES} or None, got {self.coordinate!r}")
+        f = self.forecast
+        if self.form == "taylor" and f.coordinate != "step":
             raise ValueError(f"{n}: coordinate must be 'step' for form='taylor', got {self.coordinate!r}")
-        if self.warmup is None:
-            self._set("warmup", self.order + 1)
-        _check_int(n, "warmup", self.warmup, 1)
-        if self.form == "newton" and self.warmup < self.order + 1:
+        _check_int(n, "warmup", self.warmup, 1, optional=True)
+        if self.form == "newton" and self.warmup_steps < self.order + 1:
             raise ValueError(f"{n}: warmup must be >= order + 1 = {self.order + 1} for form='newton' "
-                             f"(order + 1 points before the first forecast), got {self.warmup}")
+                             f"(order + 1 points before the first forecast), got {self.warmup_steps}")
         _check_int(n, "cooldown", self.cooldown, 0)
         _check_int(n, "max_forecast_run", self.max_forecast_run, 1, optional=True)
         _check_int(n, "num_steps", self.num_steps, 1, optional=True)
         _check_int(n, "derivatives_from", self.derivatives_from, 0)
+        if self.select_order is not None and not isinstance(self.select_order, bool):
+            raise ValueError(f"{n}: select_order must be a bool or None, got {self.select_order!r}")
+        _check_int(n, "max_order", self.max_order, self.order, optional=True)
+        if f.max_order > MAX_ORDER:
+            raise ValueError(f"{n}: max_order must be an int in [order, {MAX_ORDER}], got {f.max_order!r}")
+        m = self.order_margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1:
+            raise ValueError(f"{n}: order_margin must be a number in (0, 1], got {m!r}")
 
-    def __repr__(self) -> str:
+    def _repr_parts(self) -> list[str]:
+        """``name=value`` of the fields given (not None, not the default), own fields first."""
         fs = [f for f in fields(self) if f.repr]
         ordered = [f for f in fs if f.name not in _COMMON] + [f for f in fs if f.name in _COMMON]
-        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in ordered if getattr(self, f.name) is not None]
-        return f"{type(self).__name__}({', '.join(parts)})"
+        return [f"{f.name}={getattr(self, f.name)!r}" for f in ordered
+                if getattr(self, f.name) is not None and getattr(self, f.name) != f.default]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(self._repr_parts())})"
 
     def needs_num_steps(self) -> bool:
         return self.cooldown > 0
 
     def forecaster_options(self) -> dict:
         """Keyword arguments of the :class:`~taylorseer_fx.forecast.Forecaster` of each region."""
-        return {"order": self.order, "form": self.form}
+        return self.forecast.forecaster_options()
 
     def start(self, num_steps: int | None = None, first_step: int = 0) -> "Schedule":
         """A fresh per-generation decider. Raises ValueError naming num_steps when it is needed but unknown.
@@ -169,7 +250,7 @@ class Schedule:
 
     def _forced(self, step: int) -> bool:
         p = self.policy
-        return (step - self.first_step < p.warmup or self.last_compute is None
+        return (step - self.first_step < p.warmup_steps or self.last_compute is None
                 or (self.end is not None and step >= self.end)
                 or (p.max_forecast_run is not None and step - self.last_compute - 1 >= p.max_forecast_run))
 
@@ -185,7 +266,7 @@ class _FixedSchedule(Schedule):
         if self._forced(step):
             return True
         p = self.policy
-        gap = (p.phase or p.interval) if self.last_compute - self.first_step < p.warmup else p.interval
+        gap = (p.phase or p.interval) if self.last_compute - self.first_step < p.warmup_steps else p.interval
         return step - self.last_compute >= gap
 
 
@@ -300,18 +381,26 @@ class MaskPolicy(Policy):
 
     With ``compute_steps`` the mask covers ``num_steps`` steps (default: up to the last compute step);
     steps beyond the mask are always computed (the safe choice). Step 0 must be computed, and for
-    form='newton' the first order + 1 steps. ``warmup`` is the run of leading computes.
+    form='newton' the first order + 1 steps. The warm-up defaults to the run of leading computes;
+    ``num_steps`` is the mask's length.
+    Every common field (the forecast's, ``cooldown``, ``max_forecast_run`` ...) is accepted.
     """
 
     mask: tuple[bool, ...] = ()
 
-    def __init__(self, compute_steps=None, *, mask=None, num_steps=None, order=1, form="newton",
-                 coordinate=None, derivatives_from=0):
+    def __init__(self, compute_steps=None, *, mask=None, num_steps=None, **common):
         n = type(self).__name__
         _check_int(n, "num_steps", num_steps, 1, optional=True)
+        allowed = {f.name for f in fields(Policy)}
+        unknown = sorted(set(common) - allowed)
+        if unknown:
+            raise ValueError(f"{n}: unknown field {unknown[0]!r}; allowed: compute_steps, mask, "
+                             f"{sorted(allowed)}")
         if (compute_steps is None) == (mask is None):
             raise ValueError(f"{n}: give exactly one of compute_steps (list of steps) or mask (list of bools)")
         if mask is None:
+            if isinstance(compute_steps, (str, bytes)) or not hasattr(compute_steps, "__iter__"):
+                raise ValueError(f"{n}: compute_steps must be a list of increasing ints >= 0, got {compute_steps!r}")
             steps = list(compute_steps)
             if (not steps or any(isinstance(i, bool) or not isinstance(i, int) for i in steps)
                     or steps != sorted(set(steps)) or steps[0] < 0):
@@ -319,27 +408,34 @@ class MaskPolicy(Policy):
             if num_steps is not None and steps[-1] >= num_steps:
                 raise ValueError(f"{n}: compute_steps has step {steps[-1]} >= num_steps={num_steps}")
             mask = [i in set(steps) for i in range(steps[-1] + 1 if num_steps is None else num_steps)]
+        if isinstance(mask, (str, bytes)) or not hasattr(mask, "__iter__"):
+            raise ValueError(f"{n}: mask must be a list of bools, got {mask!r}")
         mask = tuple(mask)
-        if not all(isinstance(c, bool) for c in mask) or len(mask) != (num_steps or len(mask)):
+        if not mask or not all(isinstance(c, bool) for c in mask) or len(mask) != (num_steps or len(mask)):
             raise ValueError(f"{n}: mask must be a list of bools (num_steps={num_steps} long), got {mask!r}")
-        lead = next((i for i, b in enumerate(mask) if not b), len(mask))
-        if lead == 0:
+        if not mask[0]:
             raise ValueError(f"{n}: step 0 must be computed (compute_steps/mask start with a forecast)")
-        if form == "newton" and isinstance(order, int) and lead < order + 1:
+        order, form = common.get("order", 1), common.get("form", "newton")
+        if form == "newton" and isinstance(order, int) and common.get("warmup") is None \
+                and self._lead(mask) < order + 1:
             raise ValueError(f"{n}: compute_steps/mask must compute the first order + 1 = {order + 1} steps "
-                             f"for form='newton' (the warmup), got {lead}")
-        values = dict(mask=mask, num_steps=len(mask), warmup=lead, order=order, form=form,
-                      coordinate=coordinate, derivatives_from=derivatives_from, cooldown=0,
-                      max_forecast_run=None)
-        for k, v in values.items():
-            self._set(k, v)
+                             f"for form='newton' (the warmup), got {self._lead(mask)}")
+        for f in fields(self):
+            value = {"mask": mask, "num_steps": len(mask)}.get(f.name, common.get(f.name, f.default))
+            object.__setattr__(self, f.name, value)
         self._validate()
+
+    @staticmethod
+    def _lead(mask) -> int:
+        return next((i for i, b in enumerate(mask) if not b), len(mask))
+
+    def _default_warmup(self) -> int:
+        return self._lead(self.mask)
 
     def __repr__(self) -> str:
         steps = [i for i, b in enumerate(self.mask) if b]
-        return (f"MaskPolicy(compute_steps={steps!r}, num_steps={self.num_steps}, order={self.order}, "
-                f"form={self.form!r}, coordinate={self.coordinate!r}, "
-                f"derivatives_from={self.derivatives_from})")
+        parts = [f"compute_steps={steps!r}"] + [p for p in self._repr_parts() if not p.startswith("mask=")]
+        return f"MaskPolicy({', '.join(parts)})"
 
     def _schedule(self, num_steps, end):
         return _MaskSchedule(self, num_steps, end)
@@ -411,49 +507,35 @@ class AutoPolicy(Policy):
     """
 
     threshold: float
-    order: int = 1
-    form: str = "newton"
-    coordinate: str | None = "step"
     estimator: str = "pair"
     min_forecast_run: int = 0
     accumulate: bool = False
     per_region: bool = False
-    select_order: bool | None = None   # None: True with the pair estimator, False with the remainder
-    max_order: int | None = None       # None: order + 1 (with select_order)
-    order_margin: float = 1.0
+
+    def _default_coordinate(self) -> str:
+        return "step"
+
+    def _default_warmup(self) -> int:
+        return max(self.order + 1, 3)      # the first steps change fastest: compute them
+
+    def _default_select_order(self) -> bool:
+        return self.estimator == "pair"
 
     def _validate(self) -> None:
-        if self.warmup is None and isinstance(self.order, int) and not isinstance(self.order, bool):
-            self._set("warmup", max(self.order + 1, 3))   # the first steps change fastest: compute them
-        super()._validate()
         n = type(self).__name__
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"{n}: estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        super()._validate()
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
             raise ValueError(f"{n}: threshold must be a finite number > 0, got {t!r}")
-        self._set("threshold", float(t))
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"{n}: estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         _check_int(n, "min_forecast_run", self.min_forecast_run, 0)
         if self.max_forecast_run is not None and self.min_forecast_run > self.max_forecast_run:
             raise ValueError(f"{n}: min_forecast_run ({self.min_forecast_run}) must be <= "
                              f"max_forecast_run ({self.max_forecast_run})")
-        if self.select_order is None:
-            self._set("select_order", self.estimator == "pair")
-        for name in ("accumulate", "per_region", "select_order"):
+        for name in ("accumulate", "per_region"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{n}: {name} must be a bool, got {getattr(self, name)!r}")
-        if self.max_order is None:
-            self._set("max_order", self.order + 1 if self.select_order else self.order)
-        _check_int(n, "max_order", self.max_order, self.order)
-        m = self.order_margin
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1:
-            raise ValueError(f"{n}: order_margin must be a number in (0, 1], got {m!r}")
-
-    def forecaster_options(self) -> dict:
-        if not self.select_order or self.max_order == self.order:
-            return {"order": self.order, "form": self.form}
-        return {"order": self.max_order, "form": self.form, "select": self.order,
-                "select_margin": float(self.order_margin)}
 
     def _schedule(self, num_steps, end):
         return _AutoSchedule(self, num_steps, end)

@@ -9,14 +9,16 @@ lists them.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .policy import ANCHOR_OVERRIDES, AutoPolicy, FixedPolicy, MaskPolicy, Policy
 
-__all__ = ["load_policy", "policy_from_dict", "available_policies"]
+__all__ = ["load_policy", "policy_from_dict", "policy_to_dict", "policy_to_toml", "available_policies"]
 
 _KINDS: dict[str, Callable[..., Policy]] = {
     "fixed": FixedPolicy, "mask": MaskPolicy, "auto": AutoPolicy,
@@ -26,9 +28,49 @@ _KINDS: dict[str, Callable[..., Policy]] = {
 
 
 def _fields_of(factory: Callable[..., Policy]) -> set[str]:
+    """The keys a preset of this kind may hold: a policy class's fields (MaskPolicy: and
+    compute_steps), an anchor's own parameters plus :data:`~taylorseer_fx.policy.ANCHOR_OVERRIDES`."""
+    if isinstance(factory, type):
+        names = {f.name for f in dataclasses.fields(factory)}
+        return names | ({"compute_steps"} if factory is MaskPolicy else set())
     params = inspect.signature(factory).parameters.values()
     names = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
     return names | (set(ANCHOR_OVERRIDES) if len(names) < len(params) else set())
+
+
+def policy_to_dict(policy: Policy) -> dict:
+    """The preset form of a policy: ``{"kind": "fixed" | "mask" | "auto", <the fields given>}``
+    (fields left at their default are left out; lists for tuples). :func:`policy_from_dict` inverts it."""
+    kind = {FixedPolicy: "fixed", MaskPolicy: "mask", AutoPolicy: "auto"}.get(type(policy))
+    if kind is None:
+        raise ValueError(f"policy_to_dict: no preset kind for {type(policy).__name__}")
+    out: dict = {"kind": kind}
+    for f in dataclasses.fields(policy):
+        v = getattr(policy, f.name)
+        if v is None or (f.default is not dataclasses.MISSING and v == f.default and type(v) is type(f.default)):
+            continue
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)                       # a TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ValueError(f"policy_to_toml: cannot write {v!r}")
+
+
+def policy_to_toml(policy: Policy, description: str | None = None) -> str:
+    """A preset file's text for ``policy`` (:func:`load_policy` reads it back to an equal policy)."""
+    spec = policy_to_dict(policy)
+    lines = [f"description = {_toml_value(description)}"] if description else []
+    lines += [f"{k} = {_toml_value(v)}" for k, v in spec.items()]
+    return "\n".join(lines) + "\n"
 
 
 def policy_from_dict(spec: Mapping[str, Any], source: str = "policy spec") -> Policy:

@@ -140,6 +140,7 @@ class Runtime:
         """Swap the policy: forgets all cached state (not the stats); the next call starts a generation."""
         self._policy = policy
         self.never = _never_forecasts(policy)   # skip factor updates: nothing will be forecast
+        self.forecast = policy.forecast         # how (resolved once, read at every call)
         pr = self._per_region
         self.per_region = bool(getattr(policy, "per_region", False) if pr is None else pr)
         self._forget()

@@ -166,7 +166,7 @@ class HookReference:
     ``attn`` and ``mlp`` outputs. One Forecaster per (generation, stream, region); one decision per
     step (``policy.start(num_steps).decide(step)``) at the step's first call; a forecast only from a
     forecaster that has points (else compute). Coordinate: taylor -> step index; newton -> timestep
-    value (``policy.coordinate == "timestep"``) or step index.
+    value (``policy.forecast.coordinate == "timestep"``) or step index.
 
     ``__call__(x, timestep, y)`` returns the output; ``log`` records (generation, step, stream, what).
     The hooks sit on a deep copy of ``model``, so a compiled ``model`` never sees them.
@@ -232,7 +232,7 @@ class HookReference:
             self.compute = self.schedule.decide(self.step)
             self.derivatives = self.schedule.derivatives(self.step)
         p = self.policy
-        self.x = float(coord) if (p.form == "newton" and p.coordinate == "timestep") else float(self.step)
+        self.x = float(coord) if (p.form == "newton" and p.forecast.coordinate == "timestep") else float(self.step)
         self.what = []
         with torch.no_grad():
             out = self.model(x, timestep, y)

@@ -94,12 +94,12 @@ def test_forced_computes_honoured(data):
     p = data.draw(auto_policies(n))
     steps = computes(drive(p, outputs, num_steps=n))
     end = n - p.cooldown
-    assert set(range(min(p.warmup, n))) <= set(steps)
+    assert set(range(min(p.warmup_steps, n))) <= set(steps)
     assert set(range(max(end, 0), n)) <= set(steps)
     if p.max_forecast_run is not None:
         assert all(r <= p.max_forecast_run for r in forecast_runs(steps, n))
     for a, b in zip(steps, steps[1:]):       # a compute b that nothing forces ends a run >= min_run
-        if p.warmup <= b < end:
+        if p.warmup_steps <= b < end:
             assert b - a - 1 >= p.min_forecast_run
 
 

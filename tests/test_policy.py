@@ -117,14 +117,14 @@ def test_reference_schedules(key, ctor, keys, case):
 
 def test_anchor_fields():
     p = FixedPolicy.official(first_enhance=3, fresh_threshold=6, max_order=2)
-    assert (p.form, p.coordinate, p.order, p.derivatives_from) == ("taylor", "step", 2, 2)
+    assert (p.form, p.forecast.coordinate, p.order, p.derivatives_from) == ("taylor", "step", 2, 2)
     s = p.start()
     assert [s.derivatives(i) for i in range(4)] == [False, False, True, True]
     assert FixedPolicy.seed().derivatives_from == 2
     assert FixedPolicy.diffusers().derivatives_from == 0
     assert FixedPolicy.openvino().order == 1
     newton_seed = FixedPolicy.seed(warmup_steps=4, n_derivatives=1, form="newton")
-    assert (newton_seed.coordinate, newton_seed.derivatives_from) == ("timestep", 0)
+    assert (newton_seed.forecast.coordinate, newton_seed.derivatives_from) == ("timestep", 0)
     assert newton_seed.compute_steps(10) == [0, 1, 2, 3, 5, 7, 9]
     # anchors are plain FixedPolicy values: equality and hashing by fields
     assert FixedPolicy.seed() == FixedPolicy(interval=2, warmup=4, order=1, form="taylor", derivatives_from=2)
@@ -153,7 +153,7 @@ def _check_invariants(policy: FixedPolicy, n: int, steps: list[int]) -> None:
     assert steps == trace(policy, n)
     assert steps == sorted(set(steps)) and all(0 <= s < n for s in steps)
     assert 0 in steps
-    assert set(range(min(policy.warmup, n))) <= set(steps)
+    assert set(range(min(policy.warmup_steps, n))) <= set(steps)
     assert set(range(max(n - policy.cooldown, 0), n)) <= set(steps)
     if policy.compute_from is not None:
         assert set(range(policy.compute_from, n)) <= set(steps)
@@ -172,7 +172,7 @@ def test_fixed_invariants(policy, n):
     _check_invariants(policy, n, steps)
     # the grid: after warm-up, first gap = phase or interval, then interval (no other constraint active)
     if policy.max_forecast_run is None and policy.compute_from is None and policy.cooldown == 0:
-        w, first = policy.warmup, policy.phase or policy.interval
+        w, first = policy.warmup_steps, policy.phase or policy.interval
         expect = [s for s in range(n) if s < w or (s - (w - 1) >= first
                                                    and (s - (w - 1) - first) % policy.interval == 0)]
         assert steps == expect
@@ -223,7 +223,7 @@ def test_seed_random(warmup_steps, skip_interval_steps, n_derivatives, n):
 def test_fixed_defaults_and_never():
     assert FixedPolicy().compute_steps(7) == list(range(7))  # interval 1 = never forecast
     p = FixedPolicy(interval=3, order=2)  # newton, warmup defaults to order + 1
-    assert p.warmup == 3 and p.coordinate == "timestep"
+    assert p.warmup_steps == 3 and p.forecast.coordinate == "timestep"
     assert p.compute_steps(10) == [0, 1, 2, 5, 8]
     assert FixedPolicy(interval=4, max_forecast_run=2, warmup=1, order=0).compute_steps(9) == [0, 3, 6]
     assert load_policy("never").compute_steps(12) == list(range(12))
@@ -259,7 +259,7 @@ def test_mask_policy():
     assert p.compute_steps(8) == [0, 1, 2, 5]
     assert p.compute_steps(10) == [0, 1, 2, 5, 8, 9]  # beyond the mask: compute
     assert p == MaskPolicy(mask=[True, True, True, False, False, True, False, False])
-    assert p.warmup == 3
+    assert p.warmup_steps == 3
     assert MaskPolicy(compute_steps=[0, 2], form="taylor").compute_steps(5) == [0, 2, 3, 4]
     assert "compute_steps=[0, 1, 2, 5]" in repr(p)
     assert load_policy(p) is p
@@ -349,13 +349,13 @@ def test_auto_monotone_in_threshold(base, t1, t2, accumulate, max_run, cooldown,
 
 def test_auto_defaults():
     p = AutoPolicy(threshold=0.02)
-    assert (p.order, p.warmup, p.form, p.coordinate, p.accumulate, p.per_region) == (
+    assert (p.order, p.warmup_steps, p.form, p.forecast.coordinate, p.accumulate, p.per_region) == (
         1, 3, "newton", "step", False, False)
-    assert (p.select_order, p.max_order, p.order_margin) == (True, 2, 1.0)
+    assert (p.forecast.select_order, p.forecast.max_order, p.order_margin) == (True, 2, 1.0)
     assert p.forecaster_options() == {"order": 2, "form": "newton", "select": 1, "select_margin": 1.0}
-    assert p.estimator == "pair" and AutoPolicy(threshold=0.02, order=3).warmup == 4
+    assert p.estimator == "pair" and AutoPolicy(threshold=0.02, order=3).warmup_steps == 4
     q = AutoPolicy(threshold=0.02, estimator="remainder")
-    assert (q.select_order, q.max_order) == (False, 1) and q.forecaster_options() == {"order": 1, "form": "newton"}
+    assert (q.forecast.select_order, q.forecast.max_order) == (False, 1) and q.forecaster_options() == {"order": 1, "form": "newton"}
     assert p == AutoPolicy(threshold=0.02) and hash(p) == hash(AutoPolicy(threshold=0.02))
     assert "threshold=0.02" in repr(p)
 

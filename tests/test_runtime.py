@@ -115,7 +115,7 @@ class RulesReference:
             self.compute = self.sched.decide(self.step)
             self.derivatives = self.sched.derivatives(self.step)
         p = self.policy
-        xc = float(t) if p.form == "newton" and p.coordinate == "timestep" else float(self.step)
+        xc = float(t) if p.form == "newton" and p.forecast.coordinate == "timestep" else float(self.step)
         value = _region(torch.full((x.shape[0],), float(t)), x)
         defer = self.step == 1 and self.stream < self.n0 and self.n0 > 1
         hist = self.hist.get(self.stream, [])
