@@ -249,10 +249,11 @@ class TaylorSeerBackend:
         thread and model instance. See :meth:`taylorseer_fx.runtime.Runtime.memory_bytes`."""
         return self.runtime.memory_bytes()
 
-    def session(self, timesteps=None, num_steps: int | None = None, streams: int = 1):
-        """Context manager: one generation with a caller-given schedule (sync-free step coordinate).
+    def session(self, timesteps=None, num_steps: int | None = None, streams: int = 1, schedule=None):
+        """Context manager: one generation with caller-given boundaries: ``timesteps`` (calls counted,
+        sync-free) or ``schedule`` (each call placed at its timestep's index), ``num_steps``.
         See :meth:`taylorseer_fx.runtime.Runtime.session`."""
-        return self.runtime.session(timesteps=timesteps, num_steps=num_steps, streams=streams)
+        return self.runtime.session(timesteps=timesteps, num_steps=num_steps, streams=streams, schedule=schedule)
 
 
 def taylorseer_backend(policy=None, regions="stack", inner="inductor", *, timestep_arg: str | None = None,

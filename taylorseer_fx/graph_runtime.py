@@ -141,7 +141,7 @@ class GraphRuntime:
             step, stream, coord = session.count(owner, self.index)
             counted = (step, stream)
         else:
-            coord = self._read_coord(args)
+            coord, top = self._read_coord(args)
             if coord is None or not math.isfinite(coord):
                 self._warn_once("coord", f"taylorseer: graph {self.index} has no step coordinate (no "
                                 "timestep input found, or a non-finite value; pass timestep_arg=... or use "
@@ -151,6 +151,11 @@ class GraphRuntime:
                                 "first call too")
                 ctx.recorder.uncached()
                 return None
+            if session is not None and session.schedule is not None:
+                counted = session.locate(owner, self.index, top)   # None: placed by inference
+                if counted is None:
+                    self._warn_once("schedule", f"taylorseer: graph {self.index}: timestep {top:g} is not in "
+                                    "the session's schedule; placing the call by its value")
         pos, gen = owner.place(self.index, coord, self._signature(args), counted)
         x = self._forecaster_x(pos.step, coord)
         plan = gen.plan(self.index, pos.step, len(self.regions), x, self.device, ctx.per_region)
@@ -170,18 +175,21 @@ class GraphRuntime:
                 sig.append((i, a))
         return tuple(sig)
 
-    def _read_coord(self, args) -> float | None:
+    def _read_coord(self, args) -> tuple[float | None, float | None]:
+        """``(element 0, largest element)`` of the timestep input (None, None: no coordinate). The
+        largest is what a schedule lookup uses: per-token timesteps hold 0 for conditioning tokens."""
         if self.timestep_index is None:
-            return None
+            return None, None
         v = args[self.timestep_index]
         if not isinstance(v, torch.Tensor):
             try:
-                return float(v)
+                return float(v), float(v)
             except (TypeError, ValueError):
-                return None
+                return None, None
         n = v.numel()
         if n <= 1:
-            return float(v.reshape(-1)[0]) if n else None          # the one host read of the call
+            x = float(v.reshape(-1)[0]) if n else None              # the one host read of the call
+            return x, x
         flat = v.reshape(-1)
         if n <= _READ_ALL:
             vals = flat.tolist()                                    # one copy
@@ -189,11 +197,12 @@ class GraphRuntime:
         else:
             lo, hi = torch.aminmax(flat)
             first, lo, hi = torch.stack((flat[0], lo, hi)).tolist()
-        if lo != hi:
+        session = self.ctx.current_session()
+        if lo != hi and (session is None or session.schedule is None):
             self._warn_once("per-sample", f"taylorseer: graph {self.index}: the timesteps differ within the "
                             f"batch ({lo:g}..{hi:g}); element 0 is the step coordinate. For per-token "
                             "timesteps use backend.session(timesteps=...) (explicit schedule)")
-        return float(first)
+        return float(first), float(hi)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

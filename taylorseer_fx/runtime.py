@@ -48,14 +48,46 @@ def _never_forecasts(policy) -> bool:
     return False
 
 
+#: the factors by which pipelines scale the scheduler's timesteps before the model (Flux, Qwen: t / 1000)
+_SCHEDULE_SCALES = (1.0, 1e-3, 1e3)
+
+
 @dataclass
 class Session:
     """One generation with caller-given boundaries, in one thread. ``timesteps``: the schedule (model
-    units), or None (the coordinate is still read per call); ``num_steps``: step count for the policy."""
+    units) whose calls are counted, or None (the coordinate is still read per call); ``num_steps``:
+    step count for the policy; ``schedule``: the scheduler's timesteps, to place each call (its
+    coordinate read) at its index in them (:meth:`locate`)."""
     timesteps: list | None
     num_steps: int | None
     streams: int
+    schedule: list | None = None
     calls: dict = field(default_factory=dict)  # owner or graph index -> calls counted
+    _scale: float | None = None
+    _located: dict = field(default_factory=dict)   # (owner, graph) -> (last step, calls at it)
+
+    def locate(self, owner, graph: int, coord: float) -> tuple[int, int] | None:
+        """``(step, stream)`` of a call at ``coord``: the index of the nearest schedule value, at or after
+        this owner's last step, under the scale the pipeline applies (1 or 1/1000 of the scheduler's
+        values, found at the first call); the stream counts the owner's calls at that step. None (place
+        it by inference) when the nearest value is farther than half the gap to its neighbours."""
+        ts = self.schedule
+        last, seen = self._located.get((owner, graph), (0, 0))
+        scales = (self._scale,) if self._scale is not None else _SCHEDULE_SCALES
+        best = None
+        for s in scales:
+            for i in range(last, len(ts)):
+                err = abs(coord - s * ts[i])
+                gaps = [abs(s * (ts[j] - ts[i])) for j in (i - 1, i + 1) if 0 <= j < len(ts) and ts[j] != ts[i]]
+                tol = 0.5 * min(gaps) if gaps else 1e-6 * max(1.0, abs(coord))
+                if err <= tol and (best is None or err < best[0]):
+                    best = (err, i, s)
+        if best is None:
+            return None
+        _, step, self._scale = best
+        stream = seen if step == last else 0
+        self._located[(owner, graph)] = (step, stream + 1)
+        return step, stream
 
     def count(self, owner, graph: int) -> tuple[int, int, float]:
         """``(step, stream, coordinate)`` of the next call of ``owner`` through ``graph``; starts over
@@ -88,31 +120,35 @@ class _Thread:
             owner.end()
 
 
-def _check_session(timesteps, num_steps, streams) -> list | None:
+def _check_session(timesteps, num_steps, streams, what: str = "timesteps") -> list | None:
     if not isinstance(streams, int) or isinstance(streams, bool) or streams < 1:
         raise ValueError(f"session: streams must be an int >= 1, got {streams!r}")
     if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
         raise ValueError(f"session: num_steps must be an int >= 1, got {num_steps!r}")
     if timesteps is None:
         return None
+    return _check_values(timesteps, what)
+
+
+def _check_values(timesteps, what: str) -> list:
     if torch.is_tensor(timesteps):
         if timesteps.ndim != 1:
-            raise ValueError(f"session: timesteps must be 1-D (one value per step), got shape "
+            raise ValueError(f"session: {what} must be 1-D (one value per step), got shape "
                              f"{tuple(timesteps.shape)}")
         ts = timesteps.tolist()
     else:
         ts = list(timesteps)
         if any(isinstance(v, (list, tuple)) or (torch.is_tensor(v) and v.ndim > 0) for v in ts):
-            raise ValueError("session: timesteps must be 1-D (one value per step)")
+            raise ValueError(f"session: {what} must be 1-D (one value per step)")
     try:
         ts = [float(v) for v in ts]
     except (TypeError, ValueError):
-        raise ValueError(f"session: timesteps must be numbers, got {timesteps!r}") from None
+        raise ValueError(f"session: {what} must be numbers, got {timesteps!r}") from None
     if not ts:
-        raise ValueError("session: timesteps is empty")
+        raise ValueError(f"session: {what} is empty")
     bad = [v for v in ts if not math.isfinite(v)]
     if bad:
-        raise ValueError(f"session: timesteps must be finite, got {bad[0]!r}")
+        raise ValueError(f"session: {what} must be finite, got {bad[0]!r}")
     return ts
 
 
@@ -243,21 +279,29 @@ class Runtime:
         return sum(o.memory_bytes() for th in threads for o in list(th.owners.values()))
 
     @contextlib.contextmanager
-    def session(self, timesteps=None, num_steps: int | None = None, streams: int = 1):
+    def session(self, timesteps=None, num_steps: int | None = None, streams: int = 1, schedule=None):
         """One generation of this thread with a caller-given schedule.
 
         ``timesteps``: the scheduler's timesteps (1-D tensor or sequence of finite numbers, in the units
         the model receives; read once here); calls are then counted, sync-free: ``streams`` calls per
-        step (2 for CFG as separate cond/uncond calls). ``num_steps``: step count for the policy
-        (default ``len(timesteps)``; wins over the backend's). A new generation starts on entry and on
-        exit. Other threads are not affected."""
+        step (2 for CFG as separate cond/uncond calls). ``schedule`` (instead of ``timesteps``): the
+        scheduler's timesteps (read once here, in its own units or the model's): each call's timestep
+        is still read, and the call is placed at its index in the schedule, so step indices are the
+        run's own even for a model that joins mid-run (Wan 2.2's second transformer, img2img), and CFG
+        calls are streams whatever their number. ``num_steps``: step count for the policy (default the
+        length of ``timesteps`` / ``schedule``; wins over the backend's). A new generation starts on
+        entry and on exit. Other threads are not affected."""
         ts = _check_session(timesteps, num_steps, streams)
-        if num_steps is None and ts is not None:
-            num_steps = len(ts)
+        sched = None if schedule is None else _check_values(schedule, "schedule")
+        if ts is not None and sched is not None:
+            raise ValueError("session: give timesteps (calls counted) or schedule (calls placed by their "
+                             "timestep), not both")
+        if num_steps is None and (ts or sched) is not None:
+            num_steps = len(ts or sched)
         th = self._thread()
         prev = th.session
         th.end_all()
-        th.session = Session(ts, num_steps, streams)
+        th.session = Session(ts, num_steps, streams, sched)
         try:
             yield self
         finally:
