@@ -2,6 +2,7 @@
 
 Public API:
 
+- :func:`compile_pipeline` -- every denoiser of a diffusers pipeline, each pipeline call one generation.
 - :func:`taylorseer_backend` -- ``torch.compile(model, backend=taylorseer_backend(policy=...))``;
   also ``backend="taylorseer"`` by name.
 - Policies: :class:`FixedPolicy`, :class:`MaskPolicy`, :class:`AutoPolicy` (the *when*), each with a
@@ -17,6 +18,7 @@ from .policy import AutoPolicy, FixedPolicy, Forecast, MaskPolicy
 from .presets import load_policy, policy_to_toml
 from .decorator import taylor_seer
 from .backend import taylorseer_backend
+from .pipeline import compile_pipeline
 
 __all__ = [
     "AutoPolicy",
@@ -24,6 +26,7 @@ __all__ = [
     "Forecast",
     "Forecaster",
     "MaskPolicy",
+    "compile_pipeline",
     "load_policy",
     "policy_to_toml",
     "taylor_seer",
