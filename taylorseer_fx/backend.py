@@ -26,7 +26,7 @@ from torch import fx
 from .policy import Policy
 from .presets import load_policy
 from .runtime import Runtime
-from .select import KINDS, NoRegionError, find_timestep, is_static_placeholder, select_regions
+from .select import ALIASES, KINDS, NoRegionError, find_timestep, is_static_placeholder, select_regions
 from .lazy_compile import LazyCompile, has_symbolic_inputs
 from .transform import CacheNode, compile_pieces, split
 from .whole_graph import WholeGraph
@@ -82,8 +82,9 @@ def _check_regions(regions) -> None:
             raise ValueError(f"regions={regions!r} is neither one of {KINDS} nor a valid regex: {e}") from None
         if re.fullmatch(r"[\w-]+", regions):
             # a bare word that is not a kind: most likely a typo of a kind
-            raise ValueError(f"regions={regions!r} is not one of {KINDS}; for a module path pattern use a regex "
-                             r"such as 'transformer_blocks\.\d+\.attn'")
+            raise ValueError(f"regions={regions!r} is not one of {KINDS} (or {sorted(ALIASES)}); for a module "
+                             r"path pattern use a regex such as 'transformer_blocks\.\d+\.attn' (Flux, SD3) or "
+                             r"'blocks\.\d+\.attn1' (Wan)")
         return
     if callable(regions):
         return
@@ -124,6 +125,7 @@ class TaylorSeerBackend:
             raise ValueError(f"taylorseer_backend: unknown option {name!r}; known: "
                              f"('policy', 'regions', 'inner') + {OPTIONS}")
         policy = _resolve_policy(policy)
+        regions = ALIASES.get(regions, regions) if isinstance(regions, str) else regions
         _check_regions(regions)
         self.regions = regions
         self.inner_name = inner if isinstance(inner, str) else getattr(inner, "__name__", repr(inner))
@@ -265,7 +267,7 @@ def taylorseer_backend(policy=None, regions="stack", inner="inductor", *, timest
     Args:
         policy: a :class:`~taylorseer_fx.policy.Policy`, a preset name (``"official-flux"``, ``"never"``,
             ``"auto-balanced"`` ...) or a TOML path. Default :data:`DEFAULT_POLICY`.
-        regions: ``"stack"`` (the block stack's outputs, cheapest), ``"stack-residual"`` (forecast
+        regions: ``"stack"`` (alias ``"lite"``: the block stack's outputs, cheapest), ``"stack-residual"`` (forecast
             output - input of the stack), ``"modules"`` (each block's attention / feed-forward outputs),
             a regex (``re.fullmatch``) over normalised module paths (``transformer_blocks.0.attn``) or a
             ``callable(path) -> bool``.

@@ -36,11 +36,13 @@ import torch
 from torch import fx
 
 __all__ = [
-    "KINDS", "Region", "NoRegionError", "normalize_path", "node_module_paths", "block_lists",
+    "KINDS", "ALIASES", "Region", "NoRegionError", "normalize_path", "node_module_paths", "block_lists",
     "select_regions", "find_timestep", "is_static_placeholder", "TIMESTEP_NAMES",
 ]
 
 KINDS = ("stack", "stack-residual", "modules")
+#: other names of the kinds: ``"lite"`` is what OpenVINO and diffusers call the whole-stack layout
+ALIASES = {"lite": "stack"}
 
 #: whole placeholder names (lower case, as in ``node.name``) taken as the step coordinate input.
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas")

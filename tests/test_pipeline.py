@@ -140,23 +140,74 @@ def test_wan22_each_transformer_has_its_backend_and_the_runs_step_indices():
     assert {8, 9} <= set(_computed(handle.backends["transformer_2"]))
 
 
-def test_sd3_batched_cfg():
-    torch.manual_seed(0)
+def _sd3():
     tr = diffusers.SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=2,
                                          attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
                                          joint_attention_dim=32, pooled_projection_dim=64, out_channels=4).eval()
     pipe = diffusers.StableDiffusion3Pipeline(transformer=tr, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
                                               vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
                                               tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
-    pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(1)
     kw = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
               pooled_prompt_embeds=torch.randn(1, 64, generator=g),
-              negative_pooled_prompt_embeds=torch.randn(1, 64, generator=g))
+              negative_pooled_prompt_embeds=torch.randn(1, 64, generator=g), guidance_scale=2.0, height=32, width=32)
+    return pipe, kw, "images"                                   # batched CFG: one call per step
+
+
+def _qwen():
+    tr = diffusers.QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                               attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+                                               guidance_embeds=False, axes_dims_rope=(8, 4, 4)).eval()
+    pipe = diffusers.QwenImagePipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=None,
+                                       text_encoder=None, tokenizer=None, transformer=tr)
+    g = torch.Generator().manual_seed(1)
+    m = torch.ones(1, 8, dtype=torch.long)
+    kw = dict(prompt_embeds=torch.randn(1, 8, 16, generator=g), prompt_embeds_mask=m,
+              negative_prompt_embeds=torch.randn(1, 8, 16, generator=g), negative_prompt_embeds_mask=m,
+              true_cfg_scale=2.0, height=32, width=32)              # timestep / 1000, two calls per step
+    return pipe, kw, "images"
+
+
+def _pixart_sigma():
+    tr = diffusers.PixArtTransformer2DModel(sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8,
+                                            num_attention_heads=3, caption_channels=32, in_channels=4,
+                                            cross_attention_dim=24, out_channels=8, attention_bias=True,
+                                            activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                                            norm_type="ada_norm_single", norm_elementwise_affine=False,
+                                            norm_eps=1e-6).eval()
+    pipe = diffusers.PixArtSigmaPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=tr,
+                                         scheduler=diffusers.DDIMScheduler())      # integer timesteps
+    g = torch.Generator().manual_seed(1)
+    m = torch.ones(1, 8, dtype=torch.long)
+    kw = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), prompt_attention_mask=m, negative_prompt=None,
+              negative_prompt_embeds=torch.randn(1, 8, 32, generator=g), negative_prompt_attention_mask=m,
+              guidance_scale=2.0, height=64, width=64, use_resolution_binning=False)
+    return pipe, kw, "images"
+
+
+def _wan21():
+    cfg = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+               out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+               qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=None,
+                                 transformer=diffusers.WanTransformer3DModel(**cfg).eval(),
+                                 scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    g = torch.Generator().manual_seed(1)
+    kw = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
+              guidance_scale=2.0, height=32, width=32, num_frames=5)
+    return pipe, kw, "frames"
+
+
+@pytest.mark.parametrize("family", [_sd3, _qwen, _pixart_sigma, _wan21],
+                         ids=["sd3", "qwenimage", "pixart-sigma", "wan2.1"])
+def test_pipeline_families(family):
+    torch.manual_seed(0)
+    pipe, kw, out = family()
+    pipe.set_progress_bar_config(disable=True)
 
     def run(steps):
-        return pipe(**kw, num_inference_steps=steps, height=32, width=32, guidance_scale=2.0, output_type="latent",
-                    generator=torch.Generator().manual_seed(3)).images
+        return getattr(pipe(**kw, num_inference_steps=steps, output_type="latent",
+                            generator=torch.Generator().manual_seed(3)), out)
     want = run(12)
     handle = compile_pipeline(pipe, policy="never", inner="eager")
     assert torch.equal(run(12), want)
@@ -166,7 +217,8 @@ def test_sd3_batched_cfg():
     for steps in (12, 9):
         handle.reset()
         run(steps)
-        assert _computed(handle.backends["transformer"]) == policy.compute_steps(steps)
+        assert _computed(handle.backends["transformer"]) == policy.compute_steps(steps), steps
+        assert handle.stats()["total"]["steps"] == steps and handle.stats()["total"]["forecast"] > 0
 
 
 def test_the_pipeline_example_runs():
@@ -178,3 +230,10 @@ def test_the_pipeline_example_runs():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "steps computed" in out.stdout and "/10 steps" in out.stdout
+
+
+def test_lite_is_an_alias_of_stack():
+    from taylorseer_fx import taylorseer_backend
+    assert taylorseer_backend(regions="lite", inner="eager").regions == "stack"
+    with pytest.raises(ValueError, match="attn1"):
+        taylorseer_backend(regions="blocks", inner="eager")
