@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import warnings
@@ -27,6 +28,7 @@ from .policy import Policy
 from .presets import load_policy
 from .runtime import Runtime
 from .select import ALIASES, KINDS, NoRegionError, find_timestep, is_static_placeholder, select_regions
+from .graph_runtime import read_coordinate
 from .lazy_compile import LazyCompile, has_symbolic_inputs
 from .transform import CacheNode, compile_pieces, split
 from .whole_graph import WholeGraph
@@ -99,6 +101,22 @@ class _Graph:
 
     def __call__(self, *args):
         return self.graph_runtime(args)
+
+
+class _Publishing:
+    """A graph without regions that reads the step coordinate for the graphs after it in the model call
+    (a model that graph-breaks after its timestep embedding: the block graph has no timestep input)."""
+
+    def __init__(self, compiled: Callable, timestep_index: int, runtime: Runtime, order: int):
+        self.compiled, self.timestep_index, self.runtime, self.order = compiled, timestep_index, runtime, order
+
+    def __call__(self, *args):
+        session = self.runtime.current_session()
+        if not torch.is_grad_enabled() and (session is None or session.timesteps is None):
+            first, _, top = read_coordinate(args[self.timestep_index])
+            if first is not None and math.isfinite(first):
+                self.runtime.publish_coordinate(self.order, first, top)
+        return self.compiled(*args)
 
 
 def _split_pieces(split_gm, submod_region, infos, inner, graph_rt):
@@ -183,16 +201,19 @@ class TaylorSeerBackend:
             log.info("taylorseer: graph traced with grad enabled; compiled unchanged (runs uncached)")
             self.graphs.append({"regions": [], "reason": "grad enabled"})
             return inner(gm, example_inputs)
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        ts = find_timestep(gm, self.timestep_arg)
         try:
             regions = select_regions(gm, self.regions)
         except NoRegionError as e:
             if e.has_blocks:
                 raise ValueError(str(e)) from None
             warnings.warn(f"taylorseer: graph with no region runs unchanged: {e}", stacklevel=2)
-            self.graphs.append({"regions": [], "reason": str(e)})
-            return inner(gm, example_inputs)
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        ts = find_timestep(gm, self.timestep_arg)
+            self.graphs.append({"regions": [], "reason": str(e), "timestep": ts.name if ts is not None else None})
+            compiled = inner(gm, example_inputs)
+            if ts is None:
+                return compiled
+            return _Publishing(compiled, placeholders.index(ts), self.runtime, len(self.graphs) - 1)
         if ts is None and self.timestep_arg is not None:
             names = [n.name for n in placeholders if not is_static_placeholder(n)]
             raise ValueError(f"timestep_arg={self.timestep_arg!r}: no such graph input; inputs: {names}")
@@ -219,6 +240,7 @@ class TaylorSeerBackend:
         graph_rt = self.runtime.new_graph(infos, ts_index, dynamic, whole=whole, pieces=pieces,
                                           name=str(gm.meta.get("dynamo_compile_id", "")), instance_indices=instance)
         holder.append(graph_rt)
+        graph_rt.compile_order = len(self.graphs)
         if whole is None or symbolic:
             pieces.get()
         self.graphs.append({"regions": [i.name for i in infos], "timestep": ts.name if ts is not None else None,

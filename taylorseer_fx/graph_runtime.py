@@ -45,9 +45,31 @@ import torch
 
 from .region_state import Generation, StepPlan
 
-__all__ = ["GraphRuntime"]
+__all__ = ["GraphRuntime", "read_coordinate"]
 
 _READ_ALL = 64     # per-sample timesteps up to this many elements are read whole (one copy, no kernel)
+
+
+def read_coordinate(v) -> tuple:
+    """``(element 0, smallest, largest)`` of a timestep value (tensor or Python number) in one host
+    read, or ``(None, None, None)``. Up to 64 elements are copied whole, more are reduced on the device."""
+    if not isinstance(v, torch.Tensor):
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            return None, None, None
+        return x, x, x
+    n = v.numel()
+    if n <= 1:
+        x = float(v.reshape(-1)[0]) if n else None                  # the one host read of the call
+        return x, x, x
+    flat = v.reshape(-1)
+    if n <= _READ_ALL:
+        vals = flat.tolist()                                        # one copy
+        return vals[0], min(vals), max(vals)
+    lo, hi = torch.aminmax(flat)
+    first, lo, hi = torch.stack((flat[0], lo, hi)).tolist()
+    return first, lo, hi
 
 
 @dataclass
@@ -88,6 +110,7 @@ class GraphRuntime:
         self.device = None
         self.whole = whole
         self.pieces = pieces
+        self.compile_order = index      # position among every graph the backend compiled (backend.py sets it)
         self._tls = threading.local()   # the call in progress, per thread
         self._warned: set = set()
 
@@ -141,10 +164,16 @@ class GraphRuntime:
             step, stream, coord = session.count(owner, self.index)
             counted = (step, stream)
         else:
-            coord, top = self._read_coord(args)
+            if self.timestep_index is not None:
+                coord, top = self._read_coord(args)
+                if coord is not None and math.isfinite(coord):
+                    ctx.publish_coordinate(self.compile_order, coord, top)
+            else:                       # a graph-break piece: the coordinate an earlier graph of the call read
+                coord, top = ctx.take_coordinate(self.compile_order, self._instance_key(args)) or (None, None)
             if coord is None or not math.isfinite(coord):
                 self._warn_once("coord", f"taylorseer: graph {self.index} has no step coordinate (no "
-                                "timestep input found, or a non-finite value; pass timestep_arg=... or use "
+                                "timestep input found and no earlier graph of the model call read one, or a "
+                                "non-finite value; pass timestep_arg=... or use "
                                 "backend.session(timesteps=...)); running it uncached. A timestep passed as a "
                                 "Python number is baked into the first graph dynamo traces (one uncached call; "
                                 "from its second value on it is a graph input): pass a tensor to cache the "
@@ -165,6 +194,9 @@ class GraphRuntime:
     def _instance(self, args) -> tuple:
         return tuple(args[i] for i in self.instance_indices)
 
+    def _instance_key(self, args) -> tuple:
+        return tuple(id(args[i]) for i in self.instance_indices)
+
     def _signature(self, args) -> tuple:
         sig = []
         for i in self.sig_indices:
@@ -180,29 +212,13 @@ class GraphRuntime:
         largest is what a schedule lookup uses: per-token timesteps hold 0 for conditioning tokens."""
         if self.timestep_index is None:
             return None, None
-        v = args[self.timestep_index]
-        if not isinstance(v, torch.Tensor):
-            try:
-                return float(v), float(v)
-            except (TypeError, ValueError):
-                return None, None
-        n = v.numel()
-        if n <= 1:
-            x = float(v.reshape(-1)[0]) if n else None              # the one host read of the call
-            return x, x
-        flat = v.reshape(-1)
-        if n <= _READ_ALL:
-            vals = flat.tolist()                                    # one copy
-            first, lo, hi = vals[0], min(vals), max(vals)
-        else:
-            lo, hi = torch.aminmax(flat)
-            first, lo, hi = torch.stack((flat[0], lo, hi)).tolist()
+        first, lo, hi = read_coordinate(args[self.timestep_index])
         session = self.ctx.current_session()
         if lo != hi and (session is None or session.schedule is None):
             self._warn_once("per-sample", f"taylorseer: graph {self.index}: the timesteps differ within the "
                             f"batch ({lo:g}..{hi:g}); element 0 is the step coordinate. For per-token "
                             "timesteps use backend.session(timesteps=...) (explicit schedule)")
-        return float(first), float(hi)
+        return first, hi
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -81,10 +81,11 @@ class CompiledPipeline:
 
     # ------------------------------------------------------------ api
     def stats(self) -> dict:
-        """``{denoiser name: backend.stats(), "total": {"compute", "forecast", "steps", "uncached"}}``."""
+        """``{denoiser name: backend.stats(), "total": {"compute", "forecast", "steps", "calls",
+        "uncached_calls"}}`` (see ``Recorder.stats``)."""
         out: dict[str, Any] = {name: be.stats() for name, be in self.backends.items()}
-        out["total"] = {k: sum(s.get(k, 0) for s in out.values()) for k in ("compute", "forecast", "steps",
-                                                                            "uncached")}
+        out["total"] = {k: sum(s.get(k, 0) for s in out.values())
+                        for k in ("compute", "forecast", "steps", "calls", "uncached_calls")}
         return out
 
     def reset(self) -> None:

@@ -19,6 +19,7 @@ images, never share factors or step counters.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import threading
 import weakref
@@ -36,6 +37,7 @@ __all__ = ["Runtime", "GraphRuntime", "Session"]
 #: per thread: exceptions raised inside a model call of any backend (an owner that saw fewer ends its
 #: generation at its next call: Wan 2.2's two denoisers have one backend each)
 _INTERRUPTS = threading.local()
+_SERIALS = itertools.count(1)            # published coordinates, process-wide
 
 
 def _never_forecasts(policy) -> bool:
@@ -105,13 +107,16 @@ class Session:
 
 
 class _Thread:
-    """What one thread holds in one runtime: its owners (instance key -> Owner) and its session."""
-    __slots__ = ("owners", "session", "last", "__weakref__")
+    """What one thread holds in one runtime: its owners (instance key -> Owner), its session and the
+    coordinate its last timestep-reading graph published (graph-break models)."""
+    __slots__ = ("owners", "session", "last", "coord", "taken", "__weakref__")
 
     def __init__(self):
         self.owners: dict = {}
         self.session: Session | None = None
         self.last: tuple | None = None    # (owner, generation label, coordinate, step) of the last call
+        self.coord: tuple | None = None   # (serial, compile order, coordinate, largest element) last published
+        self.taken: dict = {}             # (graph, owner key) -> serial of the coordinate it last took
 
     def end_all(self) -> None:
         """End every owner's generation. A session's call count goes on: the next call is still placed
@@ -245,6 +250,24 @@ class Runtime:
             owner.label_of, owner.label = generation, (last[1] if sibling else generation)
         th.last = (owner, owner.label, coord, step)
         return owner.label
+
+    def publish_coordinate(self, order: int, coord: float, top: float) -> None:
+        """A graph of this thread (the ``order``-th graph the backend compiled) read its timestep:
+        graphs of the same model call that have none (the block graph of a model that graph-breaks
+        after its timestep embedding) take it."""
+        self._thread().coord = (next(_SERIALS), order, coord, top)
+
+    def take_coordinate(self, order: int, owner_key) -> tuple | None:
+        """``(coordinate, largest element)`` for the ``order``-th compiled graph: the one published in
+        this thread by a graph compiled before it (dynamo compiles a call's graphs in call order, so
+        that graph runs before it in every call), and not taken yet by this graph and model instance;
+        else None (the call runs uncached)."""
+        th = self._thread()
+        c = th.coord
+        if c is None or c[1] >= order or th.taken.get((order, owner_key)) == c[0]:
+            return None
+        th.taken[(order, owner_key)] = c[0]
+        return c[2], c[3]
 
     def current_session(self) -> Session | None:
         th = getattr(self._local, "state", None)

@@ -227,6 +227,34 @@ def _seen_paths(gm: fx.GraphModule, limit: int = 12) -> str:
     return ", ".join(tops[:limit]) + more if tops else "<none: no node carries nn_module_stack>"
 
 
+_EMBEDDING = re.compile(r"(?:.*_)?(?:emb|embed|embedder|embedding|embeddings|time_proj|timestep\w*)(?:_.*)?", re.I)
+
+
+def _in_embedding(n: fx.Node, lists) -> bool:
+    """Whether ``n`` is inside an embedding module that a block owns (``blocks.0.emb``,
+    ``transformer_blocks.0.norm1.emb``): conditioning computed by a block, not the block's work."""
+    for p, _ in node_module_paths(n):
+        parts = p.split(".")
+        for i in range(len(parts) - 2):
+            if ".".join(parts[:i + 1]) in lists and parts[i + 1].isdigit():
+                return any(_EMBEDDING.fullmatch(c) for c in parts[i + 2:])
+    return False
+
+
+def _block_item(lists) -> re.Pattern:
+    """``<block list>.<index>.<child>`` for the graph's block lists (the child in group 1)."""
+    return re.compile(r"(?:%s)\.\d+\.([^.]+)" % "|".join(re.escape(l) for l in lists))
+
+
+def _block_module(n: fx.Node, item: re.Pattern) -> str | None:
+    """The path of the block attention / feed-forward module ``n`` belongs to, or None."""
+    for p, _ in node_module_paths(n):
+        m = item.fullmatch(p)
+        if m and MODULE_NAMES.fullmatch(m.group(1)) and not _NOT_MODULES.fullmatch(m.group(1)):
+            return p
+    return None
+
+
 def select_regions(gm: fx.GraphModule, kind) -> list[Region]:
     """Regions of ``gm`` for ``kind`` ("stack", "stack-residual", "modules", a regex or a callable).
 
@@ -245,6 +273,11 @@ def select_regions(gm: fx.GraphModule, kind) -> list[Region]:
         for n in nodes:
             b = _block_of(node_module_paths(n))
             keys.append((b[0], b[1]) if b is not None and b[0] in chosen else None)
+        if all(k is None or _in_embedding(n, chosen) for n, k in zip(nodes, keys)):
+            seen = sorted({p for n, k in zip(nodes, keys) if k is not None for p, _ in node_module_paths(n)[:1]})
+            raise NoRegionError(
+                f"regions={kind!r}: the only block nodes of this graph ({', '.join(seen[:6])}) are embeddings "
+                "a block owns (a graph break after the conditioning): not a block stack", has_blocks=False)
         first_node: dict[tuple, int] = {}
         for i, k in enumerate(keys):
             if k is not None:
@@ -263,16 +296,8 @@ def select_regions(gm: fx.GraphModule, kind) -> list[Region]:
             raise NoRegionError(
                 f"regions='modules': no block list found in this graph; module paths seen: {_seen_paths(gm)}",
                 has_blocks=False)
-        item = re.compile(r"(?:%s)\.\d+\.([^.]+)" % "|".join(re.escape(l) for l in lists))
-
-        def key(n):
-            for p, cls in node_module_paths(n):
-                m = item.fullmatch(p)
-                if m and MODULE_NAMES.fullmatch(m.group(1)) and not _NOT_MODULES.fullmatch(m.group(1)):
-                    return p
-            return None
-
-        regions = _name_runs(_runs(nodes, key))
+        item = _block_item(lists)
+        regions = _name_runs(_runs(nodes, lambda n: _block_module(n, item)))
         if not regions:
             raise NoRegionError(
                 "regions='modules': the blocks have no attention/feed-forward submodule "
