@@ -198,7 +198,9 @@ class TaylorSeerBackend:
                  options: dict | None = None) -> Callable:
         inner = self._inner_for(mode, options)
         if torch.is_grad_enabled():
-            log.info("taylorseer: graph traced with grad enabled; compiled unchanged (runs uncached)")
+            if not any(g.get("reason") == "grad enabled" for g in self.graphs):
+                warnings.warn("taylorseer: running uncached: grad is enabled; wrap sampling in torch.no_grad() "
+                              "(or torch.inference_mode())", stacklevel=2)
             self.graphs.append({"regions": [], "reason": "grad enabled"})
             return inner(gm, example_inputs)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

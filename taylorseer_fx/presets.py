@@ -75,11 +75,16 @@ def policy_to_toml(policy: Policy, description: str | None = None) -> str:
 
 def policy_from_dict(spec: Mapping[str, Any], source: str = "policy spec") -> Policy:
     """Build a policy from ``{"kind": ..., <fields>}`` (the TOML preset format; ``description`` ignored)."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{source}: a policy spec is a table of fields, got {type(spec).__name__}")
     spec = dict(spec)
     kind = spec.pop("kind", None)
     spec.pop("description", None)
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise ValueError(f"{source}: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    bad_keys = [k for k in spec if not isinstance(k, str)]
+    if bad_keys:
+        raise ValueError(f"{source}: field names must be strings, got {bad_keys[0]!r}")
     allowed = _fields_of(_KINDS[kind])
     unknown = sorted(set(spec) - allowed)
     if unknown:
@@ -87,8 +92,10 @@ def policy_from_dict(spec: Mapping[str, Any], source: str = "policy spec") -> Po
                          f"allowed: {sorted(allowed)}")
     try:
         return _KINDS[kind](**spec)
-    except TypeError as e:  # a required field is missing (AutoPolicy's threshold)
+    except ValueError as e:           # the constructor names the field; say which file too
         raise ValueError(f"{source}: {e}") from None
+    except (TypeError, OverflowError, AttributeError) as e:   # a missing field, a value of a wrong type
+        raise ValueError(f"{source}: kind {kind!r}: {e}") from None
 
 
 def _preset_dirs() -> list[Path]:
@@ -106,15 +113,20 @@ def available_policies() -> list[str]:
 
 
 def load_policy(name_or_path: str | os.PathLike | Policy) -> Policy:
-    """A preset by name (``"official-flux"``) or a TOML file by path. A Policy is returned unchanged."""
+    """A shipped preset by name (``"official-flux"``: never a file of that name in the working
+    directory), or a TOML file by path (a path contains a separator or ends in ``.toml``: ``./mine.toml``).
+    A Policy is returned unchanged. Every problem is a ValueError naming the file (and the field)."""
     if isinstance(name_or_path, Policy):
         return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"load_policy: expected a preset name or a TOML path, got {name_or_path!r}")
     text = os.fspath(name_or_path)
     path = Path(text)
-    if not (text.endswith(".toml") or os.sep in text or "/" in text or path.is_file()):
+    if not (text.endswith(".toml") or os.sep in text or "/" in text or isinstance(name_or_path, os.PathLike)):
         found = [d / f"{text}.toml" for d in _preset_dirs() if (d / f"{text}.toml").is_file()]
         if not found:
-            raise ValueError(f"unknown policy preset {text!r}; known: {available_policies()}")
+            raise ValueError(f"unknown policy preset {text!r}; known: {available_policies()} (a file of "
+                             f"yours: give its path, e.g. './{text}.toml')")
         path = found[0]
     if not path.is_file():
         raise FileNotFoundError(f"policy file not found: {path}")
@@ -127,4 +139,6 @@ def load_policy(name_or_path: str | os.PathLike | Policy) -> Policy:
             spec = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path}: invalid TOML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not a TOML text file (UTF-8 expected): {e}") from None
     return policy_from_dict(spec, source=str(path))

@@ -1,6 +1,6 @@
 """Train the digits demo: the class-conditional DiT (rectified flow) and the digit classifier.
 
-    python -m taylorseer_fx.demo.train                     # reproduces the shipped weights
+    python -m taylorseer_fx.demo.train                     # reproduces the shipped weights, in ./
     python -m taylorseer_fx.demo.train --steps 200 --out /tmp/dit.safetensors --skip-classifier
 
 Rectified flow as in SD3 / FLUX: x_t = (1 - sigma) x0 + sigma eps, target v = eps - x0, sigma from a
@@ -183,22 +183,30 @@ def sample_accuracy(model: DigitDiT, clf: DigitClassifier, per_class: int = 50, 
     return correct / len(labels)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line. Weights go where ``--out`` / ``--classifier-out`` say, by default into the
+    working directory: never over the files shipped inside the installed package."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1800, help="DiT optimisation steps (default 1800)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--sigma-sampling", choices=["logit_normal", "uniform"], default="logit_normal")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=weights_path(MODEL_FILE), help="DiT weights file")
-    ap.add_argument("--classifier-out", type=Path, default=weights_path(CLASSIFIER_FILE))
+    ap.add_argument("--out", type=Path, default=Path(MODEL_FILE),
+                    help=f"DiT weights file (default ./{MODEL_FILE}; the shipped one is {weights_path(MODEL_FILE)})")
+    ap.add_argument("--classifier-out", type=Path, default=Path(CLASSIFIER_FILE),
+                    help=f"classifier weights file (default ./{CLASSIFIER_FILE})")
     ap.add_argument("--classifier-epochs", type=int, default=40)
     ap.add_argument("--skip-classifier", action="store_true", help="do not train/save the classifier")
     ap.add_argument("--skip-dit", action="store_true", help="do not train/save the DiT")
     ap.add_argument("--eval", action="store_true",
                     help="after training, report classifier accuracy of 500 samples (50 steps, CFG 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
 
     clf = None
