@@ -27,6 +27,8 @@ __all__ = ["FORMS", "ESTIMATORS", "Forecaster", "out_strides", "add_back"]
 FORMS = ("newton", "taylor")
 ESTIMATORS = ("remainder", "pair")
 
+#: output dtypes whose forecasts are clamped to the finite range (the models clip these activations)
+_CLAMPED = (torch.float16, torch.bfloat16)
 _EPS = 1e-30  # added to ||D_0|| so an all-zero output gives r = 0 instead of nan
 
 
@@ -283,6 +285,7 @@ class Forecaster:
             n = self._norm_sq(x)
             y_sq = n if y_sq is None else y_sq + n
         err = torch.stack(err_sq).sqrt() / (y_sq.sqrt() + _EPS)
+        err = torch.nan_to_num(err, nan=math.inf)      # a non-finite back-test is never the best
         best = err.argmin()
         keep = err.min() >= self.select_margin * err[pref]
         chosen = torch.where(keep, torch.full_like(best, pref), best)
@@ -291,6 +294,12 @@ class Forecaster:
         self._weights = (degrees <= chosen).to(self._compute_dtype)
 
     # --------------------------------------------------------------- forecast
+    def _zero(self, like: torch.Tensor) -> torch.Tensor:
+        z = getattr(self, "_zeros", None)
+        if z is None or z.device != like.device or z.dtype != like.dtype:
+            z = self._zeros = torch.zeros((), dtype=like.dtype, device=like.device)
+        return z
+
     def _check_ready(self, what: str) -> None:
         if self.num_points == 0:
             raise RuntimeError(f"Forecaster.{what}() called before any update(): nothing to forecast from "
@@ -323,11 +332,15 @@ class Forecaster:
             for j in range(k - 1, -1, -1):  # Horner, in the compute dtype
                 if w is None:
                     torch.add(factors[j], acc, alpha=alphas[j], out=a)
-                else:  # terms above the chosen degree get weight 0 (on the device)
-                    torch.mul(acc, w[j + 1], out=a)
+                else:  # terms above the chosen degree contribute exactly nothing (0 * nan would be nan)
+                    torch.where(w[j + 1] > 0, acc, self._zero(a), out=a)
                     torch.add(factors[j], a, alpha=alphas[j], out=a)
                 acc, a, b = a, b, a
             out = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+            if dtype in _CLAMPED and acc.dtype != dtype:     # a finite extrapolation stays finite in fp16
+                lim = torch.finfo(dtype).max
+                torch.clamp(acc, -lim, lim, out=a if acc is not a else b)
+                acc = a if acc is not a else b
             out.copy_(acc)
             results.append(out)
         return results[0] if self._single else tuple(results)

@@ -1,0 +1,78 @@
+"""Finite in, finite out: switched-off terms contribute exactly nothing, a non-finite back-test is never
+the chosen order, forecasts of fp16/bf16 outputs stay in the dtype's finite range, and a non-finite
+estimate makes the auto policy compute."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from taylorseer_fx.forecast import Forecaster
+
+
+def _seq(values):
+    return [torch.full((3, 4), v) for v in values]
+
+
+def test_an_order_that_holds_a_nan_is_never_chosen_and_contributes_nothing():
+    f = Forecaster(2, "newton", select=1)
+    ys = _seq([1.0, math.nan, 3.0, 4.0])
+    for t, y in enumerate(ys):
+        f.update(float(t), y)
+    out = f.forecast(4.0)
+    assert torch.isfinite(out).all(), "a NaN factor above the chosen order leaked into the forecast"
+    assert int(f.chosen_order()) == 0
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.floats(-10, 10), min_size=4, max_size=7), st.integers(0, 6))
+def test_a_nan_point_reaches_a_forecast_only_through_a_term_it_is_in(values, bad):
+    """Newton factor D_j depends on the newest j + 1 points only: with a NaN as the (j+1)-th newest
+    point, a forecast of chosen degree < j is finite (the terms above it add exactly nothing)."""
+    bad = bad % len(values)
+    values = list(values)
+    values[bad] = math.nan
+    f = Forecaster(2, "newton", select=1)
+    for t, v in enumerate(values):
+        f.update(float(t), torch.full((5,), v))
+    age = len(values) - 1 - bad                     # 0: the newest point
+    chosen = f.chosen_order()
+    degree = 1 if chosen is None else int(chosen)
+    out = f.forecast(float(len(values)))
+    if age > degree:
+        assert torch.isfinite(out).all(), (values, degree)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_forecasts_stay_in_the_dtype_finite_range(dtype):
+    lim = torch.finfo(dtype).max
+    f = Forecaster(1, "newton")
+    f.update(0.0, torch.full((4,), 0.9 * lim, dtype=dtype))
+    f.update(1.0, torch.full((4,), 0.99 * lim, dtype=dtype))
+    out = f.forecast(3.0)                                   # the line goes past the largest value
+    assert out.dtype == dtype and torch.isfinite(out).all() and float(out.max()) == float(lim)
+    g = Forecaster(1, "newton")
+    g.update(0.0, torch.full((4,), -0.9 * lim, dtype=dtype))
+    g.update(1.0, torch.full((4,), -0.99 * lim, dtype=dtype))
+    assert float(g.forecast(3.0).min()) == -float(lim)
+
+
+def test_float32_forecasts_are_not_clamped():
+    f = Forecaster(1, "newton")
+    f.update(0.0, torch.full((2,), 1e38))
+    f.update(1.0, torch.full((2,), 3e38))
+    assert torch.isinf(f.forecast(3.0)).all()              # float32 is the model's own range: no clamp
+
+
+def test_a_nan_estimate_makes_the_auto_policy_compute():
+    from taylorseer_fx import AutoPolicy
+    from taylorseer_fx.region_state import Generation
+    policy = AutoPolicy(threshold=10.0)
+    gen = Generation(policy, lambda n, first: [policy.start(None, first)], torch.float32)
+    st_ = gen.state(0, 0, 0)
+    for t, v in enumerate([1.0, 2.0, math.nan]):
+        st_.absorb((torch.full((3,), v),), (), {}, float(t), True)
+    assert gen.estimates(0, 1, 3.0) == [math.inf]
