@@ -15,9 +15,11 @@ __all__ = ["Recorder"]
 
 
 class Recorder:
-    """Counts and trace rows. ``max_trace`` rows are kept (the oldest are dropped)."""
+    """Counts and trace rows. Bounded: the newest ``max_trace`` rows are kept (the oldest are dropped);
+    after :meth:`stats` no row holds a tensor (the order choices are read once and stored as ints)."""
 
-    max_trace = 100_000
+    max_trace = 10_000
+    _RECENT = 4096          # generation ids remembered to count distinct ones (threads interleave)
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -28,7 +30,8 @@ class Recorder:
             self._steps = {"compute": 0, "forecast": 0}
             self._calls = 0
             self._uncached = 0
-            self._gens: set = set()
+            self._n_gens = 0
+            self._recent_gens: collections.OrderedDict = collections.OrderedDict()
             self._regions: dict = {}
             self._trace = collections.deque(maxlen=self.max_trace)
 
@@ -42,7 +45,12 @@ class Recorder:
         | "forecast" | "fallback"}), orders, wall_s, thread."""
         with self._lock:
             self._calls += 1
-            self._gens.add(row["generation"])
+            g = row["generation"]
+            if g not in self._recent_gens:
+                self._n_gens += 1
+                self._recent_gens[g] = None
+                if len(self._recent_gens) > self._RECENT:
+                    self._recent_gens.popitem(last=False)
             if row["stream"] == 0:
                 self._steps[row["decision"]] += 1
             for name, what in row["regions"].items():
@@ -62,26 +70,29 @@ class Recorder:
         seconds, not synchronised with the device), thread (``threading.get_ident()``)). Reading the
         orders syncs once here, never during the run."""
         with self._lock:
+            _read_orders(self._trace)          # in place: the rows keep ints, not device tensors
             rows = [dict(t) for t in self._trace]
             out = {
                 "compute": self._steps["compute"], "forecast": self._steps["forecast"],
                 "steps": self._steps["compute"] + self._steps["forecast"],
-                "calls": self._calls, "uncached_calls": self._uncached, "generations": len(self._gens),
+                "calls": self._calls, "uncached_calls": self._uncached, "generations": self._n_gens,
                 "regions": {k: dict(v) for k, v in self._regions.items()},
             }
-        out["trace"] = _read_orders(rows)
+        for r in rows:
+            if r.get("orders"):
+                r["orders"] = dict(r["orders"])
+        out["trace"] = rows
         return out
 
 
-def _read_orders(rows: list[dict]) -> list[dict]:
-    """The chosen degrees (0-dim device tensors) read in one go."""
-    held = [v for r in rows if r.get("orders") for v in r["orders"].values()]
+def _read_orders(rows) -> None:
+    """The chosen degrees still held as 0-dim device tensors, read in one go and stored as ints."""
+    pending = [r for r in rows if r.get("orders") and any(isinstance(v, torch.Tensor) for v in r["orders"].values())]
+    held = [v for r in pending for v in r["orders"].values()]
     if held:
         try:
-            values = iter(torch.stack(held).tolist())
+            values = iter(torch.stack([torch.as_tensor(v) for v in held]).tolist())
         except RuntimeError:                     # regions on different devices
             values = iter([int(v) for v in held])
-        for r in rows:
-            if r.get("orders"):
-                r["orders"] = {name: next(values) for name in r["orders"]}
-    return rows
+        for r in pending:
+            r["orders"] = {name: next(values) for name in r["orders"]}

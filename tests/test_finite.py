@@ -76,3 +76,18 @@ def test_a_nan_estimate_makes_the_auto_policy_compute():
     for t, v in enumerate([1.0, 2.0, math.nan]):
         st_.absorb((torch.full((3,), v),), (), {}, float(t), True)
     assert gen.estimates(0, 1, 3.0) == [math.inf]
+
+
+def test_the_trace_is_bounded_and_holds_no_tensor_after_stats():
+    from taylorseer_fx.trace import Recorder
+    rec = Recorder()
+    rec.max_trace = 50
+    rec.clear()
+    for g in range(300):
+        rec.record({"graph": 0, "generation": g, "step": 0, "stream": 0, "coordinate": 1.0,
+                    "decision": "compute", "estimate": None, "regions": {"stack": "compute"},
+                    "orders": {"stack": torch.tensor(g % 3)}, "wall_s": 0.0, "thread": 0})
+    s = rec.stats()
+    assert len(s["trace"]) == 50 and s["generations"] == 300 and s["calls"] == 300
+    assert [r["orders"]["stack"] for r in s["trace"]] == [g % 3 for g in range(250, 300)]
+    assert not any(isinstance(v, torch.Tensor) for r in rec._trace for v in (r.get("orders") or {}).values())
