@@ -19,6 +19,7 @@ import math
 import os
 import re
 import warnings
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -94,13 +95,41 @@ def _check_regions(regions) -> None:
 
 
 class _Graph:
-    """The callable handed back to dynamo for one graph: a model call through the runtime."""
+    """The callable handed back to dynamo for one graph: a model call through the runtime. It owns
+    everything compiled for the graph (dynamo holds it; when dynamo drops it, all of it goes)."""
 
-    def __init__(self, graph_runtime):
+    def __init__(self, graph_runtime, split_gm):
         self.graph_runtime = graph_runtime
+        self.split_gm = split_gm
+        self.whole_graph = graph_runtime.whole
+        self.pieces = graph_runtime.pieces
 
     def __call__(self, *args):
         return self.graph_runtime(args)
+
+
+class GraphRecord(dict):
+    """What the backend did with one graph (``backend.graphs``, for debugging and tests): plain entries
+    (``regions``, ``timestep``, ``infos``, ``reason``) and the compiled parts (``split_gm``,
+    ``whole_graph``, ``pieces``) read through a weak reference -- None once dynamo dropped the graph,
+    so that the record never keeps compiled code alive."""
+
+    _LIVE = ("split_gm", "whole_graph", "pieces")
+
+    def __init__(self, graph: _Graph | None = None, **entries):
+        super().__init__(entries)
+        self._ref = weakref.ref(graph) if graph is not None else None
+
+    def __getitem__(self, key):
+        if key in self._LIVE and self._ref is not None:
+            g = self._ref()
+            return None if g is None else getattr(g, key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        if key in self._LIVE and self._ref is not None:
+            return self[key]
+        return super().get(key, default)
 
 
 class _Publishing:
@@ -162,7 +191,7 @@ class TaylorSeerBackend:
             raise ValueError(f"whole_graph must be a bool, got {whole_graph!r}")
         self.whole_graph = whole_graph
         self.runtime = Runtime(policy, num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype)
-        self.graphs: list[dict] = []   # per compiled graph: what was done (debugging, tests)
+        self.graphs: list[GraphRecord] = []   # per compiled graph: what was done (debugging, tests)
 
     @property
     def policy(self) -> Policy:
@@ -201,7 +230,7 @@ class TaylorSeerBackend:
             if not any(g.get("reason") == "grad enabled" for g in self.graphs):
                 warnings.warn("taylorseer: running uncached: grad is enabled; wrap sampling in torch.no_grad() "
                               "(or torch.inference_mode())", stacklevel=2)
-            self.graphs.append({"regions": [], "reason": "grad enabled"})
+            self.graphs.append(GraphRecord(regions=[], reason="grad enabled"))
             return inner(gm, example_inputs)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         ts = find_timestep(gm, self.timestep_arg)
@@ -211,7 +240,7 @@ class TaylorSeerBackend:
             if e.has_blocks:
                 raise ValueError(str(e)) from None
             warnings.warn(f"taylorseer: graph with no region runs unchanged: {e}", stacklevel=2)
-            self.graphs.append({"regions": [], "reason": str(e), "timestep": ts.name if ts is not None else None})
+            self.graphs.append(GraphRecord(regions=[], reason=str(e), timestep=ts.name if ts is not None else None))
             compiled = inner(gm, example_inputs)
             if ts is None:
                 return compiled
@@ -245,9 +274,10 @@ class TaylorSeerBackend:
         graph_rt.compile_order = len(self.graphs)
         if whole is None or symbolic:
             pieces.get()
-        self.graphs.append({"regions": [i.name for i in infos], "timestep": ts.name if ts is not None else None,
-                            "split_gm": split_gm, "infos": infos, "whole_graph": whole, "pieces": pieces})
-        return _Graph(graph_rt)
+        graph = _Graph(graph_rt, split_gm)
+        self.graphs.append(GraphRecord(graph, regions=[i.name for i in infos], infos=infos,
+                                       timestep=ts.name if ts is not None else None))
+        return graph
 
     def compile_seconds(self) -> dict:
         """Seconds spent in the inner compiles that ran after the backend call (lazily, at the first call

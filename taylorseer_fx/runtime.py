@@ -162,7 +162,8 @@ class Runtime:
 
     def __init__(self, policy, *, num_steps: int | None = None, per_region: bool | None = None,
                  factor_dtype: torch.dtype = torch.float32):
-        self.graphs: list[GraphRuntime] = []
+        self._graphs: list[weakref.ref] = []   # the GraphRuntimes, weakly: dynamo's cache owns them
+        self._graph_count = 0
         self.recorder = Recorder()
         self._local = threading.local()
         self._threads: weakref.WeakSet = weakref.WeakSet()
@@ -190,10 +191,16 @@ class Runtime:
     def new_graph(self, regions: Sequence, timestep_index: int | None, dynamic_indices: Sequence[int],
                   name: str = "", instance_indices: Sequence[int] = (), whole=None, pieces=None) -> GraphRuntime:
         """A :class:`GraphRuntime` for one compiled graph (see there for the arguments)."""
-        g = GraphRuntime(self, len(self.graphs), list(regions), timestep_index, tuple(dynamic_indices),
+        g = GraphRuntime(self, self._graph_count, list(regions), timestep_index, tuple(dynamic_indices),
                          tuple(instance_indices), name, whole=whole, pieces=pieces)
-        self.graphs.append(g)
+        self._graph_count += 1          # graph indices are never reused (they key cached state)
+        self._graphs = [r for r in self._graphs if r() is not None] + [weakref.ref(g)]
         return g
+
+    @property
+    def graphs(self) -> list[GraphRuntime]:
+        """The graph runtimes still alive (dynamo drops them at ``torch._dynamo.reset()``)."""
+        return [g for g in (r() for r in self._graphs) if g is not None]
 
     def _thread(self) -> _Thread:
         th = getattr(self._local, "state", None)

@@ -35,7 +35,8 @@ def _both(model, inputs, ts, **kw):
         torch._dynamo.reset()
         be = taylorseer_backend(whole_graph=whole, inner="eager", **kw)
         outs = _run(torch.compile(model, backend=be), inputs, ts)
-        res[whole] = (outs, be, _decisions(be), be.stats()["forecast"])   # dynamo.reset() resets be
+        pieces = be.graphs[0]["pieces"].done          # read now: dynamo.reset() frees the compiled graph
+        res[whole] = (outs, pieces, _decisions(be), be.stats()["forecast"])   # and resets be
     return res
 
 
@@ -177,7 +178,7 @@ def test_per_region_equals_split_path():
     for a, b in zip(got, want):
         assert torch.equal(a, b)
     assert dec_f == dec_s and nf > 0
-    assert not res[True][1].graphs[0]["pieces"].done     # one schedule per region, all equal: uniform
+    assert not res[True][1]                               # one schedule per region, all equal: uniform
 
 
 def test_whole_graph_false_builds_only_the_pieces():
@@ -246,3 +247,23 @@ def test_lazy_pieces_and_forecast_version_compile_with_inductor_at_run_time(monk
     for a, b in zip(res[True][0], res[False][0]):
         assert a.stride() == b.stride()
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_compiled_graph_state_is_freed_when_dynamo_drops_the_graph():
+    import gc
+    import weakref
+    model = make_plain_dit()
+    x, y = plain_dit_inputs()
+    be = taylorseer_backend(FixedPolicy(interval=3), inner="eager")
+    refs = []
+    for _ in range(4):                                  # compile, run, drop: four times
+        cm = torch.compile(model, backend=be)
+        _run(cm, lambda t: (x, y), _timesteps(5))
+        g = be.graphs[-1]
+        refs.append((weakref.ref(g["whole_graph"]), weakref.ref(g["pieces"]), weakref.ref(be.runtime.graphs[-1])))
+        del g, cm
+        torch._dynamo.reset()
+        gc.collect()
+    assert all(r() is None for trio in refs for r in trio), "compiled state outlived dynamo's cache"
+    assert be.runtime.graphs == [] and be.graphs[-1]["whole_graph"] is None
+    assert be.graphs[-1]["regions"] == ["stack"]          # the record itself stays (small, plain data)
