@@ -91,3 +91,17 @@ def test_the_trace_is_bounded_and_holds_no_tensor_after_stats():
     assert len(s["trace"]) == 50 and s["generations"] == 300 and s["calls"] == 300
     assert [r["orders"]["stack"] for r in s["trace"]] == [g % 3 for g in range(250, 300)]
     assert not any(isinstance(v, torch.Tensor) for r in rec._trace for v in (r.get("orders") or {}).values())
+
+
+def test_the_readme_memory_table_formula_matches_the_forecaster():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import memory_table
+        memory_table.check()
+        flux_stack = dict(((m, k), n) for (m, k), n in memory_table.elements().items())[
+            ("FLUX.1-dev 1024x1024", "stack")]
+        assert flux_stack == 4096 * 3072
+    finally:
+        sys.path.pop(0)
