@@ -13,8 +13,15 @@ Coordinates:
 - ``form="taylor"`` (default, the seed's behaviour): the step index (0, 1, 2, ... per call).
 - ``form="newton"``: the value of the module's timestep input: the keyword argument ``timestep``
   when given, else the first positional argument. Non-uniform and decreasing timesteps are fine;
-  polynomials of degree <= ``n_derivatives`` are forecast exactly. Reading that value costs one host
-  read per call.
+  polynomials of degree <= ``n_derivatives`` are forecast exactly.
+
+Runs and shapes, as the backend places calls (``steps.py``): the timestep input's value (one host read
+per call) and the shapes of the tensor arguments go through a :class:`~taylorseer_fx.steps.StepTracker`,
+so a new run (the timestep moves against the run's direction, or comes back to its first value) and a
+change of input shape start over by themselves -- ``reset_cache()`` is only needed for a run that
+cannot be told apart. Several calls at one timestep are streams, each with its own factors. A forward
+whose first argument is not a number or a one-value tensor is counted call by call instead (no
+detection).
 """
 
 from __future__ import annotations
@@ -27,25 +34,51 @@ from torch import nn
 
 from .forecast import Forecaster
 from .policy import FixedPolicy
+from .steps import StepTracker
 
 __all__ = ["taylor_seer"]
 
 
 @dataclass
 class _SeerState:
-    """Per-module cache state: the policy, its per-generation schedule, the factors and a trace."""
+    """Per-module cache state: the policy, its per-generation schedule, the factors per stream, the
+    step tracker and a trace."""
 
     policy: FixedPolicy
-    forecaster: Forecaster
     schedule: object = None
-    step: int = 0
+    forecasters: dict = field(default_factory=dict)    # stream -> Forecaster
+    tracker: StepTracker = field(default_factory=StepTracker)
+    generation: int | None = None
+    step: int = 0                                      # calls counted (no readable timestep)
     trace: list[str] = field(default_factory=list)
 
-    def restart(self) -> None:
-        self.schedule = self.policy.start()
-        self.forecaster.reset()
-        self.step = 0
-        self.trace = []
+    def restart(self, first_step: int = 0, trace: bool = True) -> None:
+        self.schedule = self.policy.start(first_step=first_step)
+        self.forecasters = {}
+        if trace:
+            self.trace = []
+
+    def forecaster(self, stream: int) -> Forecaster:
+        f = self.forecasters.get(stream)
+        if f is None:
+            f = self.forecasters[stream] = Forecaster(order=self.policy.order, form=self.policy.form)
+        return f
+
+    def place(self, args: tuple, kwargs: dict) -> tuple[int, int, float | None]:
+        """``(step, stream, timestep value or None)`` of this call; starts over at a new run or shape."""
+        value = _readable_timestep(args, kwargs)
+        if value is None:
+            step, self.step = self.step, self.step + 1
+            return step, 0, None
+        sig = tuple((tuple(a.shape), a.dtype, a.device) for a in list(args) + list(kwargs.values())
+                    if isinstance(a, torch.Tensor))
+        pos = self.tracker.observe(0, value, sig)
+        if pos.generation != self.generation:
+            self.generation = pos.generation
+            self.restart(trace=False)
+        elif pos.restart or pos.realign:
+            self.restart(first_step=pos.step, trace=False)
+        return pos.step, pos.stream, value
 
 
 def _make_state(warmup_steps: int, skip_interval_steps: int, n_derivatives: int, form: str) -> _SeerState:
@@ -55,9 +88,20 @@ def _make_state(warmup_steps: int, skip_interval_steps: int, n_derivatives: int,
         n_derivatives=n_derivatives,
         form=form,
     )
-    state = _SeerState(policy=policy, forecaster=Forecaster(order=policy.order, form=policy.form))
+    state = _SeerState(policy=policy)
     state.restart()
     return state
+
+
+def _readable_timestep(args: tuple, kwargs: dict) -> float | None:
+    """The timestep input's value (``timestep=`` or the first positional argument) when it is a number
+    or a one-value tensor (one host read), else None."""
+    value = kwargs["timestep"] if "timestep" in kwargs else args[0] if args else None
+    if isinstance(value, torch.Tensor):
+        return float(value.reshape(-1)[0]) if value.numel() == 1 else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _timestep_value(args: tuple, kwargs: dict) -> float:
@@ -113,21 +157,26 @@ def taylor_seer(
         @functools.wraps(original_forward)
         def forward(self, *args, **kwargs):
             state: _SeerState = self._taylor_seer
-            step = state.step
-            t = float(step) if state.policy.form == "taylor" else _timestep_value(args, kwargs)
-            compute = state.schedule.decide(step) or state.forecaster.num_points == 0
+            step, stream, value = state.place(args, kwargs)
+            if state.policy.form == "taylor":
+                t = float(step)
+            else:
+                t = value if value is not None else _timestep_value(args, kwargs)
+            forecaster = state.forecaster(stream)
+            compute = state.schedule.decide(step) or forecaster.num_points == 0
             if compute:
                 out = original_forward(self, *args, **kwargs)
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(
                         f"@taylor_seer needs forward to return one tensor, got {type(out).__name__}"
                     )
-                state.forecaster.update(t, out.detach(), derivatives=state.schedule.derivatives(step))
+                if forecaster.num_points and not forecaster.matches(out):
+                    forecaster.reset()
+                forecaster.update(t, out.detach(), derivatives=state.schedule.derivatives(step))
                 state.trace.append("compute")
             else:
-                out = state.forecaster.forecast(t)
+                out = forecaster.forecast(t)
                 state.trace.append("forecast")
-            state.step += 1
             return out
 
         def reset_cache(self, warmup_steps=None, skip_interval_steps=None, n_derivatives=None):

@@ -123,3 +123,47 @@ def test_non_module_and_non_tensor_output_are_rejected():
 
     with pytest.raises(TypeError, match="one tensor"):
         Pair()(torch.tensor(0.0))
+
+
+def test_a_new_run_starts_over_without_reset_cache():
+    sq = _square_class()()
+    ts = [torch.tensor(float(t)) for t in range(10)]
+    first = [float(sq(t)) for t in ts]
+    calls = sq.calls
+    second = [float(sq(t)) for t in ts]                       # back to the first timestep: a new run
+    assert second == first and sq.calls == 2 * calls
+    assert second[0] == 0.0 and second[1] == 1.0
+    down = [torch.tensor(float(t)) for t in range(8, 0, -1)]   # a run going the other way
+    got = [float(sq(t)) for t in down]
+    assert got[:2] == [64.0, 49.0]                            # computed, not forecast from the old run
+
+
+def test_a_shape_change_computes_and_returns_the_new_shape():
+    @taylor_seer(warmup_steps=2, skip_interval_steps=3, n_derivatives=1)
+    class Scale(nn.Module):
+        def forward(self, t, x):
+            return x * t
+
+    m = Scale()
+    x1, x2 = torch.ones(2, 3), torch.ones(4, 3)
+    for t in range(4):
+        m(torch.tensor(float(t)), x1)
+    out = m(torch.tensor(4.0), x2)                            # batch change at the next step
+    assert out.shape == (4, 3) and torch.equal(out, x2 * 4.0)
+
+
+def test_calls_at_one_timestep_are_streams_with_their_own_factors():
+    @taylor_seer(warmup_steps=2, skip_interval_steps=2, n_derivatives=1, form="newton")
+    class Lin(nn.Module):
+        def forward(self, timestep, x):
+            return x * timestep
+
+    m = Lin()
+    cond, uncond = torch.full((3,), 2.0), torch.full((3,), -1.0)
+    outs = []
+    for t in range(6):
+        tt = torch.tensor(float(t))
+        outs.append((m(tt, cond), m(tt, uncond)))
+    for t, (c, u) in enumerate(outs):                         # linear in t: newton order 1 is exact
+        assert torch.allclose(c, cond * t) and torch.allclose(u, uncond * t), t
+    assert "forecast" in m.cache_trace
