@@ -1,0 +1,27 @@
+"""The short soak (``benchmarks/soak.py``): 40 generations through one backend (12 input variants,
+sessions and raw loops, interrupted generations, a policy swap) stay flat in RSS, live tensors and
+``memory_bytes()`` after every variant is compiled."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_short_soak_is_flat(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import soak
+        out = tmp_path / "soak.json"
+        assert soak.main(["--generations", "40", "--out", str(out)]) == 0
+    finally:
+        sys.path.remove(str(BENCH))
+    res = json.loads(out.read_text())
+    assert res["grew"] == [] and res["rows"][-1]["forecast_steps"] > 0
