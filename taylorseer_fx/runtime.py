@@ -78,8 +78,12 @@ class Session:
         scales = (self._scale,) if self._scale is not None else _SCHEDULE_SCALES
         best = None
         for s in scales:
+            prev = math.inf
             for i in range(last, len(ts)):
                 err = abs(coord - s * ts[i])
+                if err > prev and best is not None and best[2] == s:
+                    break                      # a monotone schedule: past the nearest value
+                prev = err
                 gaps = [abs(s * (ts[j] - ts[i])) for j in (i - 1, i + 1) if 0 <= j < len(ts) and ts[j] != ts[i]]
                 tol = 0.5 * min(gaps) if gaps else 1e-6 * max(1.0, abs(coord))
                 if err <= tol and (best is None or err < best[0]):
