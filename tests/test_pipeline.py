@@ -237,3 +237,20 @@ def test_lite_is_an_alias_of_stack():
     assert taylorseer_backend(regions="lite", inner="eager").regions == "stack"
     with pytest.raises(ValueError, match="attn1"):
         taylorseer_backend(regions="blocks", inner="eager")
+
+
+@pytest.mark.inductor
+def test_compile_pipeline_with_inductor_matches_the_eager_inner():
+    """The default inner backend: the forecast version compiles lazily inside a pipeline call."""
+    pipe, run = _flux_pipe()
+    handle = compile_pipeline(pipe, policy="openvino-lite", inner="eager")
+    want = run(12)
+    want_trace = [(r["step"], r["decision"]) for r in handle.backends["transformer"].stats()["trace"]]
+    handle.remove()
+    torch._dynamo.reset()
+    handle = compile_pipeline(pipe, policy="openvino-lite")              # inner="inductor"
+    got = run(12)
+    be = handle.backends["transformer"]
+    assert [(r["step"], r["decision"]) for r in be.stats()["trace"]] == want_trace
+    assert be.graphs[0]["whole_graph"].forecast_compiled.done and not be.graphs[0]["pieces"].done
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
