@@ -200,9 +200,10 @@ class Forecaster:
             raise ValueError("outputs do not match the stored points (structure/shape/dtype/device); "
                              "call reset() before updating with different outputs")
         old = len(self.nodes) if derivatives else 0  # stored factors that take part in differences
-        if old and self.form == "newton" and t in self.nodes:
-            raise ValueError(f"coordinate t={t!r} equals a stored node {self.nodes}; "
-                             "form='newton' needs distinct coordinates")
+        if old and self.form == "newton" and not self.resolves(t):
+            raise ValueError(f"coordinate t={t!r} equals a stored node {self.nodes}, or is closer to one "
+                             f"than {self._compute_dtype} resolves; form='newton' needs distinct coordinates "
+                             "(update with derivatives=False to restart from this point)")
         if old and self.form == "taylor" and t == self.nodes[0]:
             raise ValueError(f"coordinate t={t!r} equals the last full step; "
                              "form='taylor' needs distinct step indices (d != 0)")
@@ -244,6 +245,12 @@ class Forecaster:
         self._ratios = {}
         self.nodes = [t] + self.nodes[: min(old, self.order)]
         self.num_points = self.num_points + 1 if derivatives else 1
+
+    def resolves(self, t: float) -> bool:
+        """Whether coordinate ``t`` is far enough from every stored node for a divided difference in
+        the compute dtype: ``|t - n| > eps * max(1, |t|, |n|)`` (float32: eps = 1.2e-7)."""
+        eps = torch.finfo(self._compute_dtype).eps
+        return all(abs(t - n) > eps * max(1.0, abs(t), abs(n)) for n in self.nodes)
 
     def _norm_sq(self, x: torch.Tensor) -> torch.Tensor:
         """||x||^2 as a 0-dim tensor in the compute dtype (accumulated in it, or in x's own dtype when x

@@ -69,8 +69,8 @@ class RegionState:
             tensors = tuple(tensors)
             if f.num_points and not f.matches(tensors):
                 f.reset()
-            if derivatives and f.form == "newton" and x in f.nodes:
-                derivatives = False          # a repeated coordinate: restart the factors from here
+            if derivatives and f.form == "newton" and not f.resolves(x):
+                derivatives = False          # a repeated (or unresolvable) coordinate: restart from here
             # estimates relative to the region output, also when its residual is what is stored
             f.update(x, tensors, derivatives=derivatives, reference=tuple(whole) if res else None)
         self.kind, self.residual = tuple(kind), res

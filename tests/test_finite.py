@@ -105,3 +105,39 @@ def test_the_readme_memory_table_formula_matches_the_forecaster():
         assert flux_stack == 4096 * 3072
     finally:
         sys.path.pop(0)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.tuples(st.floats(1e-3, 5.0), st.floats(-1e6, 1e6)), min_size=2, max_size=6),
+       st.integers(0, 3), st.sampled_from(["newton", "taylor"]))
+def test_finite_data_gives_a_finite_forecast_when_its_polynomial_is_finite(points, order, form):
+    """Fuzz: gaps of 1e-3 .. 5 between decreasing coordinates, values up to 1e6: the forecast at the
+    next coordinate is finite wherever the exact polynomial through the stored points is."""
+    import numpy as np
+    ts, t = [], 1000.0
+    for gap, _ in points:
+        ts.append(t)
+        t -= gap
+    f = Forecaster(order, form)
+    for k, (tt, (_, v)) in enumerate(zip(ts, points)):
+        f.update(float(k) if form == "taylor" else tt, torch.tensor([v], dtype=torch.float32))
+    at = float(len(points)) if form == "taylor" else t
+    nodes = [float(k) for k in range(len(points))] if form == "taylor" else ts
+    deg = min(order, len(points) - 1)
+    xs, ys = np.array(nodes[-(deg + 1):]), np.array([v for _, v in points][-(deg + 1):])
+    exact = float(np.polyval(np.polyfit(xs - xs[-1], ys, deg), at - xs[-1])) if deg else float(ys[-1])
+    if abs(exact) < 1e30:
+        assert torch.isfinite(f.forecast(at)).all(), (nodes, ys, exact)
+
+
+def test_coordinates_closer_than_the_dtype_resolves_are_a_clear_error_and_restart_in_a_region():
+    f = Forecaster(1, "newton")
+    f.update(1.0, torch.ones(3))
+    with pytest.raises(ValueError, match="resolves"):
+        f.update(1.0 + 1e-9, torch.ones(3))
+    assert not f.resolves(1.0 + 1e-9) and f.resolves(1.0 + 1e-3)
+    from taylorseer_fx.region_state import RegionState
+    st_ = RegionState(Forecaster(1, "newton"))
+    st_.absorb((torch.ones(3),), (), {}, 1.0, True)
+    st_.absorb((torch.full((3,), 2.0),), (), {}, 1.0 + 1e-9, True)      # restarts instead of raising
+    assert st_.forecaster.num_points == 1 and torch.equal(st_.forecast(0.5, ())[0], torch.full((3,), 2.0))
