@@ -94,17 +94,10 @@ def test_the_trace_is_bounded_and_holds_no_tensor_after_stats():
 
 
 def test_the_readme_memory_table_formula_matches_the_forecaster():
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    try:
-        import memory_table
+    from bench_import import benchmark_module
+    with benchmark_module("memory_table") as memory_table:
         memory_table.check()
-        flux_stack = dict(((m, k), n) for (m, k), n in memory_table.elements().items())[
-            ("FLUX.1-dev 1024x1024", "stack")]
-        assert flux_stack == 4096 * 3072
-    finally:
-        sys.path.pop(0)
+        assert memory_table.elements()[("FLUX.1-dev 1024x1024", "stack")] == 4096 * 3072
 
 
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)

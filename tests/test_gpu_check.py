@@ -4,24 +4,18 @@ everything on one with a GPU): no host read in a session's loop, one per call wi
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
+from bench_import import benchmark_module
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 
 
 def test_gpu_check_passes_what_this_machine_can_run(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import gpu_check
-        out = tmp_path / "gpu_check.json"
+    out = tmp_path / "gpu_check.json"
+    with benchmark_module("gpu_check") as gpu_check:
         assert gpu_check.main(["--no-pytest", "--reps", "1", "--out", str(out)]) == 0
-    finally:
-        sys.path.remove(str(BENCH))
     res = json.loads(out.read_text())["results"]
     assert res["hot path"]["session_reads"] == 0 and res["hot path"]["forecast_steps"] > 0
     if not res.get("cuda graphs"):

@@ -5,23 +5,17 @@ sessions and raw loops, interrupted generations, a policy swap) stay flat in RSS
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
+from bench_import import benchmark_module
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 
 
 def test_short_soak_is_flat(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import soak
-        out = tmp_path / "soak.json"
+    out = tmp_path / "soak.json"
+    with benchmark_module("soak") as soak:
         assert soak.main(["--generations", "40", "--out", str(out)]) == 0
-    finally:
-        sys.path.remove(str(BENCH))
     res = json.loads(out.read_text())
     assert res["grew"] == [] and res["rows"][-1]["forecast_steps"] > 0
