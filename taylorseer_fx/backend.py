@@ -269,9 +269,9 @@ class TaylorSeerBackend:
         pieces = LazyCompile(_split_pieces(split_gm, submod_region, infos, inner, lambda: holder[0]),
                              example_inputs, "split pieces")
         graph_rt = self.runtime.new_graph(infos, ts_index, dynamic, whole=whole, pieces=pieces,
-                                          name=str(gm.meta.get("dynamo_compile_id", "")), instance_indices=instance)
+                                          name=str(gm.meta.get("dynamo_compile_id", "")), instance_indices=instance,
+                                          compile_order=len(self.graphs))
         holder.append(graph_rt)
-        graph_rt.compile_order = len(self.graphs)
         if whole is None or symbolic:
             pieces.get()
         graph = _Graph(graph_rt, split_gm)

@@ -94,11 +94,12 @@ class GraphRuntime:
     inputs that are not parameters/buffers (the call's signature); ``instance_indices``: parameter
     inputs whose identity tells model instances apart. ``whole``: the graph's
     :class:`~taylorseer_fx.whole_graph.WholeGraph` (None: split pieces only); ``pieces``: a callable
-    running the split graph, whose region pieces call :meth:`run_region` (compiled at its first call)."""
+    running the split graph, whose region pieces call :meth:`run_region` (compiled at its first call);
+    ``compile_order``: the graph's position among all the backend compiled (default ``index``)."""
 
     def __init__(self, context, index: int, regions: list, timestep_index: int | None,
                  dynamic_indices: Sequence[int], instance_indices: Sequence[int] = (), name: str = "",
-                 whole=None, pieces: Callable | None = None):
+                 whole=None, pieces: Callable | None = None, compile_order: int | None = None):
         self.ctx = context
         self.index = index
         self.regions = regions
@@ -110,7 +111,8 @@ class GraphRuntime:
         self.device = None
         self.whole = whole
         self.pieces = pieces
-        self.compile_order = index      # position among every graph the backend compiled (backend.py sets it)
+        # position among every graph the backend compiled (graph-break coordinate hand-over)
+        self.compile_order = index if compile_order is None else compile_order
         self._tls = threading.local()   # the call in progress, per thread
         self._warned: set = set()
 
@@ -165,7 +167,7 @@ class GraphRuntime:
             counted = (step, stream)
         else:
             if self.timestep_index is not None:
-                coord, top = self._read_coord(args)
+                coord, top = self._read_coord(args, session)
                 if coord is not None and math.isfinite(coord):
                     ctx.publish_coordinate(self.compile_order, coord, top)
             else:                       # a graph-break piece: the coordinate an earlier graph of the call read
@@ -207,13 +209,12 @@ class GraphRuntime:
                 sig.append((i, a))
         return tuple(sig)
 
-    def _read_coord(self, args) -> tuple[float | None, float | None]:
+    def _read_coord(self, args, session=None) -> tuple[float | None, float | None]:
         """``(element 0, largest element)`` of the timestep input (None, None: no coordinate). The
         largest is what a schedule lookup uses: per-token timesteps hold 0 for conditioning tokens."""
         if self.timestep_index is None:
             return None, None
         first, lo, hi = read_coordinate(args[self.timestep_index])
-        session = self.ctx.current_session()
         if lo != hi and (session is None or session.schedule is None):
             self._warn_once("per-sample", f"taylorseer: graph {self.index}: the timesteps differ within the "
                             f"batch ({lo:g}..{hi:g}); element 0 is the step coordinate. For per-token "
