@@ -22,7 +22,7 @@ import numbers
 
 import torch
 
-__all__ = ["FORMS", "ESTIMATORS", "Forecaster", "out_strides", "add_back"]
+__all__ = ["FORMS", "ESTIMATORS", "Forecaster", "Scratch", "out_strides", "add_back"]
 
 FORMS = ("newton", "taylor")
 ESTIMATORS = ("remainder", "pair")
@@ -86,6 +86,29 @@ def add_back(delta: torch.Tensor, base: torch.Tensor, dtype: torch.dtype, out: t
     return torch.add(delta, base).to(dtype)
 
 
+class Scratch:
+    """Two work buffers per (device, compute dtype), shared by the Forecasters it is given -- the
+    regions of one generation -- and grown to the largest output any of them served. A forecaster
+    uses them only inside one ``update``/``forecast`` call, so they must not be shared across threads
+    (the runtime makes one per generation, which belongs to one thread)."""
+
+    def __init__(self):
+        self._buffers: dict = {}     # (device, dtype) -> (flat a, flat b)
+
+    def pair(self, shape, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two contiguous buffers of ``shape`` (views of the shared ones; valid until the next call)."""
+        n = math.prod(shape)
+        key = (device, dtype)
+        flat = self._buffers.get(key)
+        if flat is None or flat[0].numel() < n:
+            flat = self._buffers[key] = (torch.empty(n, dtype=dtype, device=device),
+                                         torch.empty(n, dtype=dtype, device=device))
+        return flat[0][:n].view(shape), flat[1][:n].view(shape)
+
+    def memory_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for pair in self._buffers.values() for b in pair)
+
+
 class Forecaster:
     """Factors of ONE region output stream (a tensor or a flat tuple/list of tensors).
 
@@ -105,10 +128,18 @@ class Forecaster:
             forecast run actually had); the next forecasts use the degree with the smallest error if
             it is below ``select_margin`` times the preferred degree's, else the preferred degree.
             The choice stays on the device (a 0/1 weight per term): no host sync.
+        scratch: the :class:`Scratch` its work buffers come from (default: one of its own).
+
+    Non-finite outputs are tracked on the device, without a host sync: a stored factor that depends
+    on a non-finite output is zeroed, so a forecast uses only the factors of the finite computes since
+    the last non-finite one (after a non-finite compute and then one finite compute, the forecast is
+    that compute's output; the degree grows back one compute at a time). The error estimates are +inf
+    until enough finite computes are stored for them (so adaptive policies compute). A forecast made
+    right after a non-finite compute repeats that output, as the model gave it.
     """
 
     def __init__(self, order: int, form: str = "newton", factor_dtype: torch.dtype = torch.float32, *,
-                 select: int | None = None, select_margin: float = 1.0):
+                 select: int | None = None, select_margin: float = 1.0, scratch: Scratch | None = None):
         if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 0:
             raise ValueError(f"order must be an int >= 0 (0, 1, 2, ...), got {order!r}")
         if form not in FORMS:
@@ -121,6 +152,8 @@ class Forecaster:
         if isinstance(select_margin, bool) or not isinstance(select_margin, numbers.Real) or not (
                 0 < select_margin <= 1):
             raise ValueError(f"select_margin must be a number in (0, 1], got {select_margin!r}")
+        if scratch is not None and not isinstance(scratch, Scratch):
+            raise ValueError(f"scratch must be None or a Scratch, got {type(scratch).__name__}")
         self.order = int(order)
         self.form = form
         self.select = None if select is None else int(select)
@@ -132,7 +165,8 @@ class Forecaster:
         self._strides: list[tuple] = []  # per tensor: strides of the forecast output
         self._single = True
         self._factors: list[list[torch.Tensor]] = []  # per tensor: order+1 buffers (factor_dtype)
-        self._scratch: list[tuple[torch.Tensor, torch.Tensor]] = []  # per tensor: 2 compute-dtype buffers
+        self._own_scratch = scratch is None
+        self.scratch = Scratch() if scratch is None else scratch
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -146,11 +180,14 @@ class Forecaster:
         self._backtest: torch.Tensor | None = None  # relative back-test error per order (select)
         self._chosen: torch.Tensor | None = None    # the order chosen at the last update (select)
         self._weights: torch.Tensor | None = None   # 1 for the terms of the chosen order, 0 above
+        self._run: torch.Tensor | None = None       # finite computes in a row, newest back (<= order+2; int64)
 
     def memory_bytes(self) -> int:
-        """Bytes of the device buffers this forecaster holds (factors and scratch), kept across reset()."""
-        bufs = [b for fs in self._factors for b in fs] + [b for pair in self._scratch for b in pair]
-        return sum(b.numel() * b.element_size() for b in bufs)
+        """Bytes of the device buffers this forecaster holds, kept across reset(): its factors, and its
+        scratch when it has its own (a shared :class:`Scratch` is counted by whoever shares it)."""
+        bufs = [b for fs in self._factors for b in fs]
+        own = self.scratch.memory_bytes() if self._own_scratch else 0
+        return sum(b.numel() * b.element_size() for b in bufs) + own
 
     def matches(self, outputs) -> bool:
         """True if ``outputs`` has the structure, shapes, dtypes and devices of the stored points
@@ -168,11 +205,13 @@ class Forecaster:
             [torch.empty(x.shape, dtype=self.factor_dtype, device=x.device) for _ in range(self.order + 1)]
             for x in tensors
         ]
-        self._scratch = [
-            (torch.empty(x.shape, dtype=self._compute_dtype, device=x.device),
-             torch.empty(x.shape, dtype=self._compute_dtype, device=x.device))
-            for x in tensors
-        ]
+
+    def _work(self, shape, device) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scratch.pair(shape, self._compute_dtype, device)
+
+    def _finite_since(self, needed: int, value: torch.Tensor) -> torch.Tensor:
+        """``value`` where the newest ``needed`` computes were finite, else +inf."""
+        return torch.where(self._run >= needed, value, torch.full_like(value, math.inf))
 
     # ----------------------------------------------------------------- update
     def update(self, t: float, outputs, *, derivatives: bool = True, reference=None) -> None:
@@ -225,8 +264,12 @@ class Forecaster:
             for x in _flatten(reference, "reference")[0]:
                 den = self._norm_sq(x)
                 den_sq = den if den_sq is None else den_sq + den
-        for x, factors, (a, b) in zip(tensors, self._factors, self._scratch):
+        peak = None
+        for x, factors in zip(tensors, self._factors):
+            a, b = self._work(x.shape, x.device)
             a.copy_(x)  # a = D'_{j-1} in the compute dtype
+            p = torch.linalg.vector_norm(a, ord=math.inf)     # max |x|: NaN or inf iff x is not finite
+            peak = p if peak is None else torch.maximum(peak, p)
             if (extra or top) and reference is None:
                 den = torch.linalg.vector_norm(a).square()
                 den_sq = den if den_sq is None else den_sq + den
@@ -240,8 +283,16 @@ class Forecaster:
                 num_sq = num if num_sq is None else num_sq + num
             else:
                 factors[old].copy_(a)
+        finite = torch.isfinite(peak)
+        prev = self._run if (old and self._run is not None) else torch.zeros((), dtype=torch.int64,
+                                                                               device=finite.device)
+        self._run = torch.where(finite, torch.clamp(prev + 1, max=self.order + 2), torch.zeros_like(prev))
+        for factors in self._factors:        # a factor from a non-finite output contributes nothing
+            for j in range(1, top + 1):
+                factors[j].masked_fill_(self._run <= j, 0)
         self._den = den_sq.sqrt() + _EPS if den_sq is not None else None
-        self._r = (num_sq.sqrt() / self._den).to(torch.float32) if extra else None
+        self._r = (self._finite_since(self.order + 2, (num_sq.sqrt() / self._den).to(torch.float32))
+                   if extra else None)
         self._ratios = {}
         self.nodes = [t] + self.nodes[: min(old, self.order)]
         self.num_points = self.num_points + 1 if derivatives else 1
@@ -281,7 +332,8 @@ class Forecaster:
         terms = self._terms(t, cand - 1)
         err_sq: list = [None] * cand
         y_sq = None
-        for x, factors, (a, b) in zip(tensors, self._factors, self._scratch):
+        for x, factors in zip(tensors, self._factors):
+            a, b = self._work(x.shape, x.device)
             a.copy_(factors[0])
             for j in range(cand):
                 if j:
@@ -330,8 +382,8 @@ class Forecaster:
             x = t - self.nodes[0]
             alphas = [x / (i + 1) for i in range(k)]
         results = []
-        for (shape, dtype, device), stride, factors, (a, b) in zip(
-                self._meta, self._strides, self._factors, self._scratch):
+        for (shape, dtype, device), stride, factors in zip(self._meta, self._strides, self._factors):
+            a, b = self._work(shape, device)
             acc = factors[k]
             if k and acc.dtype != a.dtype:  # so that the first Horner step runs in the compute dtype
                 b.copy_(acc)
@@ -366,7 +418,7 @@ class Forecaster:
         k = top if degree is None else max(1, min(int(degree), top))
         if k not in self._ratios:   # on the device, no sync; the factors stay as they are until the next update
             sq = sum(self._norm_sq(f[k]) for f in self._factors)
-            self._ratios[k] = (sq.sqrt() / self._den).to(torch.float32)
+            self._ratios[k] = self._finite_since(k + 1, (sq.sqrt() / self._den).to(torch.float32))
         return self._ratios[k]
 
     def chosen_order(self) -> torch.Tensor | None:
@@ -387,7 +439,8 @@ class Forecaster:
     def error_estimate(self, t: float, method: str = "remainder",
                        degree: int | None = None) -> torch.Tensor | None:
         """Estimated relative error ``||forecast(t) - y(t)|| / ||y(t_newest)||`` (0-dim float32 tensor on
-        the device, no sync; None when the method has nothing to go on).
+        the device, no sync; None when the method has nothing to go on; +inf on the device while fewer
+        finite computes in a row are stored than the method needs).
 
         ``method="remainder"``: the next term of the series, from the unstored ``(order+1)``-th factor
         of the last update: newton ``r * prod_{i=0..order} |t - n_i|``, taylor

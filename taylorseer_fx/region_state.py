@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .forecast import Forecaster, add_back, out_strides
+from .forecast import Forecaster, Scratch, add_back, out_strides
 from .steps import Position, StepTracker
 
 __all__ = ["RegionState", "Generation", "StepPlan", "Owner"]
@@ -134,6 +134,7 @@ class Generation:
         self.factor_dtype = factor_dtype
         self._start_schedules = start_schedules
         self.states: dict = {}      # (graph, region, stream) -> RegionState
+        self.scratch = Scratch()    # the work buffers of every forecaster of the generation
         self._graphs: dict = {}     # graph -> _GraphSchedules
         self._held: list = []       # deferred step-1 computes: (graph, region, stream, out, bases, residual, x, der)
 
@@ -177,13 +178,15 @@ class Generation:
         key = (graph, region, stream)
         st = self.states.get(key)
         if st is None:
-            st = RegionState(Forecaster(**self.policy.forecaster_options(), factor_dtype=self.factor_dtype))
+            st = RegionState(Forecaster(**self.policy.forecaster_options(), factor_dtype=self.factor_dtype,
+                                        scratch=self.scratch))
             self.states[key] = st
         return st
 
     def memory_bytes(self) -> int:
         held = sum(_nbytes(h[3]) + _nbytes(h[4]) for h in list(self._held))   # snapshots: another
-        return sum(st.memory_bytes() for st in list(self.states.values())) + held   # thread may call
+        states = sum(st.memory_bytes() for st in list(self.states.values()))     # thread may call
+        return states + held + self.scratch.memory_bytes()
 
     # ------------------------------------------------------------ decisions
     def plan(self, graph: int, step: int, n_regions: int, x: float, device, per_region: bool) -> StepPlan:

@@ -388,12 +388,12 @@ def test_taylor_remainder(order):
 def test_buffers_updated_in_place(form):
     f = Forecaster(2, form)
     f.update(0.0, torch.randn(3, 4))
-    ptrs = [b.data_ptr() for bufs in f._factors for b in bufs] + [b.data_ptr() for s in f._scratch for b in s]
+    ptrs = [b.data_ptr() for bufs in f._factors for b in bufs] + [b.data_ptr() for pair in f.scratch._buffers.values() for b in pair]
     for s in range(1, 9):
         f.update(float(s), torch.randn(3, 4).t().contiguous().t(), derivatives=s != 4)
         f.forecast(s + 0.5)
         f.error_estimate(s + 0.5)
-        now = [b.data_ptr() for bufs in f._factors for b in bufs] + [b.data_ptr() for s in f._scratch for b in s]
+        now = [b.data_ptr() for bufs in f._factors for b in bufs] + [b.data_ptr() for pair in f.scratch._buffers.values() for b in pair]
         assert now == ptrs
     f.reset()
     f.update(0.0, torch.randn(3, 4, dtype=torch.bfloat16))  # same shape after reset: same buffers
