@@ -1,10 +1,11 @@
 """Cached-state memory per region kind for FLUX.1-dev and Wan 2.1 14B shapes, computed from the shapes.
 
-Per cached output of ``n`` elements, one stream: ``(stored factors + 2 scratch) x n x 4`` bytes with
-float32 factors (``factor_dtype``): ``order + 1`` factors for fixed policies, ``max_order + 1``
-(``order + 2``) for order-selecting ones (``AutoPolicy``'s default); the 2 scratch buffers are float32.
-CFG as two calls per step is two streams (double); a batch of B is B times the elements.
-``--check`` builds a Forecaster on a small shape and checks ``memory_bytes()`` against the formula.
+Per cached output of ``n`` elements, one stream: ``stored factors x n x 4`` bytes with float32
+factors (``factor_dtype``): ``order + 1`` factors for fixed policies, ``max_order + 1`` (``order + 2``)
+for order-selecting ones (``AutoPolicy``'s default). Plus, once per generation, 2 float32 work buffers
+as large as the largest single cached output (shared by every region). CFG as two calls per step is
+two streams (double the factors); a batch of B is B times the elements.
+``--check`` builds forecasters sharing one ``Scratch`` and checks ``memory_bytes()`` against the formula.
 
     python benchmarks/memory_table.py
 """
@@ -29,33 +30,43 @@ WAN = {"hidden": 5120, "tokens": 21 * 45 * 80, "blocks": 40}
 
 
 def elements() -> dict:
-    """Elements cached per sample and stream: {(model, region kind): n}."""
+    """Elements cached per sample and stream, and the largest single cached output:
+    {(model, region kind): (n, largest)}."""
     f, w = FLUX, WAN
     h, img, txt, both = f["hidden"], f["img"], f["txt"], f["img"] + f["txt"]
     flux_modules = f["dual"] * (img * h + txt * h + img * h + txt * h) + f["single"] * (both * h + both * 4 * h)
     wh, tok = w["hidden"], w["tokens"]
-    return {("FLUX.1-dev 1024x1024", "stack"): img * h, ("FLUX.1-dev 1024x1024", "stack-residual"): img * h,
-            ("FLUX.1-dev 1024x1024", "modules"): flux_modules,
-            ("Wan 2.1 14B 720p 81 frames", "stack"): tok * wh, ("Wan 2.1 14B 720p 81 frames", "stack-residual"): tok * wh,
-            ("Wan 2.1 14B 720p 81 frames", "modules"): w["blocks"] * 3 * tok * wh}
+    flux, wan = "FLUX.1-dev 1024x1024", "Wan 2.1 14B 720p 81 frames"
+    return {(flux, "stack"): (img * h, img * h), (flux, "stack-residual"): (img * h, img * h),
+            (flux, "modules"): (flux_modules, both * 4 * h),
+            (wan, "stack"): (tok * wh, tok * wh), (wan, "stack-residual"): (tok * wh, tok * wh),
+            (wan, "modules"): (w["blocks"] * 3 * tok * wh, tok * wh)}
 
 
-def per_element_bytes(factors: int, factor_bytes: int = 4) -> int:
-    return factors * factor_bytes + 2 * 4
+def held_bytes(n: int, largest: int, factors: int, factor_bytes: int = 4) -> int:
+    """Bytes of one generation: the factors of ``n`` cached elements and the shared work buffers."""
+    return n * factors * factor_bytes + 2 * largest * 4
 
 
 def check() -> None:
+    from taylorseer_fx.forecast import Scratch
+    shapes = [(3, 5), (7, 2), (4,)]
     for order, select in ((1, None), (2, None), (2, 1)):
-        f = Forecaster(order, "newton", select=select)
-        f.update(0.0, torch.zeros(3, 5, dtype=torch.bfloat16))
-        want = 15 * per_element_bytes(order + 1)
-        assert f.memory_bytes() == want, (order, select, f.memory_bytes(), want)
+        scratch = Scratch()
+        fs = [Forecaster(order, "newton", select=select, scratch=scratch) for _ in shapes]
+        for f, shape in zip(fs, shapes):
+            f.update(0.0, torch.zeros(shape, dtype=torch.bfloat16))
+        n = sum(a * b for a, b in ((3, 5), (7, 2), (4, 1)))
+        got = sum(f.memory_bytes() for f in fs) + scratch.memory_bytes()
+        want = held_bytes(n, 15, order + 1)
+        assert got == want, (order, select, got, want)
 
 
 def rows() -> list[list]:
     out = []
-    for (model, kind), n in elements().items():
-        out.append([model, kind, f"{n / 1e6:.1f} M"] + [f"{n * per_element_bytes(k) / GIB:.2f}" for k in (2, 3)])
+    for (model, kind), (n, largest) in elements().items():
+        out.append([model, kind, f"{n / 1e6:.1f} M", f"{2 * largest * 4 / GIB:.2f}"]
+                   + [f"{held_bytes(n, largest, k) / GIB:.2f}" for k in (2, 3)])
     return out
 
 
@@ -63,8 +74,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.parse_args(argv)
     check()
-    print("| model | regions | cached elements (batch 1) | GiB, order 1 (fixed) | GiB, order 2 or auto (order 1 + selection) |")
-    print("|---|---|---|---|---|")
+    print("| model | regions | cached elements (batch 1) | work buffers, GiB (in the totals) | GiB, order 1 (fixed) "
+          "| GiB, order 2 or auto (order 1 + selection) |")
+    print("|---|---|---|---|---|---|")
     for r in rows():
         print("| " + " | ".join(str(c) for c in r) + " |")
 
