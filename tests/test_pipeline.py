@@ -83,6 +83,7 @@ def test_two_calls_in_a_row_are_equal_and_an_interrupted_call_leaves_nothing():
     handle = compile_pipeline(pipe, policy=FixedPolicy(interval=3), inner="eager")
     first, second = run(10), run(10)
     assert torch.equal(first, second)
+    assert handle.memory_bytes() == 0          # the end of a pipeline call releases its generation
 
     def stop(pipe_, step, t, kw):
         if step == 5:
@@ -90,6 +91,7 @@ def test_two_calls_in_a_row_are_equal_and_an_interrupted_call_leaves_nothing():
         return kw
     with pytest.raises(KeyboardInterrupt):
         run(10, callback_on_step_end=stop)
+    assert handle.memory_bytes() == 0
     assert torch.equal(run(10), first)
     assert handle.stats()["total"]["forecast"] > 0
 
