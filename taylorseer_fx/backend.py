@@ -28,7 +28,8 @@ from torch import fx
 from .policy import Policy
 from .presets import load_policy
 from .runtime import Runtime
-from .select import ALIASES, KINDS, NoRegionError, find_timestep, is_static_placeholder, select_regions
+from .select import (ALIASES, KINDS, NoRegionError, describe_graph, find_timestep, is_static_placeholder,
+                     select_regions)
 from .graph_runtime import read_coordinate
 from .lazy_compile import LazyCompile, has_symbolic_inputs
 from .transform import CacheNode, compile_pieces, split
@@ -239,7 +240,9 @@ class TaylorSeerBackend:
         except NoRegionError as e:
             if e.has_blocks:
                 raise ValueError(str(e)) from None
-            warnings.warn(f"taylorseer: graph with no region runs unchanged: {e}", stacklevel=2)
+            warnings.warn(f"taylorseer: {describe_graph(gm)} has no region and runs uncached: {e}. Fine for a "
+                          "piece of a model that graph-breaks when another graph of it holds the blocks "
+                          "(backend.graphs lists every graph with its regions)", stacklevel=2)
             self.graphs.append(GraphRecord(regions=[], reason=str(e), timestep=ts.name if ts is not None else None))
             compiled = inner(gm, example_inputs)
             if ts is None:
@@ -269,7 +272,7 @@ class TaylorSeerBackend:
         pieces = LazyCompile(_split_pieces(split_gm, submod_region, infos, inner, lambda: holder[0]),
                              example_inputs, "split pieces")
         graph_rt = self.runtime.new_graph(infos, ts_index, dynamic, whole=whole, pieces=pieces,
-                                          name=str(gm.meta.get("dynamo_compile_id", "")), instance_indices=instance,
+                                          name=describe_graph(gm), instance_indices=instance,
                                           compile_order=len(self.graphs))
         holder.append(graph_rt)
         if whole is None or symbolic:

@@ -117,6 +117,12 @@ class GraphRuntime:
         self._warned: set = set()
 
     @property
+    def label(self) -> str:
+        """The graph in messages: its index in the backend and what ``name`` says (dynamo's compile id,
+        the model code it was traced from)."""
+        return f"graph {self.index} [{self.name}]" if self.name else f"graph {self.index}"
+
+    @property
     def current(self) -> _Call | None:
         """This thread's call in progress (None outside a model call)."""
         return getattr(self._tls, "call", None)
@@ -173,7 +179,7 @@ class GraphRuntime:
             else:                       # a graph-break piece: the coordinate an earlier graph of the call read
                 coord, top = ctx.take_coordinate(self.compile_order, self._instance_key(args)) or (None, None)
             if coord is None or not math.isfinite(coord):
-                self._warn_once("coord", f"taylorseer: graph {self.index} has no step coordinate (no "
+                self._warn_once("coord", f"taylorseer: {self.label} has no step coordinate (no "
                                 "timestep input found and no earlier graph of the model call read one, or a "
                                 "non-finite value; pass timestep_arg=... or use "
                                 "backend.session(timesteps=...)); running it uncached. A timestep passed as a "
@@ -185,7 +191,7 @@ class GraphRuntime:
             if session is not None and session.schedule is not None:
                 counted = session.locate(owner, self.index, top)   # None: placed by inference
                 if counted is None:
-                    self._warn_once("schedule", f"taylorseer: graph {self.index}: timestep {top:g} is not in "
+                    self._warn_once("schedule", f"taylorseer: {self.label}: timestep {top:g} is not in "
                                     "the session's schedule; placing the call by its value")
         pos, gen = owner.place(self.index, coord, self._signature(args), counted)
         x = self._forecaster_x(pos.step, coord)
@@ -216,7 +222,7 @@ class GraphRuntime:
             return None, None
         first, lo, hi = read_coordinate(args[self.timestep_index])
         if lo != hi and (session is None or session.schedule is None):
-            self._warn_once("per-sample", f"taylorseer: graph {self.index}: the timesteps differ within the "
+            self._warn_once("per-sample", f"taylorseer: {self.label}: the timesteps differ within the "
                             f"batch ({lo:g}..{hi:g}); element 0 is the step coordinate. For per-token "
                             "timesteps use backend.session(timesteps=...) (explicit schedule)")
         return first, hi

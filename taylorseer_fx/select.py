@@ -227,6 +227,22 @@ def _seen_paths(gm: fx.GraphModule, limit: int = 12) -> str:
     return ", ".join(tops[:limit]) + more if tops else "<none: no node carries nn_module_stack>"
 
 
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def describe_graph(gm: fx.GraphModule) -> str:
+    """Which graph this is, for messages: dynamo's compile id and the model code it was traced from
+    (the outermost frame of its first node's stack trace), e.g. ``graph 0/1 (transformer_flux.py:450
+    in forward)``."""
+    where = ""
+    for n in gm.graph.nodes:
+        m = _FRAME.search(n.meta.get("stack_trace") or "")
+        if m:
+            where = f" ({m.group(1).rsplit('/', 1)[-1]}:{m.group(2)} in {m.group(3)})"
+            break
+    return f"graph {gm.meta.get('dynamo_compile_id', '?')}{where}"
+
+
 _EMBEDDING = re.compile(r"(?:.*_)?(?:emb|embed|embedder|embedding|embeddings|time_proj|timestep\w*)(?:_.*)?", re.I)
 
 

@@ -3,6 +3,7 @@ zero recompiles, argument validation, graphs without regions, inductor strides."
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -226,8 +227,11 @@ def test_graph_without_region_runs_unchanged_with_one_warning():
         warnings.simplefilter("always")
         with torch.no_grad():
             outs = [cm(x) for _ in range(3)]
-    ours = [m for m in w if "no region" in str(m.message)]
+    ours = [str(m.message) for m in w if "no region" in str(m.message)]
     assert len(ours) == 1
+    # which graph (dynamo's compile id) of which model code, and why
+    assert re.search(r"graph 0/0( \(\w+\.py:\d+ in \w+\))? has no region", ours[0]), ours[0]
+    assert "no block list" in ours[0], ours[0]
     assert all(torch.equal(o, model(x)) for o in outs)
 
 
@@ -291,7 +295,8 @@ def test_no_timestep_input_runs_uncached_with_a_warning_or_counts_in_a_session()
     x = torch.randn(2, 4)
     be = taylorseer_backend(FixedPolicy(interval=2, order=1), inner="eager")
     cm = torch.compile(m, backend=be)
-    with pytest.warns(UserWarning, match="no step coordinate"), torch.no_grad():
+    with pytest.warns(UserWarning, match=r"graph 0 \[graph 0/0 \(test_backend\.py:\d+ in forward\)\] has no "
+                      "step coordinate"), torch.no_grad():
         a = cm(x, torch.ones(2))
     assert torch.equal(a, m(x, torch.ones(2))) and be.stats()["uncached_calls"] == 1
     with be.session(timesteps=[3.0, 2.0, 1.0, 0.0]), torch.no_grad():
