@@ -324,9 +324,11 @@ def taylorseer_backend(policy=None, regions="stack", inner="inductor", *, timest
     Args:
         policy: a :class:`~taylorseer_fx.policy.Policy`, a preset name (``"official-flux"``, ``"never"``,
             ``"auto-balanced"`` ...) or a TOML path. Default :data:`DEFAULT_POLICY`.
-        regions: ``"stack"`` (alias ``"lite"``: the block stack's outputs, cheapest), ``"stack-residual"`` (forecast
-            output - input of the stack), ``"modules"`` (each block's attention / feed-forward outputs),
-            a regex (``re.fullmatch``) over normalised module paths (``transformer_blocks.0.attn``) or a
+        regions: ``"stack"`` (the block stack's outputs, cheapest), ``"stack-residual"`` (forecast
+            output - input of the stack), ``"output"`` (alias ``"lite"``: everything from the first block
+            to the graph's end, ``norm_out`` / ``proj_out`` included: the model output, as OpenVINO
+            TaylorSeer Lite and diffusers' lite mode forecast), ``"modules"`` (each block's attention /
+            feed-forward outputs), a regex (``re.fullmatch``) over normalised module paths (``transformer_blocks.0.attn``) or a
             ``callable(path) -> bool``.
         inner: the backend that compiles the graphs: ``"inductor"``, ``"eager"``, ``"aot_eager"``, any
             registered name, or a backend callable. ``torch.compile(..., mode=..., options=...)`` are

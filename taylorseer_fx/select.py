@@ -40,9 +40,10 @@ __all__ = [
     "select_regions", "find_timestep", "is_static_placeholder", "TIMESTEP_NAMES",
 ]
 
-KINDS = ("stack", "stack-residual", "modules")
-#: other names of the kinds: ``"lite"`` is what OpenVINO and diffusers call the whole-stack layout
-ALIASES = {"lite": "stack"}
+KINDS = ("stack", "stack-residual", "modules", "output")
+#: other names of the kinds: ``"lite"`` is what OpenVINO TaylorSeer Lite and diffusers' lite mode forecast:
+#: the model's final output (after ``norm_out`` / ``proj_out``)
+ALIASES = {"lite": "output"}
 
 #: whole placeholder names (lower case, as in ``node.name``) taken as the step coordinate input.
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas")
@@ -271,42 +272,52 @@ def _block_module(n: fx.Node, item: re.Pattern) -> str | None:
     return None
 
 
+def _stack_span(nodes: list, lists: list, kind: str, gm: fx.GraphModule) -> tuple[int, int]:
+    """Indices (in ``nodes``) of the first and last node of the block stack: from the first block's
+    first node to the last block's last node. NoRegionError where the graph has no block stack."""
+    if not lists:
+        raise NoRegionError(
+            f"regions={kind!r}: no block list (ModuleList of repeated blocks such as transformer_blocks, "
+            f"blocks, layers) found in this graph; module paths seen: {_seen_paths(gm)}", has_blocks=False)
+    chosen = set(lists)
+    keys = []
+    for n in nodes:
+        b = _block_of(node_module_paths(n))
+        keys.append((b[0], b[1]) if b is not None and b[0] in chosen else None)
+    if all(k is None or _in_embedding(n, chosen) for n, k in zip(nodes, keys)):
+        seen = sorted({p for n, k in zip(nodes, keys) if k is not None for p, _ in node_module_paths(n)[:1]})
+        raise NoRegionError(
+            f"regions={kind!r}: the only block nodes of this graph ({', '.join(seen[:6])}) are embeddings "
+            "a block owns (a graph break after the conditioning): not a block stack", has_blocks=False)
+    first_node: dict[tuple, int] = {}
+    for i, k in enumerate(keys):
+        if k is not None:
+            first_node.setdefault(k, i)
+    start = min(first_node.values())
+    last_block = max(first_node, key=first_node.get)
+    end = first_node[last_block]
+    for j in range(end + 1, len(nodes)):
+        if keys[j] == last_block:
+            end = j
+        elif keys[j] is not None:
+            break
+    return start, end
+
+
 def select_regions(gm: fx.GraphModule, kind) -> list[Region]:
-    """Regions of ``gm`` for ``kind`` ("stack", "stack-residual", "modules", a regex or a callable).
+    """Regions of ``gm`` for ``kind`` ("stack", "stack-residual", "output", "modules", a regex or a callable).
 
     Returns non-overlapping regions ordered by graph position. Raises :class:`NoRegionError`
     (a ValueError naming the module paths seen) when nothing is selected, and ValueError for an
     unknown kind."""
     nodes = _compute_nodes(gm)
     lists = block_lists(gm)
-    if isinstance(kind, str) and kind in ("stack", "stack-residual"):
-        if not lists:
-            raise NoRegionError(
-                f"regions={kind!r}: no block list (ModuleList of repeated blocks such as transformer_blocks, "
-                f"blocks, layers) found in this graph; module paths seen: {_seen_paths(gm)}", has_blocks=False)
-        chosen = set(lists)
-        keys = []
-        for n in nodes:
-            b = _block_of(node_module_paths(n))
-            keys.append((b[0], b[1]) if b is not None and b[0] in chosen else None)
-        if all(k is None or _in_embedding(n, chosen) for n, k in zip(nodes, keys)):
-            seen = sorted({p for n, k in zip(nodes, keys) if k is not None for p, _ in node_module_paths(n)[:1]})
-            raise NoRegionError(
-                f"regions={kind!r}: the only block nodes of this graph ({', '.join(seen[:6])}) are embeddings "
-                "a block owns (a graph break after the conditioning): not a block stack", has_blocks=False)
-        first_node: dict[tuple, int] = {}
-        for i, k in enumerate(keys):
-            if k is not None:
-                first_node.setdefault(k, i)
-        start = min(first_node.values())
-        last_block = max(first_node, key=first_node.get)
-        end = first_node[last_block]
-        for j in range(end + 1, len(nodes)):
-            if keys[j] == last_block:
-                end = j
-            elif keys[j] is not None:
-                break
-        return [Region("stack", nodes[start:end + 1], residual=(kind == "stack-residual"))]
+    if isinstance(kind, str) and kind in ("stack", "stack-residual", "output"):
+        start, end = _stack_span(nodes, lists, kind, gm)
+        if kind == "output":            # from the first block to the graph's end: norm_out, proj_out ...
+            end = len(nodes) - 1
+        return [Region(kind if kind == "output" else "stack", nodes[start:end + 1],
+                       residual=(kind == "stack-residual"))]
     if isinstance(kind, str) and kind == "modules":
         if not lists:
             raise NoRegionError(

@@ -23,7 +23,7 @@ from taylorseer_fx import FixedPolicy, taylorseer_backend  # noqa: E402
 from taylorseer_fx.select import select_regions  # noqa: E402
 from tiny_models import FAMILIES, LATENT_SHAPE, TIMESTEP_RANGE  # noqa: E402
 
-KINDS = ("stack", "stack-residual", "modules")
+KINDS = ("stack", "stack-residual", "modules", "output")
 NUM_STEPS = 8
 
 # Facts from tests/data/graph_facts.md: the block lists of each family (in graph order, two blocks each)
@@ -142,6 +142,13 @@ def test_regions_resolve(family, kind):
     assert regions and all(r.nodes for r in regions)
     lists = BLOCK_LISTS[family]
     in_stack = re.compile(r"(?:%s)\.\d+(?:\..*)?" % "|".join(lists))
+    if kind == "output":       # from the first block's first node to the graph's last compute node
+        (r,) = regions
+        all_nodes = [n for n in gm.graph.nodes if n.op.startswith("call")]
+        assert _path(r.nodes[0]).startswith(f"{lists[0]}.0") and r.nodes[-1] is all_nodes[-1]
+        assert r.nodes == all_nodes[all_nodes.index(r.nodes[0]):] and not r.residual
+        assert any(_path(n).startswith("proj_out") for n in r.nodes), "the output projection is forecast too"
+        return
     for r in regions:
         paths = {_path(n) for n in r.nodes}
         # regions lie inside the main block stack; HunyuanVideo's token refiner blocks
@@ -208,5 +215,6 @@ def test_forecasting_run(family, kind):
             assert rel == 0, f"{family} {kind}: warm-up step {i} differs ({rel:.2e})"
         elif i in computed:  # computed from a latent that earlier forecasts moved a little
             assert rel < 0.05, f"{family} {kind}: computed step {i}: relative error {rel:.3f}"
-        else:  # forecast: not the computed value, but near it (random weights; measured 0.3-11%)
-            assert 0 < rel < 0.3, f"{family} {kind}: forecast step {i}: relative error {rel:.3f}"
+        else:  # forecast: not the computed value, but near it (random weights; measured 0.3-11%, up
+            # to 32 % for PixArt's final output)
+            assert 0 < rel < 0.4, f"{family} {kind}: forecast step {i}: relative error {rel:.3f}"

@@ -234,9 +234,9 @@ def test_the_pipeline_example_runs():
     assert "steps computed" in out.stdout and "/10 steps" in out.stdout
 
 
-def test_lite_is_an_alias_of_stack():
+def test_lite_is_an_alias_of_output():
     from taylorseer_fx import taylorseer_backend
-    assert taylorseer_backend(regions="lite", inner="eager").regions == "stack"
+    assert taylorseer_backend(regions="lite", inner="eager").regions == "output"
     with pytest.raises(ValueError, match="attn1"):
         taylorseer_backend(regions="blocks", inner="eager")
 
