@@ -10,9 +10,10 @@ pytest.importorskip("safetensors")
 
 
 def test_demo_cli_smoke(tmp_path, capsys):
+    """The custom DiT path (``--model dit``; the default, flux, is tested in tests/test_demo_flux.py)."""
     from taylorseer_fx.demo.__main__ import main
 
-    main(["--steps", "8", "--per-class", "1", "--out", str(tmp_path)])
+    main(["--model", "dit", "--steps", "8", "--per-class", "1", "--out", str(tmp_path)])
     table = capsys.readouterr().out
     for name in ("uncached", "official", "openvino-lite", "auto"):
         assert name in table
