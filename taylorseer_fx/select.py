@@ -166,12 +166,19 @@ def _block_of(paths) -> tuple[str, int, int] | None:
     return None
 
 
+#: a block list inside one of these is conditioning (HunyuanVideo's / HunyuanImage's token refiner,
+#: an embedder's layers), never the denoiser's block stack
+_CONDITIONING = re.compile(r"(?:^|\.)\w*(?:refiner|embedder|embedding|embed|projector|encoder)\w*\.", re.I)
+
+
 def block_lists(gm: fx.GraphModule) -> list[str]:
     """The ModuleList paths that hold the model's repeated blocks, in graph order.
 
     Candidates are lists whose items are non-``torch.nn`` modules (``<list>.<int>`` paths). Lists named
-    ``*blocks`` / ``*layers`` are preferred; among the chosen ones only the shallowest (fewest path
-    components) are kept, so nested lists (HunyuanVideo's token refiner) do not join the stack."""
+    ``*blocks`` / ``*layers`` are preferred, an unnamed list needs two of its items in the graph; among
+    the chosen ones only the shallowest (fewest path components) are kept, and lists inside a refiner,
+    embedder, projector or encoder module never count, so conditioning blocks (HunyuanVideo's token
+    refiner, also in a graph of its own after a graph break) do not become the stack."""
     first_seen: dict[str, int] = {}
     items: dict[str, set] = {}
     for i, n in enumerate(_compute_nodes(gm)):
@@ -181,10 +188,15 @@ def block_lists(gm: fx.GraphModule) -> list[str]:
         lst, idx, _ = b
         first_seen.setdefault(lst, i)
         items.setdefault(lst, set()).add(idx)
+    items = {l: v for l, v in items.items() if not _CONDITIONING.search(l)}
     if not items:
         return []
     named = [l for l in items if BLOCK_LIST_NAME.match(l.rsplit(".", 1)[-1])]
-    pool = named or [l for l in items if len(items[l]) >= 2] or list(items)
+    # an unnamed list is a stack only with two or more of its items in the graph: a feed-forward's
+    # ``ff.net.0`` in the graph of one block's body (a graph break inside the block loop) is not
+    pool = named or [l for l in items if len(items[l]) >= 2]
+    if not pool:
+        return []
     depth = min(l.count(".") for l in pool)
     chosen = [l for l in pool if l.count(".") == depth]
     return sorted(chosen, key=lambda l: first_seen[l])
