@@ -343,7 +343,11 @@ class Forecaster:
                 err_sq[j] = e if err_sq[j] is None else err_sq[j] + e
             n = self._norm_sq(x)
             y_sq = n if y_sq is None else y_sq + n
-        err = torch.stack(err_sq).sqrt() / (y_sq.sqrt() + _EPS)
+        sums = torch.stack(err_sq + [y_sq])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # context parallelism: each rank holds a shard of the output; the choice is the whole output's
+            torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
+        err = sums[:-1].sqrt() / (sums[-1].sqrt() + _EPS)
         err = torch.nan_to_num(err, nan=math.inf)      # a non-finite back-test is never the best
         best = err.argmin()
         keep = err.min() >= self.select_margin * err[pref]

@@ -95,6 +95,9 @@ _SUBS = [
     (re.compile(r"\[(\d+)\]"), r".\1"),
 ]
 _ROOT = re.compile(r"^(?:[LG]\[(['\"])[^'\"]*\1\]|self)")
+#: ``forward.__self__`` (and ``forward.func.__closure__.0.cell_contents.forward.__self__``) hops that
+#: dynamo records through a module whose forward a hook replaced: the module itself
+_HOOK_HOPS = re.compile(r"(?:^|(?<=\.))forward(?:\.func\.__closure__\.\d+\.cell_contents\.forward)*\.__self__(?:\.|$)")
 _GETATTR = re.compile(r"getattr\((.*), (['\"])([^'\"]*)\2\)")
 
 
@@ -102,7 +105,8 @@ def normalize_path(path: str) -> str:
     """``L['self'].__dict__['_modules']['transformer_blocks'].0.attn`` -> ``transformer_blocks.0.attn``.
 
     Also ``L['self'].transformer_blocks[0].attn``, ``L['self']._modules['blocks']['0']`` and
-    ``getattr(L['self'].blocks, '0')`` forms; the root (``L['self']``, ``L['model']`` ...) is dropped."""
+    ``getattr(L['self'].blocks, '0')`` forms; the root (``L['self']``, ``L['model']`` ...) is dropped, and
+    so are the ``forward.__self__`` hops through modules whose forward a hook replaced."""
     p = str(path).strip()
     while True:
         q = _GETATTR.sub(r"\1.\3", p)
@@ -112,6 +116,7 @@ def normalize_path(path: str) -> str:
     p = _ROOT.sub("", p, count=1)
     for rx, rep in _SUBS:
         p = rx.sub(rep, p)
+    p = _HOOK_HOPS.sub("", p)      # a hooked module's forward (diffusers' HookRegistry, context parallelism)
     p = re.sub(r"\.{2,}", ".", p).strip(".")
     return p
 
