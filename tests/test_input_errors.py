@@ -85,7 +85,8 @@ def test_grad_enabled_calls_warn_once_and_run_uncached():
 
 def test_training_writes_into_the_working_directory_by_default():
     from taylorseer_fx.demo import train
-    args = train.parser().parse_args([])
     package = Path(taylorseer_fx.__file__).resolve().parent
-    for out in (args.out, args.classifier_out):
-        assert not out.resolve().is_relative_to(package) and not out.is_absolute()
+    for model in ("dit", "flux"):
+        args = train.parser().parse_args(["--model", model])
+        for out in (train.weights_out(args), args.classifier_out):
+            assert not out.resolve().is_relative_to(package) and not out.is_absolute()

@@ -226,12 +226,20 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def weights_out(args) -> Path:
+    """Where the model's weights go: ``--out``, else ``./<shipped name>`` (the DiT file, or the Flux
+    folder with ``--model flux``) in the working directory."""
+    if args.out is not None:
+        return args.out
+    return Path(FLUX_DIR) if args.model == "flux" else Path(MODEL_FILE)
+
+
 def main_flux(args) -> None:
     """``--model flux``: train, save the diffusers folder + label table, optionally evaluate."""
     from .flux_model import LABEL_TABLE_FILE, save_label_table, save_transformer
     from .flux_train import train_flux
 
-    out = args.out if args.out is not None else Path(FLUX_DIR)
+    out = weights_out(args)
     steps = args.steps if args.steps is not None else FLUX_STEPS
     ema, table, losses, secs = train_flux(steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     save_transformer(ema, out, steps=steps, batch_size=args.batch_size, final_loss=f"{losses[-1]:.4f}",
@@ -255,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         main_flux(args)
         return
     args.steps = args.steps if args.steps is not None else DIT_STEPS
-    args.out = args.out if args.out is not None else Path(MODEL_FILE)
+    args.out = weights_out(args)
 
     clf = None
     if not args.skip_classifier:
