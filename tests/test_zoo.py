@@ -66,23 +66,28 @@ def _known(families, checks, reason):
             KNOWN[(f, c)] = reason
 
 
-_REGIONS = ("fixed_forecast", "modules", "stack_residual")
+_REGIONS = ("no_recompile", "fixed_forecast", "modules", "stack_residual")
 
-# Fixed in the library (select.block_lists): GLM-Image's glyph_projector and Lumina2's caption embedder in
-# the prefix graph before a graph break, and the token refiners of the HunyuanVideo family, are conditioning,
-# never the stack; a block body's FeedForward `net` is no block list.
-# Graph breaks inside every block: dynamo compiles each block (or piece of one) as its own frame with
-# block-relative module paths, so no graph holds the block stack and nothing can be cached; the backend
-# runs them uncached, warning per graph which graph it is and why.
-_known(["hunyuan_video_framepack", "hunyuan_video15", "hunyuanimage"], ("no_recompile",) + _REGIONS,
-       "limitation: graph breaks in forward make dynamo compile each block as its own frame (block-relative "
-       "paths): no graph holds the block stack, nothing is cached (the text token refiner is not taken for it)")
-_known(["mochi"], ("no_recompile",) + _REGIONS,
+# A graph break in the model's forward (or inside every block) makes dynamo run the block loop uncompiled
+# and compile each block's forward (or pieces of it) as its own frame, whose module paths are relative to
+# the block (attn, ff.net.0, ...): no graph has a block list, so nothing is ever cached or forecast.
+# (Before b10572b the prefix graphs of GLM-Image / Lumina2 and these block frames got "stack" regions over
+# glyph_projector.net, time_caption_embed.caption_embedder, *.token_refiner.refiner_blocks and ff.net.)
+_known(["hidream"], _REGIONS,
+       "limitation: graph breaks inside every block (transformer_hidream_image.py:389, dynamic shape in the MoE "
+       "routing): each block piece is its own frame with block-relative module paths; no graph has a block list")
+_known(["hunyuan_video_framepack"], _REGIONS,
+       "limitation: a graph break in forward (transformer_hunyuan_video_framepack.py:332, step_unsupported) leaves "
+       "the block loop uncompiled; each block is its own frame (block-relative paths); no graph has a block list")
+_known(["hunyuan_video15"], _REGIONS,
+       "limitation: a graph break in forward (transformer_hunyuan_video15.py:702, data-dependent branch) leaves "
+       "the block loop uncompiled; each block is its own frame (block-relative paths); no graph has a block list")
+_known(["hunyuanimage"], _REGIONS,
+       "limitation: graph breaks in forward leave the block loop uncompiled; each block is its own frame "
+       "(block-relative paths); no graph has a block list")
+_known(["mochi"], _REGIONS,
        "limitation: a graph break inside the attention (attention_processor.py:1068, dynamic shape from the text "
-       "mask) splits every block into frames of its own: no graph holds the block stack, nothing is cached")
-_known(["hidream"], ("no_recompile",) + _REGIONS,
-       "limitation: graph breaks inside every block (MoE routing, dynamic shapes): each block piece is its own "
-       "frame with block-relative module paths, no graph has a block list, nothing is ever cached or forecast")
+       "mask) splits every block into frames of its own (block-relative paths); no graph has a block list")
 
 
 #: families whose run takes long (many graphs from graph breaks, or big graphs); marked slow
@@ -240,6 +245,8 @@ def _run_stack(fam, compiled, fan, mk, ref, res):
             problems_ok = f"max relative error of a forecast step {worst:.3f}"
             res["_forecast_error"] = worst
         res["fixed_forecast"] = Result(not problems, "; ".join(problems)[:600] if problems else problems_ok)
+        if problems:
+            res.pop("_forecast_error", None)
     except Exception as e:  # noqa: BLE001
         res["fixed_forecast"] = Result(False, f"raised {_err(e)}")
     # (e) auto policy, swapped in
