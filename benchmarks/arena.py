@@ -1,0 +1,409 @@
+"""The arena (issue 14): every cache method side by side at equal compute, on the trained diffusers Flux.
+
+The shipped ``FluxTransformer2DModel`` (class-conditional digits, 2 dual + 4 single blocks) sampled by a
+real ``FluxPipeline`` (FLUX.1's scheduler, true CFG 3: a cond and an uncond transformer call per step),
+all samples in one pipeline call, the same labels and noise for every run:
+
+* **uncached** (the reference of every error);
+* **taylorseer_fx** (``compile_pipeline(pipe, policy=..., regions=..., inner=eager)``): fixed schedules
+  (intervals, orders 1-2, taylor / newton; regions ``stack``, ``output``, ``modules``), the anchor
+  presets, ``AutoPolicy`` thresholds and the auto presets;
+* **diffusers** hooks (``pipe.transformer.enable_cache``): TaylorSeer (lite, attention, attention +
+  feed-forward), First-Block-Cache, MagCache (calibrated on one uncached run of the same samples),
+  PAB, FasterCache;
+* **cache-dit** 1.5.3 (``cache_dit.enable_cache``): DBCache without calibrator, with the TaylorSeer,
+  FoCa and DMD calibrators.
+
+Per run: the **compute fraction** (transformer-block forwards executed / (blocks x calls) of the
+uncached run; module-level methods -- ``modules``, diffusers' attention / attention+ff TaylorSeer, PAB,
+FasterCache -- in attention + feed-forward forwards instead, their blocks' norms / modulation still run:
+``arena_peers.py``), the final samples' relative L2 and PSNR against the uncached samples, the
+classifier's accuracy and mean log-probability of the intended label, the Frechet distance of the
+classifier's penultimate features to the uncached samples' (few samples: a rough indication only) and
+the wall time (eager, one run, a shared VM: indicative). The classifier labels almost every sample
+right, so the summary ranks by relative L2. Our compute fraction is counted like the peers' (from the
+graphs that ran) and checked against the one ``handle.stats()`` gives.
+
+    python benchmarks/arena.py                   # 40 samples, 28 and 50 steps, the full sweep
+    python benchmarks/arena.py --quick           # 10 samples, 28 steps, a handful per family (< 3 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arena_peers import (Counter, UNIT_RE, cache_dit_settings, counting_inner, diffusers_settings,  # noqa: E402
+                         magcache_ratios)
+from common import ROOT, _json_default, machine, setup, table  # noqa: E402
+
+from taylorseer_fx import AutoPolicy, FixedPolicy, compile_pipeline, load_policy, metrics  # noqa: E402
+
+FAMILIES = ("taylorseer_fx", "diffusers", "cache-dit")
+TARGETS = (0.25, 0.35, 0.5)
+CFG = 3.0
+
+
+def ours_settings(quick: bool) -> dict[str, list[tuple]]:
+    """regions -> [(method, setting, policy)]."""
+    full = not quick
+    out: dict[str, list] = {"stack": [], "output": [], "modules": []}
+
+    def fixed(regions, intervals, orders, forms):
+        for i in intervals:
+            for o in orders:
+                for f in forms:
+                    out[regions].append((f"fixed {regions}", f"interval {i}, order {o}, {f}",
+                                         FixedPolicy(interval=i, order=o, form=f)))
+    fixed("stack", [3], [1], ["taylor"])               # first: the verification case
+    if full:
+        fixed("stack", [2, 4, 5, 6, 8], [1], ["taylor"])
+        fixed("stack", [2, 3, 4, 5, 6, 8], [2], ["taylor"])
+        fixed("stack", [2, 3, 4, 5, 6, 8], [1, 2], ["newton"])
+        out["stack"].append(("fixed stack", "interval 1 (never forecast: our overhead)", FixedPolicy(interval=1)))
+    else:
+        fixed("stack", [4], [2], ["newton"])
+    fixed("output", [2, 3, 4, 6] if full else [3], [1, 2] if full else [1], ["taylor", "newton"] if full else ["taylor"])
+    fixed("modules", [2, 3, 4, 6] if full else [3], [1, 2] if full else [1], ["taylor"])
+    for name in ["official-flux", "openvino-lite", "diffusers-default"] if full else ["official-flux"]:
+        out["stack"].append(("anchor preset", f"{name} (stack)", load_policy(name)))
+    for name in ["openvino-lite", "diffusers-default"] if full else []:
+        out["output"].append(("anchor preset", f"{name} (output)", load_policy(name)))
+    for t in [0.03, 0.06, 0.1, 0.14, 0.18, 0.25, 0.35, 0.5] if full else []:
+        out["stack"].append(("auto", f"threshold {t} (stack)", AutoPolicy(threshold=t, max_forecast_run=10)))
+    for name in ["auto-quality", "auto-balanced", "auto-fast"] if full else ["auto-balanced", "auto-fast"]:
+        out["stack"].append(("auto", f"{name} (stack)", load_policy(name)))
+    for t in [0.06, 0.1, 0.18, 0.3] if full else []:
+        out["output"].append(("auto", f"threshold {t} (output)", AutoPolicy(threshold=t, max_forecast_run=10)))
+    if full:
+        out["output"].append(("auto", "auto-balanced (output)", load_policy("auto-balanced")))
+    return out
+
+
+class Arena:
+    def __init__(self, samples: int, seed: int = 0):
+        from taylorseer_fx.demo.flux_model import load_label_table, load_transformer
+        from taylorseer_fx.demo.flux_pipeline import initial_noise
+        from taylorseer_fx.demo.sampling import load_classifier
+
+        self.base = load_transformer()
+        self.table = load_label_table()
+        self.clf = load_classifier()
+        self.labels = torch.arange(samples) % 10
+        self.noise = initial_noise(samples, seed)
+        self.ref = {}
+        self.den = {}
+
+    def sample(self, pipe, steps):
+        from taylorseer_fx.demo.flux_pipeline import sample
+        t0 = time.perf_counter()
+        x = sample(pipe, self.labels, num_steps=steps, cfg_scale=CFG, table=self.table, noise=self.noise)
+        return x, time.perf_counter() - t0
+
+    def run_peer(self, steps, enable, disable):
+        """One run on a fresh instrumented copy of the model: (images, wall s, Counter)."""
+        from diffusers import FluxPipeline
+        from taylorseer_fx.demo.flux_pipeline import build_pipeline
+        call = FluxPipeline.__call__
+        counter = Counter()
+        transformer = copy.deepcopy(self.base)
+        counter.instrument(transformer)
+        pipe = build_pipeline(transformer)
+        try:
+            enable(pipe)
+            x, wall = self.sample(pipe, steps)
+        finally:
+            try:
+                disable(pipe)
+            except Exception:  # noqa: BLE001 - nothing was enabled
+                pass
+            if FluxPipeline.__call__ is not call:    # cache-dit patches the class; never leak it
+                FluxPipeline.__call__ = call
+        return x, wall, counter
+
+    def evaluate(self, x, steps) -> dict:
+        ref = self.ref[steps]
+        logp = torch.log_softmax(self.clf(x), -1)[torch.arange(len(self.labels)), self.labels]
+        return {"rel_l2": metrics.relative_l2(x, ref), "psnr_db": metrics.psnr(x, ref),
+                "accuracy": metrics.classifier_accuracy(x, self.labels, self.clf), "logp": float(logp.mean()),
+                "fd": metrics.frechet_distance(x, ref, self.clf) if len(self.labels) >= 2 else float("nan")}
+
+    def fractions(self, counter, steps) -> dict:
+        b, u = self.den[steps]
+        return {"block_fraction": counter.blocks() / b, "module_fraction": counter.units() / u}
+
+
+def row(steps, family, method, setting, unit, **kw) -> dict:
+    r = {"steps": steps, "family": family, "method": method, "setting": setting, "unit": unit,
+         "compute_fraction": None, "rel_l2": None, "error": None}
+    r.update(kw)
+    if r.get("block_fraction") is not None and r["error"] is None:
+        r["compute_fraction"] = r["module_fraction"] if unit == "attn+ff" else r["block_fraction"]
+    return r
+
+
+def err_row(steps, family, method, setting, unit, e) -> dict:
+    msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    print(f"  [{family}] {method} {setting}: ERROR {msg}", flush=True)
+    return row(steps, family, method, setting, unit, error=msg, trace=traceback.format_exc(limit=3)[-800:])
+
+
+def run_ours(arena: Arena, steps: int, settings: dict, rows: list, log) -> dict:
+    from taylorseer_fx.demo.flux_pipeline import build_pipeline
+    info = {}
+    for regions, group in settings.items():
+        if not group:
+            continue
+        unit = "attn+ff" if regions == "modules" else "blocks"
+        counter = Counter()
+        pipe = build_pipeline(copy.deepcopy(arena.base))
+        handle = None
+        try:
+            torch._dynamo.reset()
+            handle = compile_pipeline(pipe, policy=FixedPolicy(interval=2), regions=regions,
+                                      inner=counting_inner(counter))
+            arena.sample(pipe, steps)               # compiles both graphs (not timed)
+            be = handle.backends["transformer"]
+            info[regions] = be.graphs[-1]["regions"]
+        except Exception as e:  # noqa: BLE001
+            rows += [err_row(steps, "taylorseer_fx", m, s, unit, e) for m, s, _ in group]
+            if handle is not None:
+                handle.remove()
+            continue
+        for method, setting, policy in group:
+            try:
+                be.policy = policy
+                handle.reset()
+                counter.clear()
+                x, wall = arena.sample(pipe, steps)
+                st = handle.stats()["transformer"]
+                comp = sum(v["compute"] for v in st["regions"].values())
+                tot = sum(v["compute"] + v["forecast"] for v in st["regions"].values())
+                r = row(steps, "taylorseer_fx", method, setting, unit, regions=regions, wall_s=wall,
+                        stats_fraction=comp / tot, computed_steps=st["compute"], **arena.fractions(counter, steps),
+                        **arena.evaluate(x, steps))
+                rows.append(r)
+                log(r)
+            except Exception as e:  # noqa: BLE001
+                rows.append(err_row(steps, "taylorseer_fx", method, setting, unit, e))
+        handle.remove()
+    return info
+
+
+def run_peers(arena: Arena, steps: int, family: str, settings: list, rows: list, log) -> None:
+    for method, setting, unit, enable, disable in settings:
+        try:
+            x, wall, counter = arena.run_peer(steps, enable, disable)
+            r = row(steps, family, method, setting, unit, wall_s=wall, **arena.fractions(counter, steps),
+                    **arena.evaluate(x, steps))
+            rows.append(r)
+            log(r)
+        except Exception as e:  # noqa: BLE001
+            rows.append(err_row(steps, family, method, setting, unit, e))
+
+
+def pareto(rows: list) -> list:
+    """The rows no other row beats at <= its compute fraction (sorted by compute fraction)."""
+    ok = sorted((r for r in rows if r["compute_fraction"] is not None and r["family"] != "uncached"),
+                key=lambda r: (r["compute_fraction"], r["rel_l2"]))
+    front, best = [], math.inf
+    for r in ok:
+        if r["rel_l2"] < best:
+            front.append(r)
+            best = r["rel_l2"]
+    return front
+
+
+def best_at(rows, target):
+    ok = [r for r in rows if r["compute_fraction"] is not None and r["compute_fraction"] <= target + 1e-9]
+    return min(ok, key=lambda r: r["rel_l2"]) if ok else None
+
+
+def summarize(rows: list, steps_list) -> list:
+    out = []
+    for steps in steps_list:
+        rs = [r for r in rows if r["steps"] == steps]
+        for t in TARGETS:
+            b = {f: best_at([r for r in rs if r["family"] == f], t) for f in FAMILIES}
+            auto = best_at([r for r in rs if r["family"] == "taylorseer_fx" and r["method"] == "auto"], t)
+            peers = [b[f] for f in FAMILIES[1:] if b[f] is not None]
+            peer = min(peers, key=lambda r: r["rel_l2"]) if peers else None
+            ratio = (lambda a: a["rel_l2"] / peer["rel_l2"] if a and peer and peer["rel_l2"] > 0 else None)
+            b = {k: _brief(v) for k, v in dict(b, auto=auto, best_peer=peer).items()}
+            out.append({"steps": steps, "target": t, **b,
+                        "auto_over_best_peer": ratio(auto), "ours_over_best_peer": ratio(b["taylorseer_fx"])})
+    return out
+
+
+def _brief(r):
+    return None if r is None else {k: r[k] for k in ("family", "method", "setting", "unit", "compute_fraction", "rel_l2")}
+
+
+def _finite(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _cell(r):
+    return "-" if r is None else f"{r['rel_l2']:.4f} @ {r['compute_fraction']:.3f} ({r['method']}: {r['setting']})"
+
+
+def plot(rows, steps_list, path: Path, samples: int) -> None:
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6 * len(steps_list), 4.6))
+    colors = {"taylorseer_fx": "tab:blue", "diffusers": "tab:orange", "cache-dit": "tab:green"}
+    for k, steps in enumerate(steps_list):
+        ax = fig.add_subplot(1, len(steps_list), k + 1)
+        rs = [r for r in rows if r["steps"] == steps and r["compute_fraction"] is not None and r["rel_l2"] > 0]
+        for f in FAMILIES:
+            pts = [r for r in rs if r["family"] == f]
+            ax.scatter([r["compute_fraction"] for r in pts], [r["rel_l2"] for r in pts], s=10, alpha=0.3,
+                       color=colors[f])
+            fr = pareto(pts)
+            ax.plot([r["compute_fraction"] for r in fr], [r["rel_l2"] for r in fr], "-o", ms=3, color=colors[f],
+                    label=f"{f} (Pareto front)")
+        auto = [r for r in rs if r["family"] == "taylorseer_fx" and r["method"] == "auto"]
+        ax.scatter([r["compute_fraction"] for r in auto], [r["rel_l2"] for r in auto], marker="x", color="navy",
+                   label="taylorseer_fx auto")
+        ax.set_yscale("log")
+        ax.set_xlim(0, 1.02)
+        ax.set_xlabel("compute fraction (block forwards; attn+ff forwards for module-level methods)")
+        ax.set_ylabel("final-sample relative L2 vs uncached")
+        ax.set_title(f"Flux digits, {steps} steps, true CFG {CFG:g}, {samples} samples")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="28 steps, 10 samples, a handful of settings per family")
+    ap.add_argument("--samples", type=int, default=None, help="samples (labels 0..9 in turn; default 40, quick 10)")
+    ap.add_argument("--steps", default=None, help="comma-separated step counts (default 28,50; quick 28)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/arena.json; quick: arena_quick.json)")
+    ap.add_argument("--png", default=None, help="plot path (default docs/arena.png; quick: none)")
+    args = ap.parse_args(argv)
+    setup(1)
+    import diffusers
+    diffusers.utils.logging.set_verbosity_error()
+    samples = args.samples or (10 if args.quick else 40)
+    steps_list = [int(s) for s in (args.steps or ("28" if args.quick else "28,50")).split(",")]
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("arena_quick.json" if args.quick else "arena.json")
+    png = Path(args.png) if args.png else (None if args.quick else ROOT / "docs" / "arena.png")
+    t_start = time.perf_counter()
+    mch = machine()
+    try:
+        import cache_dit
+        mch["cache_dit"] = cache_dit.__version__
+    except ImportError:
+        mch["cache_dit"] = None
+    print(f"machine: {mch['cpu']} ({mch['cores']} cores), {mch['threads']} torch thread, torch {mch['torch']}, "
+          f"diffusers {mch['diffusers']}, cache-dit {mch['cache_dit']}, commit {mch['commit']}", flush=True)
+    arena = Arena(samples)
+    rows, regions_info = [], {}
+
+    def log(r):
+        print(f"  [{r['family']}] {r['method']} {r['setting']}: compute {r['compute_fraction']:.3f} ({r['unit']}), "
+              f"rel L2 {r['rel_l2']:.4f}, acc {r['accuracy']:.2f}, {r['wall_s']:.1f} s", flush=True)
+    for steps in steps_list:
+        print(f"\n== {steps} steps, {samples} samples", flush=True)
+        arena.run_peer(steps, lambda p: None, lambda p: None)  # warm-up: the first call pays one-time costs
+        x, wall, counter = arena.run_peer(steps, lambda p: None, lambda p: None)
+        arena.ref[steps] = x
+        arena.den[steps] = (counter.blocks(), counter.units())
+        rows.append(row(steps, "uncached", "uncached", "-", "blocks", wall_s=wall, block_fraction=1.0,
+                        module_fraction=1.0, **arena.evaluate(x, steps)))
+        log(rows[-1])
+        regions_info[steps] = run_ours(arena, steps, ours_settings(args.quick), rows, log)
+        ratios = {}
+
+        def mag():
+            if "r" not in ratios:
+                ratios["r"] = magcache_ratios(arena, steps)
+            return ratios["r"]
+        run_peers(arena, steps, "diffusers", diffusers_settings(steps, args.quick, mag), rows, log)
+        run_peers(arena, steps, "cache-dit", cache_dit_settings(steps, args.quick), rows, log)
+        if "r" in ratios:
+            regions_info[f"magcache_ratios_{steps}"] = ratios["r"]
+    for r in rows:
+        if r["rel_l2"] is not None:
+            r["speedup"] = next(u["wall_s"] for u in rows if u["family"] == "uncached" and u["steps"] == r["steps"]) / r["wall_s"]
+
+    ours = [r for r in rows if r["family"] == "taylorseer_fx" and r["error"] is None]
+    case = next((r for r in ours if r["method"] == "fixed stack"), None)
+    diffs = [abs(r["compute_fraction"] - r["stats_fraction"]) for r in ours]
+    verification = {"case": None if case is None else f"{case['steps']} steps, {case['method']}: {case['setting']}",
+                    "counted": None if case is None else case["compute_fraction"],
+                    "stats": None if case is None else case["stats_fraction"],
+                    "agree": case is not None and abs(case["compute_fraction"] - case["stats_fraction"]) < 1e-9,
+                    "max_abs_diff_all_ours": max(diffs) if diffs else None}
+    module_regions = next((v.get("modules") for v in regions_info.values() if isinstance(v, dict) and v.get("modules")), None)
+    fronts = {str(s): {"family": {f: [r["setting"] for r in pareto([r for r in rows if r["steps"] == s and r["family"] == f])]
+                                  for f in FAMILIES},
+                       "method": {m: [(r["setting"], r["compute_fraction"], r["rel_l2"]) for r in
+                                      pareto([r for r in rows if r["steps"] == s and r["method"] == m])]
+                                  for m in sorted({r["method"] for r in rows if r["family"] in FAMILIES})}}
+              for s in steps_list}
+    summary = summarize(rows, steps_list)
+
+    # ---- print -------------------------------------------------------------------------------------------
+    print(f"\nmachine: {mch['cpu']} ({mch['cores']} cores), {mch['threads']} torch thread; torch {mch['torch']}, "
+          f"diffusers {mch['diffusers']}, cache-dit {mch['cache_dit']}; commit {mch['commit']}; {samples} samples, "
+          f"true CFG {CFG:g}; errors: relative L2 of the final samples vs uncached")
+    print(f"verification (ours, {verification['case']}): counted compute fraction {verification['counted']}, "
+          f"from handle.stats() {verification['stats']}: {'agree' if verification['agree'] else 'DISAGREE'}; "
+          f"max |counted - stats| over all our runs {verification['max_abs_diff_all_ours']}")
+    if module_regions is not None and sorted(module_regions) != sorted(filter(UNIT_RE.match, module_regions)):
+        print(f"WARNING: regions='modules' selected {module_regions}, not the counted units")
+    print(table(["steps", "target", "taylorseer_fx", "taylorseer_fx auto", "diffusers", "cache-dit", "auto / best peer",
+                 "ours best / best peer"],
+                [[s["steps"], f"<= {s['target']}", _cell(s["taylorseer_fx"]), _cell(s["auto"]), _cell(s["diffusers"]),
+                  _cell(s["cache-dit"]), s["auto_over_best_peer"], s["ours_over_best_peer"]] for s in summary],
+                title="Summary: best relative L2 at compute fraction <= target (value @ fraction (method: setting))"))
+    cols = ["method", "setting", "unit", "compute", "rel L2", "PSNR dB", "acc", "log p", "FD", "wall s", "x uncached"]
+
+    def line(r):
+        return [r["method"], r["setting"], r["unit"], r["compute_fraction"], r["rel_l2"], r["psnr_db"], r["accuracy"],
+                r["logp"], r["fd"], r["wall_s"], r["speedup"]]
+    for s in steps_list:
+        base = [r for r in rows if r["steps"] == s and r["family"] == "uncached"]
+        print(table(cols, [line(r) for r in base], title=f"{s} steps: uncached"))
+        for f in FAMILIES:
+            print(table(cols, [line(r) for r in pareto([r for r in rows if r["steps"] == s and r["family"] == f])],
+                        title=f"{s} steps: Pareto front of {f}"))
+    errs = [r for r in rows if r["error"]]
+    if errs:
+        print(table(["steps", "family", "method", "setting", "error"],
+                    [[r["steps"], r["family"], r["method"], r["setting"], r["error"]] for r in errs], title="Failed runs"))
+    if png is not None:
+        plot(rows, steps_list, png, samples)
+        print(f"\nwrote {png}")
+    result = {"benchmark": "arena", "machine": mch, "samples": samples, "steps": steps_list, "cfg": CFG,
+              "quick": args.quick, "targets": list(TARGETS), "verification": verification,
+              "module_units": "dual blocks: attn, ff, ff_context; single blocks: attn, proj_mlp",
+              "regions": {str(k): v for k, v in regions_info.items()}, "summary": summary, "fronts": fronts,
+              "rows": rows, "wall_s": time.perf_counter() - t_start}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_finite(result), indent=1, default=_json_default) + "\n")
+    print(f"wrote {out} ({result['wall_s']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
