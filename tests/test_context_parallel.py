@@ -295,12 +295,19 @@ def test_order_choice_is_the_whole_outputs_on_every_rank(runs):
     assert r0["repro_order"] == r1["repro_order"] == single["repro_order"]
 
 
-def test_order_selecting_auto_policy_equals_the_single_process_cached_run(runs):
+@pytest.mark.parametrize("mode", MODES)
+def test_order_selecting_auto_policy_equals_the_single_process_cached_run(runs, mode):
     single, (r0, r1) = runs
     want = single["auto_select"]
-    for r in (r0, r1):
-        assert [c["orders"] for c in r["ulysses"]["auto_select"]["trace"]] == [c["orders"] for c in want["trace"]]
-        torch.testing.assert_close(r["ulysses"]["auto_select"]["outputs"], want["outputs"], **TOL)
+    a, b = r0[mode]["auto_select"], r1[mode]["auto_select"]
+    # the estimates' MAX, plus the back-test sums' SUM at the computes that choose an order; the same on both
+    assert a["reductions"] == b["reductions"]
+    assert {op for op, _ in a["reductions"]} == {"MAX", "SUM"}
+    assert [n for op, n in a["reductions"] if op == "MAX"] == [1] * sum(c["estimate"] is not None for c in a["trace"])
+    for r in (a, b):
+        assert [c["orders"] for c in r["trace"]] == [c["orders"] for c in want["trace"]]
+        torch.testing.assert_close(r["outputs"], want["outputs"], **TOL)
+    assert torch.equal(a["outputs"], b["outputs"])
 
 
 # nn_module_stack paths dynamo records under ``enable_parallelism`` (diffusers' HookRegistry replaces the
