@@ -29,7 +29,7 @@ from .policy import Policy
 from .presets import load_policy
 from .runtime import Runtime
 from .select import (ALIASES, KINDS, NoRegionError, describe_graph, find_timestep, is_static_placeholder,
-                     select_regions)
+                     select_regions, warn_unpaired_residual)
 from .graph_runtime import read_coordinate
 from .lazy_compile import LazyCompile, has_symbolic_inputs
 from .transform import CacheNode, compile_pieces, split
@@ -261,6 +261,7 @@ class TaylorSeerBackend:
         split_gm, infos, submod_region = split(gm, regions)     # an FX pass: nothing compiled yet
         if [i.index for i in infos] != list(range(len(regions))):
             raise AssertionError(f"region pieces {[i.index for i in infos]} do not cover {len(regions)} regions")
+        warn_unpaired_residual(gm, regions, infos)
         symbolic = has_symbolic_inputs(example_inputs)           # compile now what would be lazy
         whole = None
         if self.whole_graph:

@@ -12,11 +12,13 @@ Region kinds (see :func:`select_regions`):
     From the first node of the first block to the last node of the last block of the model's block
     list(s) (``transformer_blocks``, ``single_transformer_blocks``, ``blocks``, ``layers`` ...; several
     lists in sequence, as Flux's double and single blocks, form one stack). The residual variant is
-    the same node set; the runtime forecasts (output - input) for outputs shaped like an input.
+    the same node set; the runtime forecasts (output - input) for outputs shaped like an input
+    (:func:`warn_unpaired_residual` warns where none is: the stack output itself is forecast).
 ``modules``
-    Per block, the outputs of its attention and feed-forward submodules (``attn``, ``attn1``,
-    ``attn2``, ``ff``, ``ff_context``, ``ffn``, ``mlp``, ``proj_mlp`` ...). Norms, modulation gates and
-    residual adds stay outside.
+    Per block, the outputs of its attention and feed-forward children (``attn``, ``attn1``,
+    ``self_attention``, ``audio_attn1``, ``ff``, ``ff_context``, ``txt_ff``, ``ffn``, ``mlp``, ``img_mlp``,
+    ``proj_mlp``, ``down_proj`` ...: :data:`~taylorseer_fx.module_names.MODULE_NAMES`). Norms,
+    modulation gates, activations and residual adds stay outside.
 a regex string or a ``callable(path) -> bool``
     Every call of a module whose normalised path matches (``re.fullmatch``; the shallowest match
     wins) is a region.
@@ -29,15 +31,19 @@ embedder after the last block) does not pull the later nodes into the region.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import fx
 
+from .module_names import BLOCK_LIST_NAME, CONDITIONING, EMBEDDING, MODULE_NAMES, is_module_name  # noqa: F401
+
 __all__ = [
     "KINDS", "ALIASES", "Region", "NoRegionError", "normalize_path", "node_module_paths", "block_lists",
-    "select_regions", "find_timestep", "is_static_placeholder", "TIMESTEP_NAMES",
+    "select_regions", "find_timestep", "is_static_placeholder", "TIMESTEP_NAMES", "warn_unpaired_residual",
+    "is_module_name", "MODULE_NAMES",
 ]
 
 KINDS = ("stack", "stack-residual", "modules", "output")
@@ -47,17 +53,6 @@ ALIASES = {"lite": "output"}
 
 #: whole placeholder names (lower case, as in ``node.name``) taken as the step coordinate input.
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas")
-
-#: last path component of a ModuleList that holds the transformer blocks.
-BLOCK_LIST_NAME = re.compile(r"(^|.*_)(blocks|layers)$")
-
-#: names of the attention / feed-forward submodules of a block (the ``modules`` kind).
-MODULE_NAMES = re.compile(
-    r"(attn\d*|attn_?\w*|attention\d*|self_attn|cross_attn|ff|ffn|ff_context|feed_forward\d*|mlp|proj_mlp"
-    r"|mlp_\w+|\w*_mlp)"
-)
-_NOT_MODULES = re.compile(r"(norm.*|.*_norm|.*modulation.*|.*_out|act_mlp)")
-
 
 class NoRegionError(ValueError):
     """The region selection resolved to no region in a graph.
@@ -171,11 +166,6 @@ def _block_of(paths) -> tuple[str, int, int] | None:
     return None
 
 
-#: a block list inside one of these is conditioning (HunyuanVideo's / HunyuanImage's token refiner,
-#: an embedder's layers), never the denoiser's block stack
-_CONDITIONING = re.compile(r"(?:^|\.)\w*(?:refiner|embedder|embedding|embed|projector|encoder)\w*\.", re.I)
-
-
 def block_lists(gm: fx.GraphModule) -> list[str]:
     """The ModuleList paths that hold the model's repeated blocks, in graph order.
 
@@ -193,7 +183,7 @@ def block_lists(gm: fx.GraphModule) -> list[str]:
         lst, idx, _ = b
         first_seen.setdefault(lst, i)
         items.setdefault(lst, set()).add(idx)
-    items = {l: v for l, v in items.items() if not _CONDITIONING.search(l)}
+    items = {l: v for l, v in items.items() if not CONDITIONING.search(l)}
     if not items:
         return []
     named = [l for l in items if BLOCK_LIST_NAME.match(l.rsplit(".", 1)[-1])]
@@ -261,9 +251,6 @@ def describe_graph(gm: fx.GraphModule) -> str:
     return f"graph {gm.meta.get('dynamo_compile_id', '?')}{where}"
 
 
-_EMBEDDING = re.compile(r"(?:.*_)?(?:emb|embed|embedder|embedding|embeddings|time_proj|timestep\w*)(?:_.*)?", re.I)
-
-
 def _in_embedding(n: fx.Node, lists) -> bool:
     """Whether ``n`` is inside an embedding module that a block owns (``blocks.0.emb``,
     ``transformer_blocks.0.norm1.emb``): conditioning computed by a block, not the block's work."""
@@ -271,7 +258,7 @@ def _in_embedding(n: fx.Node, lists) -> bool:
         parts = p.split(".")
         for i in range(len(parts) - 2):
             if ".".join(parts[:i + 1]) in lists and parts[i + 1].isdigit():
-                return any(_EMBEDDING.fullmatch(c) for c in parts[i + 2:])
+                return any(EMBEDDING.fullmatch(c) for c in parts[i + 2:])
     return False
 
 
@@ -284,7 +271,7 @@ def _block_module(n: fx.Node, item: re.Pattern) -> str | None:
     """The path of the block attention / feed-forward module ``n`` belongs to, or None."""
     for p, _ in node_module_paths(n):
         m = item.fullmatch(p)
-        if m and MODULE_NAMES.fullmatch(m.group(1)) and not _NOT_MODULES.fullmatch(m.group(1)):
+        if m and is_module_name(m.group(1)):
             return p
     return None
 
@@ -378,6 +365,16 @@ def select_regions(gm: fx.GraphModule, kind) -> list[Region]:
         raise NoRegionError(f"{label} matched no module path in this graph; module paths seen: {_seen_paths(gm)}",
                             has_blocks=bool(lists))
     return regions
+
+
+def warn_unpaired_residual(gm: fx.GraphModule, regions: Sequence[Region], infos) -> None:
+    """Warn (once for the graph) where a residual region (``stack-residual``) pairs no output with an
+    input: none of its outputs has the shape and dtype of one of its inputs, so each output is forecast
+    itself, as with ``stack``. ``infos``: the split's ``RegionInfo`` (``.index``, ``.residual``)."""
+    if any(regions[i.index].residual and not i.residual for i in infos):
+        warnings.warn(f"taylorseer: regions='stack-residual': {describe_graph(gm)} has no residual input of the same "
+                      "shape as a stack output; forecasting the stack output itself, as regions='stack' does",
+                      UserWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------- placeholders

@@ -15,7 +15,11 @@ For every family, over a 12-step sampling loop (Euler-like, the timestep walking
     a prefix piece of a graph break; outputs keep their shape and stay finite;
 (d) ``modules`` / ``stack_residual``: ``regions="modules"`` and ``regions="stack-residual"`` (each its
     own backend) run the 12 steps with the fixed forecasting policy: finite outputs of the right
-    shape, some steps forecast, and every region inside the block stack (as in (c));
+    shape, some steps forecast, and every region inside the block stack (as in (c)); for "modules",
+    judged by the modules' classes (not their names): every region is an attention or feed-forward
+    child of a block (``*Attention*``, ``*FeedForward*``, ``*MLP*`` ... or the MLP ``Linear`` of
+    ``_FF_LINEARS``), every block in the graph has an attention region, and no attention or
+    feed-forward child of a block that runs in the graph is left out;
 (e) ``auto``: ``AutoPolicy(threshold=0.1)`` (swapped into the (a) model) runs: finite outputs.
 
 One dynamo trace per family serves the three backends (``_FanOut``: each graph dynamo hands over is
@@ -155,9 +159,11 @@ class _FanOut:
     def __init__(self, backends: dict):
         self.backends, self.active = backends, next(iter(backends))
         self.regions = {k: [] for k in backends}
+        self.paths: list = []        # per graph: {module path: class name} of its nodes
 
     def __call__(self, gm, example_inputs):
         compiled = {}
+        self.paths.append({p: getattr(c, "__name__", str(c)) for n in gm.graph.nodes for p, c in node_module_paths(n)})
         for kind, be in self.backends.items():
             try:
                 regions = select_regions(gm, kind)
@@ -287,7 +293,42 @@ def _run_kind(fam, compiled, fan, mk, ref, kind):
     outside = _regions_outside(fam, fan.regions[kind])
     if outside:
         return Result(False, outside)
+    if kind == "modules":
+        wrong = _module_problems(fam, fan.regions[kind], fan.paths)
+        if wrong:
+            return Result(False, wrong)
     return Result(True, f"{st['forecast']} steps forecast")
+
+
+_ATTENTION_CLS = re.compile(r".*Attention.*")
+_FF_CLS = re.compile(r".*(?:FeedForward|MLP|Mlp|FFN|GLU|MoE).*")
+#: ``Linear`` children that are a block's MLP: a Flux-style single block's MLP input (``proj_mlp``), the
+#: output of an inline gated MLP (PRX's ``down_proj(act(gate_proj(x)) * up_proj(x))``)
+_FF_LINEARS = ("proj_mlp", "down_proj")
+
+
+def _module_problems(fam, graphs_regions, graphs_paths) -> str:
+    """What is wrong with the "modules" regions, judged by module class: a region that is not an attention /
+    feed-forward child of a block, a block of the graph without an attention region, an attention /
+    feed-forward child of a block that runs in the graph but is no region."""
+    child = re.compile(r"((?:%s)\.\d+)\.([^.]+)" % "|".join(re.escape(b) for b in fam.blocks))
+    problems = []
+    for regions, paths in zip(graphs_regions, graphs_paths):
+        names = {name.split("#")[0] for name, _ in regions}
+        attn_blocks = set()
+        for name in sorted(names):
+            m, cls = child.fullmatch(name), paths.get(name, "?")
+            if m and _ATTENTION_CLS.fullmatch(cls):
+                attn_blocks.add(m.group(1))
+            elif not (m and (_FF_CLS.fullmatch(cls) or (cls == "Linear" and m.group(2) in _FF_LINEARS))):
+                problems.append(f"region {name!r} ({cls}) is not an attention / feed-forward child of a block")
+        blocks = sorted({m.group(1) for p in paths if (m := child.fullmatch(p))})
+        problems += [f"block {b!r} has no attention region" for b in blocks if b not in attn_blocks]
+        missed = sorted(p for p, cls in paths.items() if child.fullmatch(p) and p not in names
+                        and (_ATTENTION_CLS.fullmatch(cls) or _FF_CLS.fullmatch(cls)))
+        if missed:
+            problems.append(f"attention / feed-forward children not selected: {', '.join(missed[:6])}")
+    return "; ".join(problems)[:600]
 
 
 def _regions_outside(fam, graphs_regions) -> str:
