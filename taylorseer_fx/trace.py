@@ -32,6 +32,7 @@ class Recorder:
             self._uncached = 0
             self._n_gens = 0
             self._recent_gens: collections.OrderedDict = collections.OrderedDict()
+            self._recent_steps: collections.OrderedDict = collections.OrderedDict()  # (gen, step) -> decision
             self._regions: dict = {}
             self._trace = collections.deque(maxlen=self.max_trace)
 
@@ -52,15 +53,29 @@ class Recorder:
                 if len(self._recent_gens) > self._RECENT:
                     self._recent_gens.popitem(last=False)
             if row["stream"] == 0:
-                self._steps[row["decision"]] += 1
+                self._count_step((g, row["step"]), row["decision"])
             for name, what in row["regions"].items():
                 d = self._regions.setdefault(name, {"compute": 0, "forecast": 0})
                 d["forecast" if what == "forecast" else "compute"] += 1
             self._trace.append(row)
 
+    def _count_step(self, key, decision: str) -> None:
+        """Count a step once, whatever number of graphs with regions its model call has (a model that
+        graph-breaks between its block lists): forecast when any of its graphs forecast a region."""
+        seen = self._recent_steps.get(key)
+        if seen is None:
+            self._steps[decision] += 1
+            self._recent_steps[key] = decision
+            if len(self._recent_steps) > self._RECENT:
+                self._recent_steps.popitem(last=False)
+        elif seen == "compute" and decision == "forecast":
+            self._steps["compute"] -= 1
+            self._steps["forecast"] += 1
+            self._recent_steps[key] = decision
+
     def stats(self) -> dict:
-        """``{"compute", "forecast"}``: steps (stream 0 of each step) at which regions were computed /
-        at least one region was forecast; ``"steps"``, ``"calls"``, ``"uncached_calls"``,
+        """``{"compute", "forecast"}``: steps (stream 0 of each step, counted once over the graphs of a
+        model call) at which every region was computed / at least one region was forecast; ``"steps"``, ``"calls"``, ``"uncached_calls"``,
         ``"generations"``; ``"regions"``: ``{name: {"compute": n, "forecast": n}}`` over all calls;
         ``"trace"``: one dict per call (graph, generation (a process-unique id), step (0-based index),
         stream, coordinate (the timestep value, model units), decision, estimate (the max over

@@ -30,6 +30,14 @@ class BrokenDiT(torch.nn.Module):
             torch._dynamo.graph_break()
             for block in m.blocks:
                 h = block(h, c)
+        elif self.where == "middle":
+            c = m.blocks[0].emb(timestep) + m.y_embedder(y)
+            half = len(m.blocks) // 2
+            for block in m.blocks[:half]:
+                h = block(h, c)
+            torch._dynamo.graph_break()          # between two runs of blocks: two graphs hold blocks
+            for block in m.blocks[half:]:
+                h = block(h, c)
         else:
             c0 = m.y_embedder(y)[:, None].squeeze(1) * 0 + 1.0
             for block in m.blocks:
@@ -64,6 +72,20 @@ def test_the_block_graph_takes_the_coordinate_of_the_earlier_graph():
     want = _run(torch.compile(plain, backend=ref), x, y)       # the same model without the break
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_step_is_counted_once_when_two_graphs_hold_blocks():
+    model = BrokenDiT("middle").eval()
+    x, y = plain_dit_inputs()
+    policy = FixedPolicy(interval=3)
+    be = taylorseer_backend(policy, inner="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _run(torch.compile(model, backend=be), x, y)
+    assert sum(1 for g in be.graphs if g["regions"]) == 2
+    s = be.stats()
+    assert s["steps"] == 10 and s["compute"] == len(policy.compute_steps(10)), {k: s[k] for k in ("compute", "steps")}
+    assert s["calls"] == 20                                      # two region graphs per model call
 
 
 def test_a_coordinate_read_after_the_blocks_is_never_used_for_them():
