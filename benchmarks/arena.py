@@ -78,11 +78,14 @@ def ours_settings(quick: bool) -> dict[str, list[tuple]]:
         out["stack"].append(("anchor preset", f"{name} (stack)", load_policy(name)))
     for name in ["openvino-lite", "diffusers-default"] if full else []:
         out["output"].append(("anchor preset", f"{name} (output)", load_policy(name)))
-    for t in [0.03, 0.06, 0.1, 0.14, 0.18, 0.25, 0.35, 0.5] if full else []:
+    for t in [0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5] if full else []:
         out["stack"].append(("auto", f"threshold {t} (stack)", AutoPolicy(threshold=t, max_forecast_run=10)))
+    for t in [0.06, 0.1, 0.18, 0.35] if full else []:   # the previous rule (each step's own estimate)
+        out["stack"].append(("auto, per step (v2.1)", f"threshold {t} (stack)",
+                             AutoPolicy(threshold=t, max_forecast_run=10, accumulate="step")))
     for name in ["auto-quality", "auto-balanced", "auto-fast"] if full else ["auto-balanced", "auto-fast"]:
         out["stack"].append(("auto", f"{name} (stack)", load_policy(name)))
-    for t in [0.06, 0.1, 0.18, 0.3] if full else []:
+    for t in [0.08, 0.12, 0.2, 0.3] if full else []:
         out["output"].append(("auto", f"threshold {t} (output)", AutoPolicy(threshold=t, max_forecast_run=10)))
     if full:
         out["output"].append(("auto", "auto-balanced (output)", load_policy("auto-balanced")))

@@ -9,13 +9,15 @@ noise (CFG 2, batched), the uncached reference and:
   (With uniform sigmas newton order 1 is taylor order 1 and is not run twice; newton order 3 needs a
   warm-up of 4 and is compared at the compute count it has.)
 * **the auto policy** (``AutoPolicy(threshold=tau, warmup=w)`` with the shipped defaults: pair
-  estimate of order 1, forecast order 0-2 chosen per run by back-test; regions ``stack``) with tau
-  found by a search so that it computes at most as many steps as each fixed level;
+  estimate of order 1 combined over the forecast run as the root of the sum of squares, forecast order
+  0-2 chosen per run by back-test; regions ``stack``) with tau found by a search so that it computes at
+  most as many steps as each fixed level;
 * the **presets** ``auto-fast`` / ``auto-balanced`` / ``auto-quality`` at 20, 28 and 50 steps (is the
   error independent of the step count, the computed fraction smaller at more steps?);
-* the **losing variants** at the same levels (so the choice stays visible): order 1 only (the previous
-  default, v2), the order choice with a switching margin of 0.5, the estimate summed over the forecast
-  run, and the first version (``remainder`` summed, taylor order 2).
+* the **losing variants** at the same levels (so the choice stays visible): each step's own estimate
+  (the previous default, v2.1), the estimates summed over the run, the order choice with a switching
+  margin of 0.5, order 1 only with each step's estimate (v2), and the first version (``remainder``
+  summed, taylor order 2).
 
 The error is the relative L2 distance of the final samples to the uncached ones
 (:func:`taylorseer_fx.metrics.relative_l2`). An auto result at ``k`` computes is compared with the best
@@ -56,16 +58,19 @@ CFG = 2.0
 
 #: the auto policy measured (the shipped defaults) and the losing variants kept for comparison
 AUTO_VARIANTS = {
-    "auto (order per run)": dict(),
-    "order 1 only (v2)": dict(select_order=False),
-    "order per run, margin 0.5": dict(order_margin=0.5),
-    "order per run, summed": dict(accumulate=True),
-    "remainder, summed, taylor 2 (v1)": dict(estimator="remainder", accumulate=True, order=2, form="taylor"),
+    "auto (rss over the run)": dict(),
+    "per step (v2.1)": dict(accumulate="step"),
+    "summed over the run": dict(accumulate="sum"),
+    "rss, margin 0.5": dict(order_margin=0.5),
+    "per step, order 1 only (v2)": dict(accumulate="step", select_order=False),
+    "remainder, summed, taylor 2 (v1)": dict(estimator="remainder", accumulate="sum", order=2, form="taylor"),
 }
 # measured in earlier full runs and dropped from the default run (docs/auto.md keeps their numbers):
-# "remainder, summed, order 1": dict(estimator="remainder", accumulate=True, form="taylor")
+# "per step, margin 0.5": dict(accumulate="step", order_margin=0.5)
+# "order 1, summed": dict(accumulate="sum", select_order=False)
+# "remainder, summed, order 1": dict(estimator="remainder", accumulate="sum", form="taylor")
 # "auto, regions modules" (v2): dict(regions="modules") -> 1.15 / 1.06 at 28 steps uniform, warm-up 3 / 6
-MAIN = "auto (order per run)"
+MAIN = "auto (rss over the run)"
 
 
 class Bench:
@@ -181,8 +186,8 @@ def match_tau(bench: Bench, make, k_target: int, steps: int, shift: float, tau0:
 
 
 #: first threshold tried per variant (afterwards: the previous configuration's match)
-TAU0 = {MAIN: 0.15, "order 1 only (v2)": 0.15, "order per run, margin 0.5": 0.15,
-        "order per run, summed": 0.6, "remainder, summed, taylor 2 (v1)": 0.1}
+TAU0 = {MAIN: 0.15, "per step (v2.1)": 0.15, "summed over the run": 0.6, "rss, margin 0.5": 0.15,
+        "per step, order 1 only (v2)": 0.15, "remainder, summed, taylor 2 (v1)": 0.1}
 
 
 def _power(hist) -> float:

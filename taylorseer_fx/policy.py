@@ -23,8 +23,9 @@ count) and never forecasts more than ``max_forecast_run`` steps in a row.
   (:meth:`~FixedPolicy.official`, :meth:`~FixedPolicy.openvino`, :meth:`~FixedPolicy.diffusers`,
   :meth:`~FixedPolicy.seed`) take the anchors' own parameter names.
 - :class:`MaskPolicy` -- an explicit list of compute steps; steps beyond the mask are computed.
-- :class:`AutoPolicy` -- forecast while the estimated relative error of the region output (embedded
-  pair by default; summed over the current forecast run when ``accumulate``) stays <= ``threshold``.
+- :class:`AutoPolicy` -- forecast while the estimated relative errors of the region output over the
+  current forecast run (embedded pair; combined as the root of their sum of squares by default,
+  ``accumulate``) stay <= ``threshold``.
 
 Presets (``policies/*.toml``) load by name with :func:`taylorseer_fx.presets.load_policy`.
 """
@@ -38,9 +39,12 @@ from .policy_base import (COORDINATES, ESTIMATORS, FORMS, MAX_ORDER, Forecast, P
                           _check_int)
 
 __all__ = [
-    "FORMS", "COORDINATES", "ESTIMATORS", "MAX_ORDER", "Forecast", "Policy", "Schedule", "FixedPolicy",
-    "MaskPolicy", "AutoPolicy",
+    "FORMS", "COORDINATES", "ESTIMATORS", "ACCUMULATE", "MAX_ORDER", "Forecast", "Policy", "Schedule",
+    "FixedPolicy", "MaskPolicy", "AutoPolicy",
 ]
+
+#: how AutoPolicy combines the estimates of one forecast run (``accumulate``)
+ACCUMULATE = ("step", "sum", "rss")
 
 #: fields every anchor classmethod (official, openvino, ...) also accepts, besides its own names
 ANCHOR_OVERRIDES = ("form", "coordinate", "max_forecast_run", "num_steps")
@@ -229,7 +233,11 @@ class MaskPolicy(Policy):
 class _AutoSchedule(Schedule):
     def __init__(self, policy, num_steps, end):
         super().__init__(policy, num_steps, end)
-        self.total = 0.0  # accumulated estimate over the current forecast run
+        self.rule = policy.rule
+        self.total = 0.0  # over the current forecast run: the sum of the estimates ("sum") or of their squares ("rss")
+
+    def _add(self, value: float) -> float:
+        return self.total + (value * value if self.rule == "rss" else value)
 
     def _decide(self, step, estimate):
         p = self.policy
@@ -237,21 +245,26 @@ class _AutoSchedule(Schedule):
             self.total = 0.0
             return True
         in_min_run = step - self.last_compute - 1 < p.min_forecast_run
-        if in_min_run and not p.accumulate:
+        if in_min_run and self.rule == "step":
             return False
         value = None if estimate is None else estimate()
         value = math.nan if value is None else float(value)
         if in_min_run:
             if not math.isnan(value):
-                self.total += value
+                self.total = self._add(value)
             return False
         return self._rule(value)
 
     def _rule(self, value: float) -> bool:
-        """The decision: compute when the estimated error (summed over the forecast run with
-        ``accumulate``) exceeds the threshold. NaN (no estimate available) computes."""
-        total = self.total + value if self.policy.accumulate else value
-        if total <= self.policy.threshold:
+        """The decision: compute when the estimated error of this step ("step"), the sum over the
+        forecast run ("sum") or the root of the sum of squares over the run ("rss") exceeds the
+        threshold. NaN (no estimate available) computes."""
+        if self.rule == "step":
+            total = bound = value
+        else:
+            total = self._add(value)
+            bound = math.sqrt(total) if self.rule == "rss" else total
+        if bound <= self.policy.threshold:
             self.total = total
             return False
         self.total = 0.0
@@ -260,7 +273,8 @@ class _AutoSchedule(Schedule):
 
 @dataclass(frozen=True, kw_only=True, repr=False)
 class AutoPolicy(Policy):
-    """Adaptive: forecast a step while its estimated relative error stays <= ``threshold``, else compute.
+    """Adaptive: forecast while the estimated relative errors of the forecast run, combined, stay <=
+    ``threshold``; else compute.
 
     The estimate is the estimated relative error ``||forecast - output|| / ||output||`` of the region
     output at this step (max over regions unless ``per_region``), formed from the stored factors
@@ -272,9 +286,15 @@ class AutoPolicy(Policy):
     * ``estimator="remainder"``: the next term of the series, from the (order+1)-th difference of the
       last order + 2 computes.
 
-    ``accumulate=False`` (default): ``threshold`` bounds the estimate of every forecast step, i.e. the
-    largest estimated relative error of a forecast region output. ``accumulate=True``: it bounds the
-    sum of the estimates over the current forecast run.
+    ``accumulate`` -- how the estimates ``e_1..e_k`` of the current forecast run (since the last
+    compute) are combined before the threshold: ``"rss"`` (default) ``sqrt(sum e_i^2)``, errors that
+    add in quadrature; ``"sum"`` (or ``True``) ``sum e_i``; ``"step"`` (or ``False``) the step's own
+    ``e_k``, i.e. the largest tolerated relative error of any forecast step. With an estimate that grows
+    with the distance ``d`` from the last compute (``e ~ r d``) a run lasts ``~ tau / r`` steps
+    (``step``), ``~ (3 tau^2 / r^2)^(1/3)`` (``rss``) or ``~ sqrt(2 tau / r)`` (``sum``): ``rss``
+    spreads the computes more evenly than ``step`` and less than ``sum``. Measured best on both
+    shipped models (``docs/auto.md``); ``rss`` and ``sum`` never exceed ``step`` at the same threshold,
+    so every forecast step's own estimate is <= ``threshold`` under all three.
 
     ``select_order=True`` (default with the pair; the remainder estimates the term after the stored
     order, so it defaults to False): the forecast order is chosen per forecast run, per region, among
@@ -294,7 +314,7 @@ class AutoPolicy(Policy):
     threshold: float
     estimator: str = "pair"
     min_forecast_run: int = 0
-    accumulate: bool = False
+    accumulate: bool | str = "rss"
     per_region: bool = False
 
     def _default_coordinate(self) -> str:
@@ -318,9 +338,19 @@ class AutoPolicy(Policy):
         if self.max_forecast_run is not None and self.min_forecast_run > self.max_forecast_run:
             raise ValueError(f"{n}: min_forecast_run ({self.min_forecast_run}) must be <= "
                              f"max_forecast_run ({self.max_forecast_run})")
-        for name in ("accumulate", "per_region"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{n}: {name} must be a bool, got {getattr(self, name)!r}")
+        a = self.accumulate
+        if not isinstance(a, bool) and a not in ACCUMULATE:
+            raise ValueError(f"{n}: accumulate must be one of {ACCUMULATE} (or False = 'step', True = 'sum'), "
+                             f"got {a!r}")
+        if not isinstance(self.per_region, bool):
+            raise ValueError(f"{n}: per_region must be a bool, got {self.per_region!r}")
+
+    @property
+    def rule(self) -> str:
+        """How the estimates of a forecast run are combined before the threshold: ``"step"`` (each
+        step's own), ``"sum"`` or ``"rss"`` (root of the sum of squares); ``accumulate`` resolved."""
+        a = self.accumulate
+        return ("sum" if a else "step") if isinstance(a, bool) else a
 
     def _schedule(self, num_steps, end):
         return _AutoSchedule(self, num_steps, end)

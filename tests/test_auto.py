@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taylorseer_fx import AutoPolicy, load_policy, taylorseer_backend
-from taylorseer_fx.policy import ESTIMATORS
+from taylorseer_fx.policy import ACCUMULATE, ESTIMATORS
 from taylorseer_fx.presets import policy_from_dict
 from taylorseer_fx.report import decision_trace
 from taylorseer_fx.runtime import Runtime
@@ -81,7 +81,8 @@ def auto_policies(draw, n):
     min_run = draw(st.integers(0, max_run if max_run is not None else 3))
     return AutoPolicy(threshold=draw(st.floats(1e-4, 1.0)), order=order, form=form, warmup=warmup,
                       cooldown=draw(st.integers(0, 4)), max_forecast_run=max_run, min_forecast_run=min_run,
-                      estimator=draw(st.sampled_from(ESTIMATORS)), accumulate=draw(st.booleans()))
+                      estimator=draw(st.sampled_from(ESTIMATORS)),
+                      accumulate=draw(st.sampled_from([False, True, *ACCUMULATE])))
 
 
 @FAST
@@ -122,7 +123,8 @@ def test_deterministic(data):
 # model of a trajectory the policy cannot change -- for every estimator/accumulate/min/max/cooldown.
 @FAST
 @given(st.lists(st.floats(0, 0.2, allow_nan=False), min_size=40, max_size=40), st.floats(1e-3, 0.5),
-       st.floats(1e-3, 0.5), st.booleans(), st.one_of(st.none(), st.integers(1, 8)), st.integers(0, 3),
+       st.floats(1e-3, 0.5), st.sampled_from([False, True, *ACCUMULATE]), st.one_of(st.none(), st.integers(1, 8)),
+       st.integers(0, 3),
        st.integers(0, 2), st.integers(1, 40), st.sampled_from(ESTIMATORS))
 def test_threshold_monotone(base, t1, t2, accumulate, max_run, min_run, cooldown, n, estimator):
     lo, hi = sorted((t1, t2))
@@ -135,6 +137,25 @@ def test_threshold_monotone(base, t1, t2, accumulate, max_run, min_run, cooldown
     steps_hi = AutoPolicy(threshold=hi, **kw).compute_steps(n, est)
     assert len(steps_lo) >= len(steps_hi)
     assert AutoPolicy(threshold=lo, **kw).compute_steps(n, est) == steps_lo
+
+
+@FAST
+@given(st.lists(st.floats(0, 0.3, allow_nan=False), min_size=30, max_size=30), st.floats(1e-3, 0.6),
+       st.sampled_from(ACCUMULATE), st.integers(2, 5))
+def test_each_forecast_run_is_the_longest_the_rule_allows(base, tau, rule, warmup):
+    """What ``accumulate`` means: every forecast run's estimates combined (``step``: the last one;
+    ``sum``; ``rss``: sqrt of the sum of squares) stay <= threshold, and the compute that ends a run
+    (outside the warm-up) is the step whose estimate would have taken the combination above it."""
+    n = len(base)
+    est = lambda s, k: base[s] * k  # noqa: E731 - grows with the distance from the last compute
+    combine = {"step": lambda v: v[-1], "sum": sum, "rss": lambda v: math.sqrt(sum(x * x for x in v))}[rule]
+    steps = AutoPolicy(threshold=tau, accumulate=rule, warmup=warmup).compute_steps(n, est)
+    for a, b in zip(steps, steps[1:] + [n]):
+        run = [est(s, s - a) for s in range(a + 1, b)]
+        if run:
+            assert combine(run) <= tau
+        if b < n and b >= warmup:
+            assert combine(run + [est(b, b - a)]) > tau
 
 
 def test_threshold_monotone_on_demo_like_trajectory():
