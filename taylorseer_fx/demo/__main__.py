@@ -40,7 +40,7 @@ from .sampling import load_classifier, load_model, sample
 FLUX_POLICIES = {
     "official": ("official-flux", "official TaylorSeer, FLUX defaults: warm-up 3, compute every 6th, order 1"),
     "openvino-lite": ("openvino-lite", "OpenVINO TaylorSeer Lite: every 3rd, warm-up 6, last 2 computed"),
-    "auto": ("auto-balanced", "auto-balanced: compute when the estimate passes tau"),
+    "auto": ("auto-balanced", "auto-balanced: compute when the forecast run's estimated errors (rss) pass tau"),
 }
 DEFAULTS = {"flux": {"steps": 28, "cfg": 3.0}, "dit": {"steps": 50, "cfg": 2.0}}
 
@@ -51,7 +51,7 @@ POLICIES = {
     "openvino-lite": (lambda n: FixedPolicy.openvino(cache_interval=3, disable_cache_before_step=6,
                                                      disable_cache_after_step=-2, num_steps=n),
                       "stack", "OpenVINO TaylorSeer Lite: every 3rd, warm-up 6, last 2 computed"),
-    "auto": (lambda n: load_policy("auto-balanced"), "stack", "auto-balanced: compute when the estimate passes tau"),
+    "auto": (lambda n: load_policy("auto-balanced"), "stack", "auto-balanced: compute when the forecast run's estimated errors (rss) pass tau"),
 }
 
 
