@@ -292,9 +292,9 @@ class AutoPolicy(Policy):
     ``e_k``, i.e. the largest tolerated relative error of any forecast step. With an estimate that grows
     with the distance ``d`` from the last compute (``e ~ r d``) a run lasts ``~ tau / r`` steps
     (``step``), ``~ (3 tau^2 / r^2)^(1/3)`` (``rss``) or ``~ sqrt(2 tau / r)`` (``sum``): ``rss``
-    spreads the computes more evenly than ``step`` and less than ``sum``. Measured best on both
-    shipped models (``docs/auto.md``); ``rss`` and ``sum`` never exceed ``step`` at the same threshold,
-    so every forecast step's own estimate is <= ``threshold`` under all three.
+    spreads the computes more evenly than ``step`` and less than ``sum``. Measured best over both
+    shipped models (``docs/auto.md``). The ``rss`` and ``sum`` combinations are never below the step's
+    own estimate, so under all three every forecast step's own estimate is <= ``threshold``.
 
     ``select_order=True`` (default with the pair; the remainder estimates the term after the stored
     order, so it defaults to False): the forecast order is chosen per forecast run, per region, among
