@@ -54,14 +54,20 @@ def _run(fn, x, y, n=10):
         return [fn(x, torch.full((x.shape[0],), 999.0 - 99.0 * k), y) for k in range(n)]
 
 
-def test_the_block_graph_takes_the_coordinate_of_the_earlier_graph():
-    model = BrokenDiT("before").eval()
+def _cached(where: str, policy):
+    """(backend, outputs of 10 steps, model, x, y) of a BrokenDiT compiled with the backend."""
+    model = BrokenDiT(where).eval()
     x, y = plain_dit_inputs()
-    policy = FixedPolicy(interval=3)
     be = taylorseer_backend(policy, inner="eager")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = _run(torch.compile(model, backend=be), x, y)
+    return be, got, model, x, y
+
+
+def test_the_block_graph_takes_the_coordinate_of_the_earlier_graph():
+    policy = FixedPolicy(interval=3)
+    be, got, _, x, y = _cached("before", policy)
     assert sum(1 for g in be.graphs if g["regions"]) == 1 and len(be.graphs) >= 2
     s = be.stats()
     assert [r["step"] for r in s["trace"]] == list(range(10))
@@ -75,13 +81,8 @@ def test_the_block_graph_takes_the_coordinate_of_the_earlier_graph():
 
 
 def test_a_step_is_counted_once_when_two_graphs_hold_blocks():
-    model = BrokenDiT("middle").eval()
-    x, y = plain_dit_inputs()
     policy = FixedPolicy(interval=3)
-    be = taylorseer_backend(policy, inner="eager")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _run(torch.compile(model, backend=be), x, y)
+    be = _cached("middle", policy)[0]
     assert sum(1 for g in be.graphs if g["regions"]) == 2
     s = be.stats()
     assert s["steps"] == 10 and s["compute"] == len(policy.compute_steps(10)), {k: s[k] for k in ("compute", "steps")}
@@ -89,12 +90,7 @@ def test_a_step_is_counted_once_when_two_graphs_hold_blocks():
 
 
 def test_a_coordinate_read_after_the_blocks_is_never_used_for_them():
-    model = BrokenDiT("after").eval()
-    x, y = plain_dit_inputs()
-    be = taylorseer_backend(FixedPolicy(interval=3), inner="eager")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        got = _run(torch.compile(model, backend=be), x, y)
+    be, got, model, x, y = _cached("after", FixedPolicy(interval=3))
     s = be.stats()
     assert s["forecast"] == 0 and s["uncached_calls"] == 10    # no coordinate: computed, uncached
     with torch.no_grad():
