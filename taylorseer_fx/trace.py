@@ -76,7 +76,8 @@ class Recorder:
     def stats(self) -> dict:
         """``{"compute", "forecast"}``: steps (stream 0 of each step, counted once over the graphs of a
         model call) at which every region was computed / at least one region was forecast; ``"steps"``,
-        ``"calls"``, ``"uncached_calls"``, ``"generations"``; ``"regions"``: ``{name: {"compute": n, "forecast": n}}`` over all calls;
+        ``"calls"``, ``"uncached_calls"``, ``"generations"``; ``"regions"``: ``{name: {"compute": n,
+        "forecast": n}}`` over all calls;
         ``"trace"``: one dict per call (graph, generation (a process-unique id), step (0-based index),
         stream, coordinate (the timestep value, model units), decision, estimate (the max over
         regions read by an adaptive policy at the step's first call; None when not read or not
