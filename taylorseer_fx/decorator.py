@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .forecast import Forecaster
+from .forms import DIVIDED
 from .policy import FixedPolicy
 from .steps import StepTracker
 
@@ -158,7 +159,7 @@ def taylor_seer(
         def forward(self, *args, **kwargs):
             state: _SeerState = self._taylor_seer
             step, stream, value = state.place(args, kwargs)
-            if state.policy.form == "taylor":
+            if state.policy.form not in DIVIDED:
                 t = float(step)
             else:
                 t = value if value is not None else _timestep_value(args, kwargs)

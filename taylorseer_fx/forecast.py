@@ -1,6 +1,7 @@
 """The forecast math: factor update and polynomial extrapolation of one region output stream.
 
-Knows nothing of graphs, policies or steps. Two forms (docs/interfaces.md, DESIGN.md §2):
+Knows nothing of graphs, policies or steps. The forms (docs/interfaces.md, DESIGN.md §2; the two
+multistep / basis variants ``heun`` and ``hermite``: :mod:`taylorseer_fx.forms`):
 
 * ``newton`` -- backward divided differences anchored at the newest node. The coordinate ``t`` is any
   real float (timestep, sigma or step index; distinct values, increasing or decreasing). Polynomials of
@@ -23,10 +24,10 @@ import numbers
 import torch
 
 from .buffers import Scratch, add_back, out_strides
+from .forms import DIVIDED, FORMS, coefficients
 
 __all__ = ["FORMS", "ESTIMATORS", "Forecaster", "Scratch", "out_strides", "add_back"]
 
-FORMS = ("newton", "taylor")
 ESTIMATORS = ("remainder", "pair")
 
 #: output dtypes whose forecasts are clamped to the finite range (the models clip these activations)
@@ -188,14 +189,15 @@ class Forecaster:
             raise ValueError("outputs do not match the stored points (structure/shape/dtype/device); "
                              "call reset() before updating with different outputs")
         old = len(self.nodes) if derivatives else 0  # stored factors that take part in differences
-        if old and self.form == "newton" and not self.resolves(t):
+        divided = self.form in DIVIDED
+        if old and divided and not self.resolves(t):
             raise ValueError(f"coordinate t={t!r} equals a stored node {self.nodes}, or is closer to one "
-                             f"than {self._compute_dtype} resolves; form='newton' needs distinct coordinates "
+                             f"than {self._compute_dtype} resolves; form={self.form!r} needs distinct coordinates "
                              "(update with derivatives=False to restart from this point)")
-        if old and self.form == "taylor" and t == self.nodes[0]:
+        if old and not divided and t == self.nodes[0]:
             raise ValueError(f"coordinate t={t!r} equals the last full step; "
-                             "form='taylor' needs distinct step indices (d != 0)")
-        if self.form == "newton":
+                             f"form={self.form!r} needs distinct step indices (d != 0)")
+        if divided:
             coeffs = [1.0 / (t - n) for n in self.nodes[:old]]
         else:
             coeffs = [1.0 / (t - self.nodes[0])] * old if old else []
@@ -260,15 +262,9 @@ class Forecaster:
         return torch.linalg.vector_norm(x, dtype=self._compute_dtype).square()
 
     def _terms(self, t: float, k: int) -> list[float]:
-        """Signed coordinate factors of the series terms 0..k at ``t`` (newton: prod_{i<j} (t - n_i);
-        taylor: x^j / j!) for the stored nodes."""
-        if self.form == "newton":
-            out = [1.0]
-            for n in self.nodes[:k]:
-                out.append(out[-1] * (t - n))
-            return out
-        x = t - self.nodes[0]
-        return [x ** j / math.factorial(j) for j in range(k + 1)]
+        """Signed coordinate coefficients of the series terms 0..k at ``t`` for the stored nodes
+        (:func:`taylorseer_fx.forms.coefficients`; newton: prod_{i<j} (t - n_i), taylor: x^j / j!)."""
+        return coefficients(self.form, t, self.nodes, k)
 
     def _choose(self, t: float, tensors, old: int) -> None:
         """Before the factors move: back-test the forecasts of degree 0..min(order, old - 1) at ``t``
@@ -331,23 +327,29 @@ class Forecaster:
             k = min(k, self.select)  # no choice made yet: the preferred degree
         if self.form == "newton":  # p(t) = D_0 + (t-n_0)(D_1 + (t-n_1)(D_2 + ...))
             alphas = [t - n for n in self.nodes[:k]]
-        else:  # sum_i F_i x^i / i! = F_0 + x/1 (F_1 + x/2 (F_2 + ...))
+        elif self.form == "taylor":  # sum_i F_i x^i / i! = F_0 + x/1 (F_1 + x/2 (F_2 + ...))
             x = t - self.nodes[0]
             alphas = [x / (i + 1) for i in range(k)]
+        else:                        # sum_j c_j F_j, term by term
+            alphas = None
+            coeffs = self._terms(t, k)
         results = []
         for (shape, dtype, device), stride, factors in zip(self._meta, self._strides, self._factors):
             a, b = self._work(shape, device)
-            acc = factors[k]
-            if k and acc.dtype != a.dtype:  # so that the first Horner step runs in the compute dtype
-                b.copy_(acc)
-                acc = b
-            for j in range(k - 1, -1, -1):  # Horner, in the compute dtype
-                if w is None:
-                    torch.add(factors[j], acc, alpha=alphas[j], out=a)
-                else:  # terms above the chosen degree contribute exactly nothing (0 * nan would be nan)
-                    torch.where(w[j + 1] > 0, acc, self._zero(a), out=a)
-                    torch.add(factors[j], a, alpha=alphas[j], out=a)
-                acc, a, b = a, b, a
+            if alphas is None:
+                acc = self._series(factors, coeffs, w, a, b)
+            else:
+                acc = factors[k]
+                if k and acc.dtype != a.dtype:  # so that the first Horner step runs in the compute dtype
+                    b.copy_(acc)
+                    acc = b
+                for j in range(k - 1, -1, -1):  # Horner, in the compute dtype
+                    if w is None:
+                        torch.add(factors[j], acc, alpha=alphas[j], out=a)
+                    else:  # terms above the chosen degree contribute exactly nothing (0 * nan would be nan)
+                        torch.where(w[j + 1] > 0, acc, self._zero(a), out=a)
+                        torch.add(factors[j], a, alpha=alphas[j], out=a)
+                    acc, a, b = a, b, a
             out = torch.empty_strided(shape, stride, dtype=dtype, device=device)
             if dtype in _CLAMPED and acc.dtype != dtype:     # a finite extrapolation stays finite in fp16
                 lim = torch.finfo(dtype).max
@@ -356,6 +358,19 @@ class Forecaster:
             out.copy_(acc)
             results.append(out)
         return results[0] if self._single else tuple(results)
+
+    def _series(self, factors, coeffs, w, a, b) -> torch.Tensor:
+        """``sum_j c_j F_j`` in the compute dtype into ``a`` (``b`` for the masked term); the terms above
+        the chosen degree (weights ``w``) contribute exactly nothing."""
+        a.copy_(factors[0])
+        for j in range(1, len(coeffs)):
+            if w is None:
+                a.add_(factors[j], alpha=coeffs[j])
+            else:
+                b.copy_(factors[j])
+                b.masked_fill_(w[j] <= 0, 0)     # exactly nothing, also where the factor is not finite
+                a.add_(b, alpha=coeffs[j])
+        return a
 
     def remainder(self) -> torch.Tensor | None:
         """``r = ||D_{order+1}|| / ||D_0||`` from the last update (0-dim float32 tensor on the device);

@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .forms import DIVIDED
 from .region_state import Generation, StepPlan
 
 __all__ = ["GraphRuntime", "read_coordinate"]
@@ -234,7 +235,7 @@ class GraphRuntime:
 
     def _forecaster_x(self, step: int, coord: float) -> float:
         f = self.ctx.forecast
-        if f.form == "newton" and f.coordinate == "timestep":
+        if f.form in DIVIDED and f.coordinate == "timestep":
             return float(coord)
         return float(step)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from .forms import DIVIDED
 from .policy_base import (COORDINATES, ESTIMATORS, FORMS, MAX_ORDER, Forecast, Policy, Schedule,  # noqa: F401
                           _check_int)
 
@@ -96,7 +97,7 @@ class FixedPolicy(Policy):
                              f"{ANCHOR_OVERRIDES}")
         kw.update(form="taylor")
         kw.update(common)
-        if kw["form"] == "taylor":  # the derivative gating belongs to the taylor form
+        if kw["form"] not in DIVIDED:  # the derivative gating belongs to the step recursion (taylor, hermite)
             kw.update(taylor_fields)
         return FixedPolicy(**kw)
 
@@ -205,10 +206,10 @@ class MaskPolicy(Policy):
         if not mask[0]:
             raise ValueError(f"{n}: step 0 must be computed (compute_steps/mask start with a forecast)")
         order, form = common.get("order", 1), common.get("form", "newton")
-        if form == "newton" and isinstance(order, int) and common.get("warmup") is None \
+        if form in DIVIDED and isinstance(order, int) and common.get("warmup") is None \
                 and self._lead(mask) < order + 1:
             raise ValueError(f"{n}: compute_steps/mask must compute the first order + 1 = {order + 1} steps "
-                             f"for form='newton' (the warmup), got {self._lead(mask)}")
+                             f"for form={form!r} (the warmup), got {self._lead(mask)}")
         for f in fields(self):
             value = {"mask": mask, "num_steps": len(mask)}.get(f.name, common.get(f.name, f.default))
             object.__setattr__(self, f.name, value)

@@ -10,7 +10,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
-from .forecast import ESTIMATORS, FORMS
+from .forecast import ESTIMATORS
+from .forms import DIVIDED, FORMS
 
 __all__ = ["FORMS", "COORDINATES", "ESTIMATORS", "MAX_ORDER", "Forecast", "Policy", "Schedule"]
 
@@ -35,7 +36,9 @@ class Forecast:
     """How a region is forecast (every value resolved): the part of a policy that is not the schedule.
 
     ``form``: ``"newton"`` (divided differences, exact for polynomials of degree <= order on any
-    spacing) or ``"taylor"`` (the paper's recursion in the step index). ``order``: the polynomial
+    spacing), ``"taylor"`` (the paper's recursion in the step index), ``"heun"`` (a FoCa-like
+    predictor-corrector on divided differences) or ``"hermite"`` (HiCache's scaled
+    Hermite basis on the taylor recursion); :mod:`taylorseer_fx.forms`. ``order``: the polynomial
     degree. ``coordinate``: what the forecaster extrapolates in, ``"timestep"`` (the model's timestep
     value) or ``"step"`` (the step index). ``select_order``: choose the degree per forecast run among
     ``0..max_order`` by back-test (``order_margin``: how much better another degree must be)."""
@@ -62,7 +65,7 @@ class Policy:
 
     order: int = 1
     form: str = "newton"
-    coordinate: str | None = None  # None: "step" for taylor, "timestep" for newton (AutoPolicy: "step")
+    coordinate: str | None = None  # None: "step" for taylor/hermite, "timestep" for newton/heun (AutoPolicy: "step")
     warmup: int | None = None  # None: order + 1 (AutoPolicy: max(order + 1, 3))
     cooldown: int = 0
     max_forecast_run: int | None = None
@@ -77,7 +80,7 @@ class Policy:
 
     # ------------------------------------------------------------ resolved values
     def _default_coordinate(self) -> str:
-        return "step" if self.form == "taylor" else "timestep"
+        return "timestep" if self.form in DIVIDED else "step"
 
     def _default_warmup(self) -> int:
         return self.order + 1
@@ -116,11 +119,11 @@ class Policy:
         if self.coordinate is not None and self.coordinate not in COORDINATES:
             raise ValueError(f"{n}: coordinate must be one of {COORDINATES} or None, got {self.coordinate!r}")
         f = self.forecast
-        if self.form == "taylor" and f.coordinate != "step":
-            raise ValueError(f"{n}: coordinate must be 'step' for form='taylor', got {self.coordinate!r}")
+        if self.form not in DIVIDED and f.coordinate != "step":
+            raise ValueError(f"{n}: coordinate must be 'step' for form={self.form!r}, got {self.coordinate!r}")
         _check_int(n, "warmup", self.warmup, 1, optional=True)
-        if self.form == "newton" and self.warmup_steps < self.order + 1:
-            raise ValueError(f"{n}: warmup must be >= order + 1 = {self.order + 1} for form='newton' "
+        if self.form in DIVIDED and self.warmup_steps < self.order + 1:
+            raise ValueError(f"{n}: warmup must be >= order + 1 = {self.order + 1} for form={self.form!r} "
                              f"(order + 1 points before the first forecast), got {self.warmup_steps}")
         _check_int(n, "cooldown", self.cooldown, 0)
         _check_int(n, "max_forecast_run", self.max_forecast_run, 1, optional=True)

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from .forecast import Forecaster, Scratch, add_back, out_strides
+from .forms import DIVIDED
 from .steps import Position, StepTracker
 
 __all__ = ["RegionState", "Generation", "StepPlan", "Owner"]
@@ -69,7 +70,7 @@ class RegionState:
             tensors = tuple(tensors)
             if f.num_points and not f.matches(tensors):
                 f.reset()
-            if derivatives and f.form == "newton" and not f.resolves(x):
+            if derivatives and f.form in DIVIDED and not f.resolves(x):
                 derivatives = False          # a repeated (or unresolvable) coordinate: restart from here
             # estimates relative to the region output, also when its residual is what is stored
             f.update(x, tensors, derivatives=derivatives, reference=tuple(whole) if res else None)

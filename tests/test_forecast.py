@@ -23,6 +23,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taylorseer_fx.forecast import FORMS, Forecaster
+from taylorseer_fx.forms import DIVIDED
+
+import form_refs
+
+#: the forms exact for linear trajectories (all but hermite, a contraction: tests/test_forms.py)
+LINEAR_EXACT = tuple(f for f in FORMS if f != "hermite")
 
 _FAST = settings(max_examples=60, deadline=None)
 _MEDIUM = settings(max_examples=40, deadline=None)
@@ -255,7 +261,7 @@ def test_t_squared_taylor_15_newton_16():
 
 
 # ------------------------------------------------------------------------- dtypes/strides/tuples
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", LINEAR_EXACT)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("select", [None, 1])
 def test_dtype_roundtrip(form, dtype, select):
@@ -267,7 +273,7 @@ def test_dtype_roundtrip(form, dtype, select):
     assert torch.equal(out, torch.full((2, 3), 4.0, dtype=dtype))
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", LINEAR_EXACT)
 def test_strides_preserved_and_fresh_outputs(form):
     f = Forecaster(1, form)
     for s in range(2):
@@ -305,7 +311,7 @@ def test_tuple_outputs(container):
     assert not f.matches(torch.zeros(3))
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", LINEAR_EXACT)
 @pytest.mark.parametrize("select", [None, 1])
 def test_low_precision_factor_dtype(form, select):
     f = Forecaster(2, form, factor_dtype=torch.bfloat16, select=select)
@@ -476,10 +482,12 @@ def test_bad_use(form):
     f.update(1.0, torch.ones(2))
     with pytest.raises(ValueError, match="coordinate t"):
         f.forecast(torch.tensor(2.0))
-    repeated = 0.0 if form == "newton" else 1.0  # newton: any stored node; taylor: d == 0
+    repeated = 0.0 if form in DIVIDED else 1.0  # newton/heun: any stored node; taylor/hermite: d == 0
     with pytest.raises(ValueError, match="coordinate t=.*distinct"):
         f.update(repeated, torch.ones(2))
-    assert f.nodes == [1.0, 0.0] and torch.equal(f.forecast(2.0), torch.full((2,), 2.0))
+    assert f.nodes == [1.0, 0.0]
+    if form in LINEAR_EXACT:
+        assert torch.equal(f.forecast(2.0), torch.full((2,), 2.0))
     f.update(1.0, torch.ones(2), derivatives=False)  # no difference is formed: allowed
     assert f.nodes == [1.0] and f.num_points == 1
     assert f.matches(torch.zeros(2)) and not f.matches(torch.zeros(3))
@@ -491,16 +499,10 @@ def test_bad_use(form):
 
 # ------------------------------------------------------------------------- order selection (select=)
 def _truncated(ts, ys, t, j, form="newton"):
-    """The degree-j forecast from the j + 1 newest points (ts newest last) at t, float64: newton, the
-    interpolant; taylor (unit step gaps), sum_{i<=j} nabla^i y * x^i / i! with x = t - newest."""
-    if form == "newton":
-        return lagrange(ts[-(j + 1):], ys[-(j + 1):], t)[0]
-    x = t - ts[-1]
-    out = torch.zeros_like(ys[-1])
-    for i in range(j + 1):
-        diff = sum((-1) ** m * math.comb(i, m) * ys[-1 - m] for m in range(i + 1))
-        out = out + diff * x ** i / math.factorial(i)
-    return out
+    """The degree-j forecast of ``form`` from the j + 1 newest points (ts newest last) at t, float64
+    (tests/form_refs.py: newton, the interpolant; taylor (unit step gaps), sum_{i<=j} nabla^i y *
+    x^i / i! with x = t - newest; heun and hermite from their definitions)."""
+    return form_refs.reference(form, ts, ys, t, j)
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -515,8 +517,10 @@ def test_select_backtest_and_rule(form, data):
     pref = data.draw(st.integers(0, order))
     margin = data.draw(st.sampled_from([0.3, 0.5, 1.0]))
     n = data.draw(st.integers(order + 2, order + 5))
-    # newton: any coordinates; taylor: step indices 0, 1, 2, ... (its factors are backward differences)
-    ts = data.draw(coordinates(n)) if form == "newton" else [float(k) for k in range(n)]
+    # newton/heun: any coordinates; taylor/hermite: step indices 0, 1, 2, ... (backward differences)
+    ts = data.draw(coordinates(n)) if form in DIVIDED else [float(k) for k in range(n)]
+    if form == "heun":  # a corrector for forecasting forward: monotone coordinates, forecasts beyond
+        ts = sorted(ts, reverse=data.draw(st.booleans()))
     shape, seed = data.draw(shapes), data.draw(seeds)
     ys = [randn(shape, seed + k) * (1 + k) for k in range(n)]
     f = Forecaster(order, form, factor_dtype=torch.float64, select=pref, select_margin=margin)
@@ -535,7 +539,7 @@ def test_select_backtest_and_rule(form, data):
             use = pref if bt[best] >= margin * bt[pref] else best
             assert int(f.chosen_order()) == use
             use = min(use, k)
-        te = ts[k] + 0.5
+        te = ts[k] + (0.5 if k == 0 or ts[k] > ts[k - 1] else -0.5)
         want = _truncated(ts[:k + 1], ys[:k + 1], te, use, form)
         torch.testing.assert_close(f.forecast(te), want, rtol=1e-7, atol=1e-7)
 
