@@ -6,7 +6,8 @@ all samples in one pipeline call, the same labels and noise for every run:
 
 * **uncached** (the reference of every error);
 * **taylorseer_fx** (``compile_pipeline(pipe, policy=..., regions=..., inner=eager)``): fixed schedules
-  (intervals, orders 1-2, taylor / newton; regions ``stack``, ``output``, ``modules``), the anchor
+  (intervals, orders 1-2, taylor / newton, and on ``stack`` the heun and hermite forms; regions
+  ``stack``, ``output``, ``modules``), the anchor
   presets, ``AutoPolicy`` thresholds and the auto presets;
 * **diffusers** hooks (``pipe.transformer.enable_cache``): TaylorSeer (lite, attention, attention +
   feed-forward), First-Block-Cache, MagCache (calibrated on one uncached run of the same samples),
@@ -69,6 +70,8 @@ def ours_settings(quick: bool) -> dict[str, list[tuple]]:
         fixed("stack", [2, 4, 5, 6, 8], [1], ["taylor"])
         fixed("stack", [2, 3, 4, 5, 6, 8], [2], ["taylor"])
         fixed("stack", [2, 3, 4, 5, 6, 8], [1, 2], ["newton"])
+        fixed("stack", [3, 4, 5, 6], [2], ["heun"])
+        fixed("stack", [3, 4, 5, 6, 8], [1, 2], ["hermite"])
         out["stack"].append(("fixed stack", "interval 1 (never forecast: our overhead)", FixedPolicy(interval=1)))
     else:
         fixed("stack", [4], [2], ["newton"])
@@ -78,7 +81,7 @@ def ours_settings(quick: bool) -> dict[str, list[tuple]]:
         out["stack"].append(("anchor preset", f"{name} (stack)", load_policy(name)))
     for name in ["openvino-lite", "diffusers-default"] if full else []:
         out["output"].append(("anchor preset", f"{name} (output)", load_policy(name)))
-    for t in [0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5] if full else []:
+    for t in [0.05, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5] if full else []:
         out["stack"].append(("auto", f"threshold {t} (stack)", AutoPolicy(threshold=t, max_forecast_run=10)))
     for t in [0.06, 0.1, 0.18, 0.35] if full else []:   # the previous rule (each step's own estimate)
         out["stack"].append(("auto, per step (v2.1)", f"threshold {t} (stack)",

@@ -4,7 +4,8 @@ For every configuration (steps x sigma shift x warm-up) this runs, on a fixed se
 noise (CFG 2, batched), the uncached reference and:
 
 * **fixed schedules** -- ``FixedPolicy(interval=N, warmup=w)`` for orders 1-3, forms ``taylor`` (step
-  index) and ``newton`` (sigma), regions ``stack`` and ``modules``, at the intervals whose compute
+  index) and ``newton`` (sigma), regions ``stack`` and ``modules``, and on ``stack`` ``heun`` order 2
+  and ``hermite`` orders 1-2 (:mod:`taylorseer_fx.forms`), at the intervals whose compute
   fractions are nearest 0.22 / 0.26 / 0.30 / 0.38, plus interval 2 (~0.5) for the Pareto front.
   (With uniform sigmas newton order 1 is taylor order 1 and is not run twice; newton order 3 needs a
   warm-up of 4 and is compared at the compute count it has.)
@@ -50,6 +51,7 @@ from common import machine, parse_configs, setup, table, write_json  # noqa: E40
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, load_policy, taylorseer_backend  # noqa: E402
 from taylorseer_fx.demo import load_model, sample, sigmas  # noqa: E402
+from taylorseer_fx.forms import DIVIDED  # noqa: E402
 from taylorseer_fx.metrics import relative_l2  # noqa: E402
 
 TARGET = 0.8
@@ -141,6 +143,7 @@ def fixed_family(shift: float):
                 if form == "newton" and order == 1 and shift == 1.0:
                     continue            # identical to taylor order 1 on uniform sigmas
                 yield regions, order, form
+    yield from (("stack", 2, "heun"), ("stack", 1, "hermite"), ("stack", 2, "hermite"))
 
 
 def match_tau(bench: Bench, make, k_target: int, steps: int, shift: float, tau0: float,
@@ -216,7 +219,7 @@ def run_fixed(bench: Bench, steps: int, shift: float, warmup: int, lv: dict) -> 
         if interval == 2 and interval not in lv.values():   # only the Pareto front's upper end
             fam = [f for f in fam if f[0] == "stack" and f[1] <= 2]
         for regions, order, form in fam:
-            w = max(warmup, order + 1) if form == "newton" else warmup   # newton needs order + 1 points
+            w = max(warmup, order + 1) if form in DIVIDED else warmup   # newton/heun need order + 1 points
             p = FixedPolicy(interval=interval, warmup=w, order=order, form=form)
             r = bench.run(p, regions, steps, shift)
             fixed.append(dict(r, interval=interval, regions=regions, order=order, form=form))
