@@ -13,9 +13,9 @@ spacing, increasing or decreasing):
 * ``newton`` -- the interpolating polynomial, ``c_j = prod_{i<j} (t - n_i)``. Exact for polynomials
   of degree <= order.
 * ``heun`` -- a FoCa-like multistep predictor-corrector (arXiv 2508.16211: the feature trajectory as an
-  ODE, a BDF2 predictor and a Heun corrector) in place of newton's quadratic term. With ``h = t - n_0``, ``d = n_0 - n_1``:
-  the BDF2 slope at the newest compute ``s_0 = D_1 + d D_2`` (the derivative there of the quadratic
-  through the last three computes), the Euler predictor ``P = D_0 + h s_0``, the slope ``s_t`` at
+  ODE, a BDF2 predictor and a Heun corrector) in place of newton's quadratic term. With
+  ``h = t - n_0``, ``d = n_0 - n_1``: the BDF2 slope at the newest compute ``s_0 = D_1 + d D_2`` (the
+  derivative there of the quadratic through the last three computes), the Euler predictor ``P = D_0 + h s_0``, the slope ``s_t`` at
   ``t`` of the quadratic through ``(n_1, y_1), (n_0, y_0), (t, P)``, and the trapezoidal (Heun)
   corrector ``D_0 + h/2 (s_0 + s_t)``, which is ``c_0 = 1, c_1 = h, c_2 = h d (3h + 2d) / (2 (h + d))``.
   Exact for polynomials of degree <= 1 on any spacing; the quadratic term grows like ``1.5 d h``

@@ -54,8 +54,8 @@ def taylor(ts, ys, t, j):
 def hermite_series(ts, ys, t, j, scale):
     """sum_{i<=j} nabla^i y s^i H_i(s x) / i! with numpy's physicists' Hermite H_i."""
     x = t - ts[-1]
-    return sum(_backward(ys, i) * scale ** i * float(hermite.hermval(scale * x, [0] * i + [1])) / math.factorial(i)
-               for i in range(j + 1))
+    h = [float(hermite.hermval(scale * x, [0] * i + [1])) for i in range(j + 1)]
+    return sum(_backward(ys, i) * scale ** i * h[i] / math.factorial(i) for i in range(j + 1))
 
 
 def reference(form, ts, ys, t, j):
