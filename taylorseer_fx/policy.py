@@ -303,8 +303,10 @@ class AutoPolicy(Policy):
     points before it are compared with the computed output (a back-test over the distance the last
     run actually had) and the next run uses the order with the smallest error when it is below
     ``order_margin`` times the error of ``order``, else ``order``. The estimate stays the pair of
-    ``order``. The choice stays on the device (no host read). Default form: ``newton`` in the step
-    index (exact interpolation through the newest computes, whatever their spacing).
+    ``order``. The choice stays on the device (no host read). Default form: ``heun`` in the step
+    index (newton's divided differences through the newest computes, whatever their spacing, with
+    the quadratic term of a BDF2 predictor / Heun corrector: exact for lines, a damped quadratic;
+    :mod:`taylorseer_fx.forms`). It won over ``newton`` on both shipped models (docs/auto.md).
 
     Warm-up (default ``max(order + 1, 3)``), cooldown and ``max_forecast_run`` force computes; after a
     compute at least ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator,
@@ -313,6 +315,7 @@ class AutoPolicy(Policy):
     """
 
     threshold: float
+    form: str = "heun"
     estimator: str = "pair"
     min_forecast_run: int = 0
     accumulate: bool | str = "rss"

@@ -251,11 +251,11 @@ def test_polynomial_trajectory_is_not_recomputed(estimator, order, degree, form,
 @pytest.mark.parametrize("select_order", [True, False])
 def test_order_selection_finds_a_quadratic(select_order):
     """A region output quadratic in the step: from the first compute whose back-test could see degree 2
-    (three earlier points), the default policy (order 1, select_order) forecasts with degree 2 and is
-    exact; without select_order the order-1 forecasts are not."""
+    (three earlier points), the policy (order 1, select_order, form newton: exact for quadratics)
+    forecasts with degree 2 and is exact; without select_order the order-1 forecasts are not."""
     n = 20
     coords = [1.0 - k / n for k in range(n)]
-    policy = AutoPolicy(threshold=10.0, max_forecast_run=3, select_order=select_order)
+    policy = AutoPolicy(threshold=10.0, max_forecast_run=3, select_order=select_order, form="newton")
     trace, outs, exact = run_toy(policy, lambda t: 3.0 * t ** 2 - 2.0 * t + 1.0, coords)
     assert computes(trace) == [0, 1, 2, 6, 10, 14, 18]          # warm-up, then max_forecast_run
     late = [(o - e).abs().max().item() for c, o, e in zip(trace, outs, exact)

@@ -350,14 +350,14 @@ def test_auto_monotone_in_threshold(base, t1, t2, accumulate, max_run, cooldown,
 def test_auto_defaults():
     p = AutoPolicy(threshold=0.02)
     assert (p.order, p.warmup_steps, p.form, p.forecast.coordinate, p.accumulate, p.rule, p.per_region) == (
-        1, 3, "newton", "step", "rss", "rss", False)
+        1, 3, "heun", "step", "rss", "rss", False)
     assert AutoPolicy(threshold=0.02, accumulate=False).rule == "step"
     assert AutoPolicy(threshold=0.02, accumulate=True).rule == "sum"
     assert (p.forecast.select_order, p.forecast.max_order, p.order_margin) == (True, 2, 1.0)
-    assert p.forecaster_options() == {"order": 2, "form": "newton", "select": 1, "select_margin": 1.0}
+    assert p.forecaster_options() == {"order": 2, "form": "heun", "select": 1, "select_margin": 1.0}
     assert p.estimator == "pair" and AutoPolicy(threshold=0.02, order=3).warmup_steps == 4
     q = AutoPolicy(threshold=0.02, estimator="remainder")
-    assert (q.forecast.select_order, q.forecast.max_order) == (False, 1) and q.forecaster_options() == {"order": 1, "form": "newton"}
+    assert (q.forecast.select_order, q.forecast.max_order) == (False, 1) and q.forecaster_options() == {"order": 1, "form": "heun"}
     assert p == AutoPolicy(threshold=0.02) and hash(p) == hash(AutoPolicy(threshold=0.02))
     assert "threshold=0.02" in repr(p)
 
