@@ -135,7 +135,8 @@ def taylor_seer(
             warm-up step); the others are forecast.
         n_derivatives: the order of the forecast polynomial.
         form: ``"taylor"`` (the paper's recursion in step index, the seed's behaviour) or ``"newton"``
-            (divided differences in the timestep input's value).
+            (divided differences in the timestep input's value); ``"hermite"`` / ``"heun"`` are their
+            variants in the same coordinate (:mod:`taylorseer_fx.forms`).
 
     The decorated class gains ``reset_cache(warmup_steps=None, skip_interval_steps=None,
     n_derivatives=None)`` (forget the factors, restart at step 0, optionally with new settings) and

@@ -14,14 +14,16 @@ spacing, increasing or decreasing):
   of degree <= order.
 * ``heun`` -- a FoCa-like multistep predictor-corrector (arXiv 2508.16211: the feature trajectory as an
   ODE, a BDF2 predictor and a Heun corrector) in place of newton's quadratic term. With
-  ``h = t - n_0``, ``d = n_0 - n_1``: the BDF2 slope at the newest compute ``s_0 = D_1 + d D_2`` (the
-  derivative there of the quadratic through the last three computes), the Euler predictor ``P = D_0 + h s_0``, the slope ``s_t`` at
-  ``t`` of the quadratic through ``(n_1, y_1), (n_0, y_0), (t, P)``, and the trapezoidal (Heun)
-  corrector ``D_0 + h/2 (s_0 + s_t)``, which is ``c_0 = 1, c_1 = h, c_2 = h d (3h + 2d) / (2 (h + d))``.
-  Exact for polynomials of degree <= 1 on any spacing; the quadratic term grows like ``1.5 d h``
-  instead of newton's ``h (h + d)``, and ``0 <= c_2 <= newton's c_2`` for ``h >= 0``: a damped
-  quadratic, meant for long forecast runs. Terms above the quadratic (order >= 3, and the next term
-  the ``remainder`` estimate uses) are newton's.
+  ``h = t - n_0`` and ``d = n_0 - n_1``: the BDF2 slope at the newest compute ``s_0 = D_1 + d D_2``
+  (the derivative there of the quadratic through the last three computes), the Euler predictor
+  ``P = D_0 + h s_0``, the slope ``s_t`` at ``t`` of the quadratic through ``(n_1, y_1), (n_0, y_0),
+  (t, P)``, and the trapezoidal (Heun) corrector ``D_0 + h/2 (s_0 + s_t)``, which is ``c_0 = 1,
+  c_1 = h, c_2 = h d (3h + 2d) / (2 (h + d))``. Exact for polynomials of degree <= 1 on any spacing;
+  the quadratic term grows like ``1.5 d h`` instead of newton's ``h (h + d)``, and
+  ``0 <= c_2 <= newton's c_2`` for ``h >= 0``: a damped quadratic, meant for long forecast runs.
+  Terms above the quadratic (order >= 3, and the next term the ``remainder`` estimate uses) are
+  newton's. At ``t = n_1`` (only a back-test over non-monotone coordinates gets there) the corrector
+  is singular and the quadratic term is dropped.
 
 Step-recursion factors (``F_{j+1} = (F_j(new) - F_j(old)) / d``, the official TaylorSeer's; ``t``
 the step index, ``x = t - n_0``):

@@ -65,7 +65,8 @@ class Policy:
 
     order: int = 1
     form: str = "newton"
-    coordinate: str | None = None  # None: "step" for taylor/hermite, "timestep" for newton/heun (AutoPolicy: "step")
+    coordinate: str | None = None  # None: "step" for taylor/hermite, "timestep" for newton/heun
+    #                                (AutoPolicy: "step")
     warmup: int | None = None  # None: order + 1 (AutoPolicy: max(order + 1, 3))
     cooldown: int = 0
     max_forecast_run: int | None = None
