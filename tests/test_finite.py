@@ -10,7 +10,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from taylorseer_fx.forecast import Forecaster
+from taylorseer_fx.forecast import FORMS, Forecaster
+from taylorseer_fx.forms import DIVIDED
 
 
 def _seq(values):
@@ -103,7 +104,7 @@ def test_the_readme_memory_table_formula_matches_the_forecaster():
 
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(st.lists(st.tuples(st.floats(1e-3, 5.0), st.floats(-1e6, 1e6)), min_size=2, max_size=6),
-       st.integers(0, 3), st.sampled_from(["newton", "taylor"]))
+       st.integers(0, 3), st.sampled_from(FORMS))
 def test_finite_data_gives_a_finite_forecast_when_its_polynomial_is_finite(points, order, form):
     """Fuzz: gaps of 1e-3 .. 5 between decreasing coordinates, values up to 1e6: the forecast at the
     next coordinate is finite wherever the exact polynomial through the stored points is."""
@@ -113,10 +114,11 @@ def test_finite_data_gives_a_finite_forecast_when_its_polynomial_is_finite(point
         ts.append(t)
         t -= gap
     f = Forecaster(order, form)
+    step = form not in DIVIDED               # taylor / hermite: the step index
     for k, (tt, (_, v)) in enumerate(zip(ts, points)):
-        f.update(float(k) if form == "taylor" else tt, torch.tensor([v], dtype=torch.float32))
-    at = float(len(points)) if form == "taylor" else t
-    nodes = [float(k) for k in range(len(points))] if form == "taylor" else ts
+        f.update(float(k) if step else tt, torch.tensor([v], dtype=torch.float32))
+    at = float(len(points)) if step else t
+    nodes = [float(k) for k in range(len(points))] if step else ts
     deg = min(order, len(points) - 1)
     xs, ys = np.array(nodes[-(deg + 1):]), np.array([v for _, v in points][-(deg + 1):])
     exact = float(np.polyval(np.polyfit(xs - xs[-1], ys, deg), at - xs[-1])) if deg else float(ys[-1])
@@ -141,7 +143,7 @@ _VALUES = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([math.nan, math.inf, -
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)
-@given(st.lists(_VALUES, min_size=1, max_size=9), st.integers(0, 3), st.sampled_from(["newton", "taylor"]),
+@given(st.lists(_VALUES, min_size=1, max_size=9), st.integers(0, 3), st.sampled_from(FORMS),
        st.sampled_from(["remainder", "pair"]))
 def test_a_forecast_uses_only_the_finite_computes_since_the_last_non_finite_one(values, order, form, method):
     """Fuzz with NaN/inf/huge/tiny outputs: the forecast equals the polynomial through the newest
@@ -168,7 +170,8 @@ def test_a_forecast_uses_only_the_finite_computes_since_the_last_non_finite_one(
         exact = float(np.polyval(np.polyfit(xs - xs[-1], ys, deg), at - xs[-1])) if deg else float(ys[-1])
         if abs(exact) < 1e25 and max(abs(y) for y in ys) < 1e25:
             assert math.isfinite(out), (values, out, exact)
-            if form == "newton" or deg < 2:    # taylor's series of degree >= 2 is not the interpolant
+            # taylor's and heun's degree >= 2 are not the interpolant, hermite's degree >= 1 is a contraction
+            if form == "newton" or (deg < 2 and form != "hermite") or deg == 0:
                 assert out == pytest.approx(exact, rel=1e-3, abs=1e-3 * max(1.0, *map(abs, ys))), (values, exact)
     est = f.error_estimate(at, method)
     needed = order + 2 if method == "remainder" or order == 0 else min(order, len(values) - 1) + 1
