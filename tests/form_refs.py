@@ -7,8 +7,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from numpy.polynomial import hermite
+
+from taylorseer_fx.forms import HERMITE_SCALE
 
 
 def interpolant(ts, ys, t, derivative: bool = False):
@@ -61,7 +62,5 @@ def hermite_series(ts, ys, t, j, scale):
 def reference(form, ts, ys, t, j):
     """The degree-j forecast of ``form`` from the points (ts, ys) at t, float64."""
     if form == "hermite":
-        from taylorseer_fx.forms import HERMITE_SCALE
         return hermite_series(ts, ys, t, j, HERMITE_SCALE)
-    out = {"newton": newton, "heun": heun, "taylor": taylor}[form](ts, ys, t, j)
-    return out if isinstance(out, torch.Tensor) else torch.zeros_like(ys[-1], dtype=torch.float64) + out
+    return {"newton": newton, "heun": heun, "taylor": taylor}[form](ts, ys, t, j)

@@ -4,8 +4,6 @@ auto, through the compile path."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
