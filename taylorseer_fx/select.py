@@ -19,6 +19,11 @@ Region kinds (see :func:`select_regions`):
     ``self_attention``, ``audio_attn1``, ``ff``, ``ff_context``, ``txt_ff``, ``ffn``, ``mlp``, ``img_mlp``,
     ``proj_mlp``, ``down_proj`` ...: :data:`~taylorseer_fx.module_names.MODULE_NAMES`). Norms,
     modulation gates, activations and residual adds stay outside.
+``probe`` / ``probe-last`` / ``probe:<k>``
+    The stack cut in two (three for a middle block): the *probe*, one block (the first, the last, or
+    block ``k`` in graph order, its nodes up to the next block's first node), and the rest of the
+    stack around it. The runtime computes the probe at every step and measures its own forecast
+    error there, which calibrates the adaptive policy's estimate for the rest (``graph_runtime.py``).
 a regex string or a ``callable(path) -> bool``
     Every call of a module whose normalised path matches (``re.fullmatch``; the shallowest match
     wins) is a region.
@@ -33,26 +38,27 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import fx
 
 from .module_names import BLOCK_LIST_NAME, CONDITIONING, EMBEDDING, MODULE_NAMES, is_module_name  # noqa: F401
+from .placeholders import TIMESTEP_NAMES, find_timestep, is_static_placeholder  # noqa: F401
 
 __all__ = [
-    "KINDS", "ALIASES", "Region", "NoRegionError", "normalize_path", "node_module_paths", "block_lists",
+    "KINDS", "ALIASES", "PROBE_AT", "Region", "NoRegionError", "normalize_path", "node_module_paths", "block_lists",
     "select_regions", "find_timestep", "is_static_placeholder", "TIMESTEP_NAMES", "warn_unpaired_residual",
     "is_module_name", "MODULE_NAMES",
 ]
 
-KINDS = ("stack", "stack-residual", "modules", "output")
+KINDS = ("stack", "stack-residual", "modules", "output", "probe", "probe-last")
+#: ``probe:<k>``: the probe is block ``k`` of the stack (0-based, in graph order; negative counts from the end)
+PROBE_AT = re.compile(r"probe:(-?\d+)")
 #: other names of the kinds: ``"lite"`` is what OpenVINO TaylorSeer Lite and diffusers' lite mode forecast:
 #: the model's final output (after ``norm_out`` / ``proj_out``)
 ALIASES = {"lite": "output"}
 
-#: whole placeholder names (lower case, as in ``node.name``) taken as the step coordinate input.
-TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas")
 
 class NoRegionError(ValueError):
     """The region selection resolved to no region in a graph.
@@ -76,6 +82,7 @@ class Region:
     name: str
     nodes: list = field(default_factory=list)
     residual: bool = False
+    probe: bool = False       # computed at every step; its measured forecast error calibrates the rest
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"Region({self.name!r}, {len(self.nodes)} nodes, residual={self.residual})"
@@ -276,9 +283,10 @@ def _block_module(n: fx.Node, item: re.Pattern) -> str | None:
     return None
 
 
-def _stack_span(nodes: list, lists: list, kind: str, gm: fx.GraphModule) -> tuple[int, int]:
-    """Indices (in ``nodes``) of the first and last node of the block stack: from the first block's
-    first node to the last block's last node. NoRegionError where the graph has no block stack."""
+def _stack_span(nodes: list, lists: list, kind: str, gm: fx.GraphModule) -> tuple[int, int, list]:
+    """Indices (in ``nodes``) of the first and last node of the block stack (from the first block's
+    first node to the last block's last node) and of each block's first node, in graph order.
+    NoRegionError where the graph has no block stack."""
     if not lists:
         raise NoRegionError(
             f"regions={kind!r}: no block list (ModuleList of repeated blocks such as transformer_blocks, "
@@ -305,19 +313,41 @@ def _stack_span(nodes: list, lists: list, kind: str, gm: fx.GraphModule) -> tupl
             end = j
         elif keys[j] is not None:
             break
-    return start, end
+    return start, end, sorted(first_node.values())
+
+
+def _probe_regions(nodes: list, start: int, end: int, firsts: list, kind: str) -> list[Region]:
+    """The stack ``nodes[start..end]`` as (rest before, probe block, rest after); empty parts dropped."""
+    k = 0 if kind == "probe" else -1 if kind == "probe-last" else int(PROBE_AT.fullmatch(kind).group(1))
+    if not -len(firsts) <= k < len(firsts):
+        raise ValueError(f"regions={kind!r}: the stack of this graph has {len(firsts)} blocks (probe index "
+                         f"in [{-len(firsts)}, {len(firsts) - 1}])")
+    if len(firsts) < 2:
+        raise ValueError(f"regions={kind!r}: the stack of this graph has one block; a probe needs a rest "
+                         "to forecast")
+    k %= len(firsts)
+    lo, hi = firsts[k], (firsts[k + 1] - 1 if k + 1 < len(firsts) else end)
+    import os
+    res = bool(os.environ.get("TSFX_PROBE_RES"))
+    parts = [Region("stack", nodes[start:lo], residual=res), Region(f"probe:{k}", nodes[lo:hi + 1], probe=True),
+             Region("stack#1" if lo > start else "stack", nodes[hi + 1:end + 1], residual=res)]
+    return [r for r in parts if r.nodes]
 
 
 def select_regions(gm: fx.GraphModule, kind) -> list[Region]:
-    """Regions of ``gm`` for ``kind`` ("stack", "stack-residual", "output", "modules", a regex or a callable).
+    """Regions of ``gm`` for ``kind`` ("stack", "stack-residual", "output", "modules", "probe",
+    "probe-last", "probe:<k>", a regex or a callable).
 
     Returns non-overlapping regions ordered by graph position. Raises :class:`NoRegionError`
     (a ValueError naming the module paths seen) when nothing is selected, and ValueError for an
     unknown kind."""
     nodes = _compute_nodes(gm)
     lists = block_lists(gm)
+    if isinstance(kind, str) and (kind in ("probe", "probe-last") or PROBE_AT.fullmatch(kind)):
+        start, end, firsts = _stack_span(nodes, lists, kind, gm)
+        return _probe_regions(nodes, start, end, firsts, kind)
     if isinstance(kind, str) and kind in ("stack", "stack-residual", "output"):
-        start, end = _stack_span(nodes, lists, kind, gm)
+        start, end, _ = _stack_span(nodes, lists, kind, gm)
         if kind == "output":            # from the first block to the graph's end: norm_out, proj_out ...
             end = len(nodes) - 1
         return [Region(kind if kind == "output" else "stack", nodes[start:end + 1],
@@ -375,44 +405,3 @@ def warn_unpaired_residual(gm: fx.GraphModule, regions: Sequence[Region], infos)
         warnings.warn(f"taylorseer: regions='stack-residual': {describe_graph(gm)} has no residual input of the same "
                       "shape as a stack output; forecasting the stack output itself, as regions='stack' does",
                       UserWarning, stacklevel=3)
-
-
-# ---------------------------------------------------------------- placeholders
-
-_STATIC_SOURCES = ("ParamBufferSource", "NNModuleSource")
-
-
-def is_static_placeholder(node: fx.Node, example=None) -> bool:
-    """True for placeholders that hold parameters/buffers (dynamo source through a module), i.e.
-    inputs that are constant across calls."""
-    if isinstance(example, torch.nn.Parameter):
-        return True
-    src = getattr(node, "_dynamo_source", None)
-    while src is not None:
-        name = type(src).__name__
-        if any(s in name for s in _STATIC_SOURCES) and "NotNNModule" not in name:
-            return True
-        src = getattr(src, "base", None)
-    return False
-
-
-def _placeholder_names(node: fx.Node) -> Iterable[str]:
-    yield node.name.lower()
-    yield str(node.target).lower()
-
-
-def find_timestep(gm: fx.GraphModule, timestep_arg: str | None = None) -> fx.Node | None:
-    """The placeholder holding the step coordinate, or None.
-
-    Matches the *whole* placeholder name ``l_<name>_`` or ``l_kwargs_<name>_`` for ``<name>`` in
-    :data:`TIMESTEP_NAMES` (in that order of preference), or ``timestep_arg`` when given (also matched
-    against the placeholder name itself). Parameter placeholders (``..._timestep_embedder_...``) never
-    match. The value is in the model's own units (e.g. 0..1000 or a sigma)."""
-    phs = [n for n in gm.graph.nodes if n.op == "placeholder" and not is_static_placeholder(n)]
-    names = (timestep_arg,) if timestep_arg else TIMESTEP_NAMES
-    for name in names:
-        want = {f"l_{name.lower()}_", f"l_kwargs_{name.lower()}_", name.lower()}
-        for n in phs:
-            if any(s in want for s in _placeholder_names(n)):
-                return n
-    return None

@@ -1,0 +1,182 @@
+"""The arena's placement bound: how low can the auto forecaster's error go on the trained Flux at each target?
+
+``benchmarks/placement.py`` does this for the DiT; this is the same search on the arena's model
+(``arena.py``: the shipped Flux, a real ``FluxPipeline``, true CFG 3, ``regions="stack"``). The auto
+policy decides *where* to compute (its threshold) and *how* to forecast between computes; here the
+second part stays as shipped and the first is replaced by a search:
+
+1. every arena auto threshold is run on the search samples; per target compute fraction (0.25 / 0.35
+   / 0.5) the best one at or below the target gives the **start**: the auto policy's own placement;
+2. **coordinate descent** from it: each post-warm-up compute in turn moved by up to ``--reach`` steps
+   (between its neighbours), repeated while a move helps (at most ``--sweeps`` sweeps) -- a local
+   optimum, an estimate of the bound, not a proof. The compute count never changes, so the compute
+   fraction stays that of the start;
+3. the start and the best placement found are run again on the **evaluation** samples (the arena's 40,
+   which include the search samples) and compared with the best peer of the arena's results at the
+   same target (``benchmarks/results/arena.json``): the ratio a perfect threshold rule with this
+   forecaster could reach, at most, vs the issue's target of 0.5.
+
+    python benchmarks/placement_arena.py                 # 28 and 50 steps (~40 min, 1 thread)
+    python benchmarks/placement_arena.py --steps 28 --search-samples 6 --sweeps 1   # ~10 min
+
+Writes ``benchmarks/results/placement_arena.json`` (``placement_arena_custom.json`` with other options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arena import CFG, TARGETS, Arena  # noqa: E402
+from arena_peers import Counter, counting_inner  # noqa: E402
+from common import ROOT, machine, setup, table, write_json  # noqa: E402
+
+from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy, compile_pipeline, metrics  # noqa: E402
+
+THRESHOLDS = (0.05, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)   # arena.py's
+MAX_RUN = 10                      # arena.py's auto rows: max_forecast_run=10
+
+
+class Runner:
+    """One compiled pipeline (stack, eager inner) on one arena sample set; ``run(policy, steps)`` ->
+    (relative L2 to the uncached samples, block compute fraction, stream-0 compute steps)."""
+
+    def __init__(self, samples: int):
+        from taylorseer_fx.demo.flux_pipeline import build_pipeline
+        self.arena = a = Arena(samples)
+        self.counter = Counter()
+        self.pipe = build_pipeline(copy.deepcopy(a.base))
+        torch._dynamo.reset()
+        self.handle = compile_pipeline(self.pipe, policy=FixedPolicy(interval=2), regions="stack",
+                                       inner=counting_inner(self.counter))
+        self.backend = self.handle.backends["transformer"]
+        self.runs = 0
+
+    def reference(self, steps: int) -> None:
+        from taylorseer_fx.demo.flux_pipeline import build_pipeline
+        a = self.arena
+        if steps not in a.ref:
+            c = Counter()
+            t = copy.deepcopy(a.base)
+            c.instrument(t)
+            a.ref[steps], _ = a.sample(build_pipeline(t), steps)
+            a.den[steps] = (c.blocks(), c.units())
+
+    def run(self, policy, steps: int) -> tuple[float, float, list[int]]:
+        self.reference(steps)
+        self.backend.policy = policy
+        self.handle.reset()
+        self.counter.clear()
+        x, _ = self.arena.sample(self.pipe, steps)
+        self.runs += 1
+        trace = self.handle.stats()["transformer"]["trace"]
+        computed = [c["step"] for c in trace if c["stream"] == 0 and c["decision"] == "compute"]
+        return (metrics.relative_l2(x, self.arena.ref[steps]), self.counter.blocks() / self.arena.den[steps][0],
+                computed)
+
+
+def placed(compute_steps: list[int], steps: int) -> MaskPolicy:
+    """An explicit compute set with the auto policy's forecast (form, order choice, coordinate)."""
+    return MaskPolicy(compute_steps, num_steps=steps).with_forecast(AutoPolicy(threshold=1.0))
+
+
+def descend(evaluate, start: list[int], warmup: int, steps: int, reach: int, sweeps: int) -> list[int]:
+    """Coordinate descent over the post-warm-up computes of ``start`` (moves of <= reach steps)."""
+    best = list(start)
+    for _ in range(sweeps):
+        moved = False
+        for i in range(warmup, len(best)):
+            lo = best[i - 1] + 1
+            hi = best[i + 1] - 1 if i + 1 < len(best) else steps - 1
+            for p in range(max(lo, best[i] - reach), min(hi, best[i] + reach) + 1):
+                cand = best[:i] + [p] + best[i + 1:]
+                if p != best[i] and evaluate(cand) < evaluate(best):
+                    best, moved = cand, True
+        if not moved:
+            break
+    return best
+
+
+def peers_at(path: Path) -> dict:
+    """``{(steps, target): (best peer rel L2, method, setting)}`` from the arena's results."""
+    data = json.loads(path.read_text())
+    out = {}
+    for s in data.get("summary", []):
+        p = s.get("best_peer")
+        if p:
+            out[(s["steps"], s["target"])] = (p["rel_l2"], p["method"], p["setting"], s["taylorseer_fx"]["rel_l2"])
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", default="28,50")
+    ap.add_argument("--search-samples", type=int, default=10)
+    ap.add_argument("--samples", type=int, default=40, help="evaluation samples (the arena's)")
+    ap.add_argument("--reach", type=int, default=2)
+    ap.add_argument("--sweeps", type=int, default=2)
+    args = ap.parse_args(argv)
+    setup(1)
+    steps_list = [int(s) for s in args.steps.split(",")]
+    t0 = time.perf_counter()
+    search = Runner(args.search_samples)
+    cells = []
+    for steps in steps_list:
+        runs = [(t, *search.run(AutoPolicy(threshold=t, max_forecast_run=MAX_RUN), steps)) for t in THRESHOLDS]
+        warmup = AutoPolicy(threshold=1.0).warmup_steps
+        memo: dict = {}
+
+        def evaluate(cs, steps=steps, memo=memo):
+            if tuple(cs) not in memo:
+                memo[tuple(cs)] = search.run(placed(cs, steps), steps)[0]
+            return memo[tuple(cs)]
+        for target in TARGETS:
+            ok = [r for r in runs if r[2] <= target + 1e-9]
+            if not ok:
+                continue
+            tau, err, frac, start = min(ok, key=lambda r: r[1])
+            n0 = len(memo)
+            best = descend(evaluate, start, warmup, steps, args.reach, args.sweeps)
+            cells.append({"steps": steps, "target": target, "threshold": tau, "fraction": frac,
+                          "start": start, "start_search_error": err, "start_as_mask_error": evaluate(start),
+                          "best": best, "best_search_error": evaluate(best), "evaluations": len(memo) - n0})
+            print(f"{steps} steps, target {target}: auto tau {tau} ({len(start)} computes, {frac:.3f}) "
+                  f"{err:.4f} (as a mask {evaluate(start):.4f}) -> best found {evaluate(best):.4f} "
+                  f"{best[warmup:]} ({len(memo) - n0} runs)", flush=True)
+    del search
+    ev = Runner(args.samples)
+    peers = peers_at(ROOT / "benchmarks" / "results" / "arena.json")
+    for c in cells:
+        c["start_error"] = ev.run(placed(c["start"], c["steps"]), c["steps"])[0]
+        c["best_error"], c["best_fraction"], _ = ev.run(placed(c["best"], c["steps"]), c["steps"])
+        peer = peers.get((c["steps"], c["target"]))
+        c["peer"] = peer
+        c["ratio_start"] = None if peer is None else c["start_error"] / peer[0]
+        c["ratio_best"] = None if peer is None else c["best_error"] / peer[0]
+        c["ratio_best_over_ours"] = None if peer is None else c["best_error"] / peer[3]
+    rows = [[c["steps"], c["target"], len(c["start"]), c["fraction"], c["start_error"], c["best_error"],
+             "-" if c["peer"] is None else f"{c['peer'][0]:.4f} ({c['peer'][1]}: {c['peer'][2]})",
+             c["ratio_start"], c["ratio_best"], c["ratio_best_over_ours"], str(c["best"][3:])] for c in cells]
+    print(table(["steps", "target", "computes", "fraction", "auto placement", "best found", "best peer",
+                 "auto / peer", "best found / peer", "best found / our best (arena)",
+                 "best placement (after warm-up)"], rows,
+                title=f"Placement bound on the arena Flux ({args.samples} evaluation samples, search on "
+                      f"{args.search_samples}, CFG {CFG:g}, stack)"))
+    data = {"machine": machine(), "search_samples": args.search_samples, "samples": args.samples,
+            "reach": args.reach, "sweeps": args.sweeps, "thresholds": THRESHOLDS,
+            "forecaster": AutoPolicy(threshold=1.0).forecaster_options(), "cells": cells,
+            "seconds": time.perf_counter() - t0}
+    custom = (args.steps, args.search_samples, args.samples, args.reach, args.sweeps) != ("28,50", 10, 40, 2, 2)
+    print(f"wrote {write_json('placement_arena_custom.json' if custom else 'placement_arena.json', data)}")
+    return data
+
+
+if __name__ == "__main__":
+    main()
