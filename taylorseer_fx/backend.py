@@ -28,7 +28,7 @@ from torch import fx
 from .policy import Policy
 from .presets import load_policy
 from .runtime import Runtime
-from .select import (ALIASES, KINDS, PROBE_AT, NoRegionError, describe_graph, find_timestep, is_static_placeholder,
+from .select import (ALIASES, KINDS, NoRegionError, describe_graph, find_timestep, is_static_placeholder,
                      select_regions, warn_unpaired_residual)
 from .graph_runtime import read_coordinate
 from .lazy_compile import LazyCompile, has_symbolic_inputs
@@ -78,7 +78,7 @@ def _resolve_inner(inner) -> Callable:
 
 def _check_regions(regions) -> None:
     if isinstance(regions, str):
-        if regions in KINDS or PROBE_AT.fullmatch(regions):
+        if regions in KINDS:
             return
         try:
             re.compile(regions)

@@ -47,8 +47,6 @@ from .forms import DIVIDED
 from .region_state import Generation, StepPlan
 
 __all__ = ["GraphRuntime", "read_coordinate"]
-import os
-PROBE_WHEN = os.environ.get("TSFX_PROBE_WHEN", "mid")
 
 _READ_ALL = 64     # per-sample timesteps up to this many elements are read whole (one copy, no kernel)
 
@@ -85,14 +83,10 @@ class _Call:
     gen: Generation
     plan: StepPlan
     defer: bool               # compute and hold the outputs (steps.py: step 1 with unknown streams)
-    probes: tuple = ()        # per region: a probe (computed at every step of stream 0)
     regions: dict = field(default_factory=dict)
-    held: dict = field(default_factory=dict)     # probe outputs waiting for the pending decision
 
     def computes(self, index: int) -> bool:
-        if self.defer or (self.probes[index] and self.stream == 0):
-            return True
-        return self.plan.compute[index]
+        return self.defer or self.plan.compute[index]
 
 
 class GraphRuntime:
@@ -115,7 +109,6 @@ class GraphRuntime:
         self.instance_indices = tuple(instance_indices)
         self.name = name
         self.names = [r.name if index == 0 else f"g{index}:{r.name}" for r in regions]
-        self.probes = tuple(bool(getattr(r, "probe", False)) for r in regions)
         self.device = None
         self.whole = whole
         self.pieces = pieces
@@ -203,13 +196,9 @@ class GraphRuntime:
                                     "the session's schedule; placing the call by its value")
         pos, gen = owner.place(self.index, coord, self._signature(args), counted)
         x = self._forecaster_x(pos.step, coord)
-        wait = self.probes[0] if self.probes and pos.stream == 0 and not pos.defer else False
-        plan = gen.plan(self.index, pos.step, len(self.regions), x, self.device, ctx.per_region, self.probes,
-                        wait=wait and PROBE_WHEN == "mid")
-        if plan.compute is None and not wait:       # the stream that would have decided did not reach it
-            gen.decide(self.index, len(self.regions), x, self.device, self.probes)
+        plan = gen.plan(self.index, pos.step, len(self.regions), x, self.device, ctx.per_region)
         label = ctx.generation_label(owner, pos.generation, coord, pos.step)
-        return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer, self.probes)
+        return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer)
 
     def _instance(self, args) -> tuple:
         return tuple(args[i] for i in self.instance_indices)
@@ -254,8 +243,6 @@ class GraphRuntime:
     def _run_whole(self, call: _Call, args) -> Any:
         """The call through the whole graph (see the module docstring), or None: use the split pieces."""
         n, gen, whole = len(self.regions), call.gen, self.whole
-        if call.plan.compute is None:          # decided after the probe: through the pieces
-            return None
         decisions = {call.computes(i) for i in range(n)}
         if len(decisions) != 1:
             return None
@@ -281,24 +268,9 @@ class GraphRuntime:
         residual = self.regions[index].residual
         if call.defer:
             call.gen.hold(self.index, index, call.stream, out, args, residual, call.x, call.plan.derivatives)
-            return
-        st = call.gen.state(self.index, index, call.stream)
-        if self.probes[index] and call.stream == 0:
-            call.gen.measure_probe(self.index, st, out, args, residual, call.x)
-            if call.plan.compute is None:          # absorbed once the decision says every region computes
-                call.held[index] = (out, args)
-                return
-            if not call.plan.full:                 # the probe's points are the full computes only
-                return
-        st.absorb(out, args, residual, call.x, call.plan.derivatives)
-
-    def _decide_after_probe(self, call: _Call) -> None:
-        plan = call.gen.decide(self.index, len(self.regions), call.x, self.device, self.probes)
-        held, call.held = call.held, {}
-        if plan.full:
-            for index, (out, args) in held.items():
-                call.gen.state(self.index, index, call.stream).absorb(
-                    out, args, self.regions[index].residual, call.x, plan.derivatives)
+        else:
+            call.gen.state(self.index, index, call.stream).absorb(out, args, residual, call.x,
+                                                                  call.plan.derivatives)
 
     def run_region(self, index: int, compiled: Callable, args: Sequence) -> Any:
         """Compute region ``index`` (``compiled(*args)``) or forecast it, for this thread's current call."""
@@ -308,8 +280,6 @@ class GraphRuntime:
         if self.ctx.never:                        # nothing will ever be forecast: store nothing
             call.regions[self.names[index]] = "compute"
             return compiled(*args)
-        if call.plan.compute is None and not self.probes[index]:
-            self._decide_after_probe(call)
         compute = call.computes(index)
         st = None if compute else call.gen.states.get((self.index, index, call.stream))
         if st is not None and st.ready:

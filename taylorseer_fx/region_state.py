@@ -50,9 +50,9 @@ class RegionState:
         self.container = None        # tuple/list type of the outputs, None for a single tensor
         self.residual: dict = {}     # output index -> (input index, shape, stride, dtype)
 
-    @staticmethod
-    def _split(out, args, residual: dict) -> tuple:
-        """``(kind, stored tensors, residual info, whole floating outputs)`` of a computed output."""
+    def absorb(self, out, args, residual: dict, x: float, derivatives: bool) -> None:
+        """Take a computed output at forecaster coordinate ``x``. ``args[j]`` is the region input
+        ``j`` (a sequence or ``{j: tensor}``); ``residual``: ``{output index: input index}``."""
         kind, tensors, res, whole = [], [], {}, []
         for i, o in enumerate(out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(o, torch.Tensor) and o.is_floating_point():
@@ -65,12 +65,6 @@ class RegionState:
                 tensors.append(o)
             else:
                 kind.append(("c", o.clone() if isinstance(o, torch.Tensor) else o))
-        return kind, tensors, res, whole
-
-    def absorb(self, out, args, residual: dict, x: float, derivatives: bool) -> None:
-        """Take a computed output at forecaster coordinate ``x``. ``args[j]`` is the region input
-        ``j`` (a sequence or ``{j: tensor}``); ``residual``: ``{output index: input index}``."""
-        kind, tensors, res, whole = self._split(out, args, residual)
         f = self.forecaster
         if tensors:
             tensors = tuple(tensors)
@@ -82,19 +76,6 @@ class RegionState:
             f.update(x, tensors, derivatives=derivatives, reference=tuple(whole) if res else None)
         self.kind, self.residual = tuple(kind), res
         self.container = type(out) if isinstance(out, (tuple, list)) else None
-
-    def measure(self, out, args, residual: dict, x: float) -> torch.Tensor | None:
-        """The measured relative error ``||forecast(x) - out|| / ||out||`` of forecasting the computed
-        ``out`` at ``x`` from the stored points (0-dim float32 device tensor, no host read; nan where
-        not finite); None where nothing comparable is stored. The state is not changed."""
-        kind, tensors, _, whole = self._split(out, args, residual)
-        same = [k for k, _ in kind] == [k for k, _ in self.kind]
-        if not self.ready or not tensors or not same or not self.forecaster.matches(tuple(tensors)):
-            return None
-        fc = self._forecasts(x)
-        err = sum(torch.linalg.vector_norm(fc[i].float() - t.float()).square() for i, t in enumerate(tensors))
-        ref = sum(torch.linalg.vector_norm(o.float()).square() for o in whole)
-        return (err.sqrt() / ref.sqrt().clamp_min(1e-30)).to(torch.float32)
 
     @property
     def ready(self) -> bool:
@@ -129,39 +110,17 @@ class RegionState:
 
 @dataclass
 class StepPlan:
-    """The decision of one graph for one step (shared by the step's streams). ``compute`` is None
-    while the decision waits for the probe of the step (made at the first forecastable region)."""
+    """The decision of one graph for one step (shared by the step's streams)."""
     step: int
-    compute: list | None      # per region: True = compute (a probe region: whether it is absorbed)
+    compute: list             # per region: True = compute
     derivatives: bool
     estimate: float | None
-
-    @property
-    def full(self) -> bool:
-        """Every region computes (a probe region is absorbed only then)."""
-        return self.compute is not None and all(self.compute)
 
 
 class _GraphSchedules:
     def __init__(self, schedules: list):
         self.schedules = schedules    # one, or one per region (per_region)
         self.plan: StepPlan | None = None
-
-
-import os
-PROBE_USE = os.environ.get("TSFX_PROBE", "ratio")
-
-
-def calibrate(estimate: float, probe: Sequence[float], use: str) -> float:
-    """The estimate of a forecast region calibrated by the probe's ``(measured, estimated)`` error."""
-    m, e = probe
-    if not (math.isfinite(m) and math.isfinite(e)):
-        return math.inf
-    if use == "direct":
-        return m
-    if use == "max":
-        return max(m, estimate)
-    return estimate * m / e if e > 0 else math.inf
 
 
 class Generation:
@@ -179,7 +138,6 @@ class Generation:
         self.scratch = Scratch()    # the work buffers of every forecaster of the generation
         self._graphs: dict = {}     # graph -> _GraphSchedules
         self._held: list = []       # deferred step-1 computes: (graph, region, stream, out, bases, residual, x, der)
-        self.probe_error: dict = {}  # graph -> (measured, estimated) relative error of its probe, last measured
 
     # ------------------------------------------------------------ placement
     def apply(self, pos: Position, graph: int) -> None:
@@ -232,90 +190,57 @@ class Generation:
         return states + held + self.scratch.memory_bytes()
 
     # ------------------------------------------------------------ decisions
-    def plan(self, graph: int, step: int, n_regions: int, x: float, device, per_region: bool,
-             probes: Sequence[bool] = (), wait: bool = False) -> StepPlan:
-        """The graph's decision at ``step`` (made at its first call of the step, reused by the others).
-        ``probes``: per region, whether it is a probe (always computed, never in the estimate);
-        ``wait``: leave the decision pending (``compute`` None) for :meth:`decide` after the probe."""
+    def plan(self, graph: int, step: int, n_regions: int, x: float, device, per_region: bool) -> StepPlan:
+        """The graph's decision at ``step`` (made at its first call of the step, reused by the others)."""
         gs = self._graphs.get(graph)
         if gs is None:
             gs = self._graphs[graph] = _GraphSchedules(self._start_schedules(n_regions, step))
         if gs.plan is not None and gs.plan.step == step:
             return gs.plan
-        gs.plan = StepPlan(step, None, gs.schedules[0].derivatives(step), None)
-        if not wait:
-            self.decide(graph, n_regions, x, device, probes)
-        return gs.plan
-
-    def decide(self, graph: int, n_regions: int, x: float, device, probes: Sequence[bool] = ()) -> StepPlan:
-        """Fill the pending decision of the graph's current step (one host read for the estimate)."""
-        gs = self._graphs[graph]
-        plan, cache, per = gs.plan, {}, len(gs.schedules) > 1
+        cache: dict = {}
+        per = len(gs.schedules) > 1
 
         def estimate(i=0):
             if "v" not in cache:
-                cache["v"] = self.estimates(graph, n_regions, x, device, per_region=per, probes=probes)
+                cache["v"] = self.estimates(graph, n_regions, x, device, per_region=per)
             return cache["v"][i]
         if per:
-            compute = [s.decide(plan.step, lambda i=i: estimate(i)) for i, s in enumerate(gs.schedules)]
+            compute = [s.decide(step, lambda i=i: estimate(i)) for i, s in enumerate(gs.schedules)]
         else:
-            compute = [gs.schedules[0].decide(plan.step, estimate)] * n_regions
+            compute = [gs.schedules[0].decide(step, estimate)] * n_regions
         est = max(cache["v"]) if cache.get("v") else None
-        full = all(c for i, c in enumerate(compute) if not (probes and probes[i]))
-        plan.compute = [full if probes and probes[i] else c for i, c in enumerate(compute)]
-        plan.estimate = est if est is not None and math.isfinite(est) else None
-        return plan
+        gs.plan = StepPlan(step, compute, gs.schedules[0].derivatives(step),
+                           est if est is not None and math.isfinite(est) else None)
+        return gs.plan
 
-    def estimates(self, graph: int, n_regions: int, x: float, device=None, per_region: bool = False,
-                  probes: Sequence[bool] = ()) -> list:
+    def estimates(self, graph: int, n_regions: int, x: float, device=None, per_region: bool = False) -> list:
         """Estimated relative error of forecasting each region of ``graph`` (stream 0) at ``x``; one
-        host read. Regions that cannot forecast, or have no estimate yet, give +inf (compute); probe
-        regions give 0 (they are computed) and their last measured error calibrates the others
-        (:func:`calibrate`). Returns one value (the max) or one per region; all-reduced with MAX
-        under ``torch.distributed``."""
+        host read. Regions that cannot forecast, or have no estimate yet, give +inf (compute). Returns
+        one value (the max) or one per region; all-reduced with MAX under ``torch.distributed``."""
         method = getattr(self.policy, "estimator", "remainder")
         vals = []
         for i in range(n_regions):
             st = self.states.get((graph, i, 0))
-            if probes and probes[i]:
-                vals.append(0.0)
-            elif st is None or not st.ready:
+            if st is None or not st.ready:
                 vals.append(math.inf)
             elif not any(k[0] == "f" for k in st.kind):
                 vals.append(0.0)                      # constant outputs forecast exactly
             else:
                 e = st.forecaster.error_estimate(x, method, degree=self.policy.order)
                 vals.append(math.inf if e is None else e)
-        probe = self.probe_error.get(graph) if any(probes) else None
-        if probe is not None:
-            vals += list(probe)
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         tensors = [v for v in vals if isinstance(v, torch.Tensor)]
         if not tensors and not dist:
-            out = vals
-        else:
-            dev = tensors[0].device if tensors else (device or torch.device("cpu"))
-            t = torch.stack([v.to(dev, torch.float32).reshape(()) if isinstance(v, torch.Tensor)
-                             else torch.tensor(float(v), dtype=torch.float32, device=dev) for v in vals])
-            t = torch.nan_to_num(t, nan=math.inf, posinf=math.inf)
-            if dist:
-                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            out = t.tolist()                           # the one host read
-        if probe is not None:
-            out, probe = out[:-2], out[-2:]
-            out = [calibrate(v, probe, PROBE_USE) if not probes[i] else v for i, v in enumerate(out)]
-        return out if per_region else [max(out, default=math.inf)]
-
-    def measure_probe(self, graph: int, st: RegionState, out, args, residual: dict, x: float) -> None:
-        """Measure the probe's forecast error at ``x`` against its computed ``out`` (device tensors,
-        read with the next estimate)."""
-        m = st.measure(out, args, residual, x)
-        e = st.forecaster.error_estimate(x, getattr(self.policy, "estimator", "remainder"),
-                                         degree=self.policy.order) if m is not None else None
-        if m is None or e is None:
-            self.probe_error.pop(graph, None)
-        else:
-            self.probe_error[graph] = (m, e)
+            return vals if per_region else [max(vals, default=math.inf)]
+        dev = tensors[0].device if tensors else (device or torch.device("cpu"))
+        t = torch.stack([v.to(dev, torch.float32).reshape(()) if isinstance(v, torch.Tensor)
+                         else torch.tensor(float(v), dtype=torch.float32, device=dev) for v in vals])
+        t = torch.nan_to_num(t, nan=math.inf, posinf=math.inf)
+        if not per_region:
+            t = t.max().reshape(1)
+        if dist:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t.tolist()                              # the one host read
 
     def chosen_orders(self, graph: int, names: Sequence[str]) -> dict:
         """``{region name: chosen degree (0-dim device tensor)}`` of stream 0, order-selecting policies."""

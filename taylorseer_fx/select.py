@@ -19,11 +19,6 @@ Region kinds (see :func:`select_regions`):
     ``self_attention``, ``audio_attn1``, ``ff``, ``ff_context``, ``txt_ff``, ``ffn``, ``mlp``, ``img_mlp``,
     ``proj_mlp``, ``down_proj`` ...: :data:`~taylorseer_fx.module_names.MODULE_NAMES`). Norms,
     modulation gates, activations and residual adds stay outside.
-``probe`` / ``probe-last`` / ``probe:<k>``
-    The stack cut in two (three for a middle block): the *probe*, one block (the first, the last, or
-    block ``k`` in graph order, its nodes up to the next block's first node), and the rest of the
-    stack around it. The runtime computes the probe at every step and measures its own forecast
-    error there, which calibrates the adaptive policy's estimate for the rest (``graph_runtime.py``).
 a regex string or a ``callable(path) -> bool``
     Every call of a module whose normalised path matches (``re.fullmatch``; the shallowest match
     wins) is a region.
@@ -40,21 +35,18 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import torch
 from torch import fx
 
 from .module_names import BLOCK_LIST_NAME, CONDITIONING, EMBEDDING, MODULE_NAMES, is_module_name  # noqa: F401
 from .placeholders import TIMESTEP_NAMES, find_timestep, is_static_placeholder  # noqa: F401
 
 __all__ = [
-    "KINDS", "ALIASES", "PROBE_AT", "Region", "NoRegionError", "normalize_path", "node_module_paths", "block_lists",
+    "KINDS", "ALIASES", "Region", "NoRegionError", "normalize_path", "node_module_paths", "block_lists",
     "select_regions", "find_timestep", "is_static_placeholder", "TIMESTEP_NAMES", "warn_unpaired_residual",
     "is_module_name", "MODULE_NAMES",
 ]
 
-KINDS = ("stack", "stack-residual", "modules", "output", "probe", "probe-last")
-#: ``probe:<k>``: the probe is block ``k`` of the stack (0-based, in graph order; negative counts from the end)
-PROBE_AT = re.compile(r"probe:(-?\d+)")
+KINDS = ("stack", "stack-residual", "modules", "output")
 #: other names of the kinds: ``"lite"`` is what OpenVINO TaylorSeer Lite and diffusers' lite mode forecast:
 #: the model's final output (after ``norm_out`` / ``proj_out``)
 ALIASES = {"lite": "output"}
@@ -82,7 +74,6 @@ class Region:
     name: str
     nodes: list = field(default_factory=list)
     residual: bool = False
-    probe: bool = False       # computed at every step; its measured forecast error calibrates the rest
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"Region({self.name!r}, {len(self.nodes)} nodes, residual={self.residual})"
@@ -283,10 +274,9 @@ def _block_module(n: fx.Node, item: re.Pattern) -> str | None:
     return None
 
 
-def _stack_span(nodes: list, lists: list, kind: str, gm: fx.GraphModule) -> tuple[int, int, list]:
-    """Indices (in ``nodes``) of the first and last node of the block stack (from the first block's
-    first node to the last block's last node) and of each block's first node, in graph order.
-    NoRegionError where the graph has no block stack."""
+def _stack_span(nodes: list, lists: list, kind: str, gm: fx.GraphModule) -> tuple[int, int]:
+    """Indices (in ``nodes``) of the first and last node of the block stack: from the first block's
+    first node to the last block's last node. NoRegionError where the graph has no block stack."""
     if not lists:
         raise NoRegionError(
             f"regions={kind!r}: no block list (ModuleList of repeated blocks such as transformer_blocks, "
@@ -313,41 +303,19 @@ def _stack_span(nodes: list, lists: list, kind: str, gm: fx.GraphModule) -> tupl
             end = j
         elif keys[j] is not None:
             break
-    return start, end, sorted(first_node.values())
-
-
-def _probe_regions(nodes: list, start: int, end: int, firsts: list, kind: str) -> list[Region]:
-    """The stack ``nodes[start..end]`` as (rest before, probe block, rest after); empty parts dropped."""
-    k = 0 if kind == "probe" else -1 if kind == "probe-last" else int(PROBE_AT.fullmatch(kind).group(1))
-    if not -len(firsts) <= k < len(firsts):
-        raise ValueError(f"regions={kind!r}: the stack of this graph has {len(firsts)} blocks (probe index "
-                         f"in [{-len(firsts)}, {len(firsts) - 1}])")
-    if len(firsts) < 2:
-        raise ValueError(f"regions={kind!r}: the stack of this graph has one block; a probe needs a rest "
-                         "to forecast")
-    k %= len(firsts)
-    lo, hi = firsts[k], (firsts[k + 1] - 1 if k + 1 < len(firsts) else end)
-    import os
-    res = bool(os.environ.get("TSFX_PROBE_RES"))
-    parts = [Region("stack", nodes[start:lo], residual=res), Region(f"probe:{k}", nodes[lo:hi + 1], probe=True),
-             Region("stack#1" if lo > start else "stack", nodes[hi + 1:end + 1], residual=res)]
-    return [r for r in parts if r.nodes]
+    return start, end
 
 
 def select_regions(gm: fx.GraphModule, kind) -> list[Region]:
-    """Regions of ``gm`` for ``kind`` ("stack", "stack-residual", "output", "modules", "probe",
-    "probe-last", "probe:<k>", a regex or a callable).
+    """Regions of ``gm`` for ``kind`` ("stack", "stack-residual", "output", "modules", a regex or a callable).
 
     Returns non-overlapping regions ordered by graph position. Raises :class:`NoRegionError`
     (a ValueError naming the module paths seen) when nothing is selected, and ValueError for an
     unknown kind."""
     nodes = _compute_nodes(gm)
     lists = block_lists(gm)
-    if isinstance(kind, str) and (kind in ("probe", "probe-last") or PROBE_AT.fullmatch(kind)):
-        start, end, firsts = _stack_span(nodes, lists, kind, gm)
-        return _probe_regions(nodes, start, end, firsts, kind)
     if isinstance(kind, str) and kind in ("stack", "stack-residual", "output"):
-        start, end, _ = _stack_span(nodes, lists, kind, gm)
+        start, end = _stack_span(nodes, lists, kind, gm)
         if kind == "output":            # from the first block to the graph's end: norm_out, proj_out ...
             end = len(nodes) - 1
         return [Region(kind if kind == "output" else "stack", nodes[start:end + 1],

@@ -50,8 +50,7 @@ class RegionInfo:
     the piece; ``dynamic_inputs``: indices of inputs that are not parameters/buffers; ``residual``:
     ``{output index: input index}`` for outputs forecast as (output - input) + current input;
     ``submod``: name of the piece in the split graph; ``input_names`` / ``output_names``: the
-    nodes of the unsplit graph that the piece takes / returns, in the piece's order; ``probe``: a
-    probe region (``select.py``: computed at every step)."""
+    nodes of the unsplit graph that the piece takes / returns, in the piece's order."""
     index: int
     name: str
     num_inputs: int = 0
@@ -60,7 +59,6 @@ class RegionInfo:
     submod: str = ""
     input_names: tuple = ()
     output_names: tuple = ()
-    probe: bool = False
 
 
 class CacheNode(torch.nn.Module):
@@ -244,7 +242,7 @@ def _region_info(index: int, region: Region, submod_name: str, sub: fx.GraphModu
     def name(n):
         return n.meta.get("taylorseer_name", n.name) if isinstance(n, fx.Node) else None
     return RegionInfo(index, region.name, len(phs), dynamic, residual, submod_name,
-                      tuple(name(n) for n in phs), tuple(name(o) for o in outs), region.probe)
+                      tuple(name(n) for n in phs), tuple(name(o) for o in outs))
 
 
 def _same_meta(a, b) -> bool:
