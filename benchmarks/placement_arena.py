@@ -21,6 +21,8 @@ second part stays as shipped and the first is replaced by a search:
     python benchmarks/placement_arena.py                 # 28 and 50 steps (~60 min, 1 thread)
     python benchmarks/placement_arena.py --steps 28 --out placement_arena_28.json   # one step count
     python benchmarks/placement_arena.py --steps 28 --search-samples 6 --sweeps 1   # ~10 min
+    python benchmarks/placement_arena.py --check 1 --results placement_arena_28.json,placement_arena_50.json
+                                                         # both placements on fresh noise (seed 1, ~4 min)
 
 Writes ``benchmarks/results/placement_arena.json`` (``placement_arena_custom.json`` with other options,
 or ``--out``).
@@ -119,6 +121,29 @@ def peers_at(path: Path) -> dict:
     return out
 
 
+def check(args) -> dict:
+    """The placements of earlier results on fresh noise: their errors and best / start ratio."""
+    from arena import Arena
+    runner = Runner(args.samples)
+    runner.arena = Arena(args.samples, seed=args.check)
+    cells = []
+    for name in args.results.split(","):
+        for c in json.loads((ROOT / "benchmarks" / "results" / name).read_text())["cells"]:
+            start = runner.run(placed(c["start"], c["steps"]), c["steps"])[0]
+            best = runner.run(placed(c["best"], c["steps"]), c["steps"])[0]
+            cells.append({"steps": c["steps"], "target": c["target"], "start": c["start"], "best": c["best"],
+                          "start_error": start, "best_error": best, "ratio": best / start,
+                          "ratio_searched": c["best_error"] / c["start_error"]})
+    print(table(["steps", "target", "auto placement", "best found", "best / auto", "on the searched samples"],
+                [[c["steps"], c["target"], f"{c['start_error']:.4f}", f"{c['best_error']:.4f}", c["ratio"],
+                  c["ratio_searched"]] for c in cells],
+                title=f"The placements on fresh noise (seed {args.check}, {args.samples} samples)"))
+    data = {"machine": machine(), "seed": args.check, "samples": args.samples, "results": args.results,
+            "cells": cells}
+    print(f"wrote {write_json(args.out or f'placement_arena_check{args.check}.json', data)}")
+    return data
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", default="28,50")
@@ -127,8 +152,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--reach", type=int, default=2)
     ap.add_argument("--sweeps", type=int, default=2)
     ap.add_argument("--out", default=None, help="name of the JSON written under benchmarks/results/")
+    ap.add_argument("--check", type=int, default=None, metavar="SEED",
+                    help="instead of searching: run the start and best placements of --results on the same "
+                         "labels with fresh noise from SEED (does what was found carry over?)")
+    ap.add_argument("--results", default="placement_arena.json",
+                    help="comma list of result files under benchmarks/results/ for --check")
     args = ap.parse_args(argv)
     setup(1)
+    if args.check is not None:
+        return check(args)
     steps_list = [int(s) for s in args.steps.split(",")]
     t0 = time.perf_counter()
     search = Runner(args.search_samples)

@@ -28,8 +28,8 @@ from torch import fx
 from .policy import Policy
 from .presets import load_policy
 from .runtime import Runtime
-from .select import (ALIASES, KINDS, NoRegionError, describe_graph, find_timestep, is_static_placeholder,
-                     select_regions, warn_unpaired_residual)
+from .placeholders import find_timestep, is_static_placeholder
+from .select import ALIASES, KINDS, NoRegionError, describe_graph, select_regions, warn_unpaired_residual
 from .graph_runtime import read_coordinate
 from .lazy_compile import LazyCompile, has_symbolic_inputs
 from .transform import CacheNode, compile_pieces, split

@@ -33,7 +33,8 @@ import torch
 from torch import fx
 from torch.fx.passes.split_module import split_module
 
-from .select import Region, is_static_placeholder
+from .placeholders import is_static_placeholder
+from .select import Region
 
 __all__ = ["RegionInfo", "CacheNode", "plan_partitions", "split", "compile_pieces", "call_compiled"]
 
