@@ -52,6 +52,8 @@ from taylorseer_fx import AutoPolicy, FixedPolicy, compile_pipeline, load_policy
 FAMILIES = ("taylorseer_fx", "diffusers", "cache-dit")
 TARGETS = (0.25, 0.35, 0.5)
 CFG = 3.0
+#: the AutoPolicy thresholds of the full sweep (regions stack, max_forecast_run=10)
+AUTO_THRESHOLDS = (0.05, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 
 
 def ours_settings(quick: bool) -> dict[str, list[tuple]]:
@@ -81,7 +83,7 @@ def ours_settings(quick: bool) -> dict[str, list[tuple]]:
         out["stack"].append(("anchor preset", f"{name} (stack)", load_policy(name)))
     for name in ["openvino-lite", "diffusers-default"] if full else []:
         out["output"].append(("anchor preset", f"{name} (output)", load_policy(name)))
-    for t in [0.05, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5] if full else []:
+    for t in AUTO_THRESHOLDS if full else []:
         out["stack"].append(("auto", f"threshold {t} (stack)", AutoPolicy(threshold=t, max_forecast_run=10)))
     for t in [0.06, 0.1, 0.18, 0.35] if full else []:   # the previous rule (each step's own estimate)
         out["stack"].append(("auto, per step (v2.1)", f"threshold {t} (stack)",

@@ -40,13 +40,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arena import CFG, TARGETS, Arena  # noqa: E402
+from arena import AUTO_THRESHOLDS, CFG, TARGETS, Arena  # noqa: E402
 from arena_peers import Counter, counting_inner  # noqa: E402
 from common import ROOT, machine, setup, table, write_json  # noqa: E402
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy, compile_pipeline, metrics  # noqa: E402
 
-THRESHOLDS = (0.05, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)   # arena.py's
 MAX_RUN = 10                      # arena.py's auto rows: max_forecast_run=10
 
 
@@ -66,13 +65,9 @@ class Runner:
         self.runs = 0
 
     def reference(self, steps: int) -> None:
-        from taylorseer_fx.demo.flux_pipeline import build_pipeline
         a = self.arena
-        if steps not in a.ref:
-            c = Counter()
-            t = copy.deepcopy(a.base)
-            c.instrument(t)
-            a.ref[steps], _ = a.sample(build_pipeline(t), steps)
+        if steps not in a.ref:          # uncached: a peer run that enables nothing
+            a.ref[steps], _, c = a.run_peer(steps, lambda pipe: None, lambda pipe: None)
             a.den[steps] = (c.blocks(), c.units())
 
     def run(self, policy, steps: int) -> tuple[float, float, list[int]]:
@@ -111,7 +106,8 @@ def descend(evaluate, start: list[int], warmup: int, steps: int, reach: int, swe
 
 
 def peers_at(path: Path) -> dict:
-    """``{(steps, target): (best peer rel L2, method, setting)}`` from the arena's results."""
+    """``{(steps, target): (best peer rel L2, its method, its setting, our best rel L2)}`` from the
+    arena's results."""
     data = json.loads(path.read_text())
     out = {}
     for s in data.get("summary", []):
@@ -164,11 +160,11 @@ def main(argv=None) -> dict:
     steps_list = [int(s) for s in args.steps.split(",")]
     t0 = time.perf_counter()
     search = Runner(args.search_samples)
-    cells = []
+    warmup = AutoPolicy(threshold=1.0).warmup_steps
+    cells, memos = [], {}
     for steps in steps_list:
-        runs = [(t, *search.run(AutoPolicy(threshold=t, max_forecast_run=MAX_RUN), steps)) for t in THRESHOLDS]
-        warmup = AutoPolicy(threshold=1.0).warmup_steps
-        memo: dict = {}
+        runs = [(t, *search.run(AutoPolicy(threshold=t, max_forecast_run=MAX_RUN), steps)) for t in AUTO_THRESHOLDS]
+        memo = memos[steps] = {}
 
         def evaluate(cs, steps=steps, memo=memo):
             if tuple(cs) not in memo:
@@ -187,11 +183,12 @@ def main(argv=None) -> dict:
             print(f"{steps} steps, target {target}: auto tau {tau} ({len(start)} computes, {frac:.3f}) "
                   f"{err:.4f} (as a mask {evaluate(start):.4f}) -> best found {evaluate(best):.4f} "
                   f"{best[warmup:]} ({len(memo) - n0} runs)", flush=True)
-    ev = search if args.search_samples == args.samples else Runner(args.samples)
+    ev = None if args.search_samples == args.samples else Runner(args.samples)
     peers = peers_at(ROOT / "benchmarks" / "results" / "arena.json")
-    for c in cells:
-        c["start_error"] = ev.run(placed(c["start"], c["steps"]), c["steps"])[0]
-        c["best_error"], c["best_fraction"], _ = ev.run(placed(c["best"], c["steps"]), c["steps"])
+    for c in cells:          # the compute count (so the fraction) is the start's
+        for k in ("start", "best"):
+            c[f"{k}_error"] = (memos[c["steps"]][tuple(c[k])] if ev is None
+                               else ev.run(placed(c[k], c["steps"]), c["steps"])[0])
         peer = peers.get((c["steps"], c["target"]))
         c["peer"] = peer
         c["ratio_start"] = None if peer is None else c["start_error"] / peer[0]
@@ -200,14 +197,14 @@ def main(argv=None) -> dict:
     rows = [[c["steps"], c["target"], len(c["start"]), c["fraction"], f"{c['start_error']:.4f}",
              f"{c['best_error']:.4f}",
              "-" if c["peer"] is None else f"{c['peer'][0]:.4f} ({c['peer'][1]}: {c['peer'][2]})",
-             c["ratio_start"], c["ratio_best"], c["ratio_best_over_ours"], str(c["best"][3:])] for c in cells]
+             c["ratio_start"], c["ratio_best"], c["ratio_best_over_ours"], str(c["best"][warmup:])] for c in cells]
     print(table(["steps", "target", "computes", "fraction", "auto placement", "best found", "best peer",
                  "auto / peer", "best found / peer", "best found / our best (arena)",
                  "best placement (after warm-up)"], rows,
                 title=f"Placement bound on the arena Flux ({args.samples} evaluation samples, search on "
                       f"{args.search_samples}, CFG {CFG:g}, stack)"))
     data = {"machine": machine(), "search_samples": args.search_samples, "samples": args.samples,
-            "reach": args.reach, "sweeps": args.sweeps, "thresholds": THRESHOLDS,
+            "reach": args.reach, "sweeps": args.sweeps, "thresholds": AUTO_THRESHOLDS,
             "forecaster": AutoPolicy(threshold=1.0).forecaster_options(), "cells": cells,
             "seconds": time.perf_counter() - t0}
     custom = (args.steps, args.search_samples, args.samples, args.reach, args.sweeps) != ("28,50", 40, 40, 2, 2)
