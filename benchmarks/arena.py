@@ -52,8 +52,9 @@ from taylorseer_fx import AutoPolicy, FixedPolicy, compile_pipeline, load_policy
 FAMILIES = ("taylorseer_fx", "diffusers", "cache-dit")
 TARGETS = (0.25, 0.35, 0.5)
 CFG = 3.0
-#: the AutoPolicy thresholds of the full sweep (regions stack, max_forecast_run=10)
+#: the AutoPolicy thresholds of the full sweep (regions stack) and every auto row's max_forecast_run
 AUTO_THRESHOLDS = (0.05, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+AUTO_MAX_RUN = 10
 
 
 def ours_settings(quick: bool) -> dict[str, list[tuple]]:
@@ -84,14 +85,14 @@ def ours_settings(quick: bool) -> dict[str, list[tuple]]:
     for name in ["openvino-lite", "diffusers-default"] if full else []:
         out["output"].append(("anchor preset", f"{name} (output)", load_policy(name)))
     for t in AUTO_THRESHOLDS if full else []:
-        out["stack"].append(("auto", f"threshold {t} (stack)", AutoPolicy(threshold=t, max_forecast_run=10)))
+        out["stack"].append(("auto", f"threshold {t} (stack)", AutoPolicy(threshold=t, max_forecast_run=AUTO_MAX_RUN)))
     for t in [0.06, 0.1, 0.18, 0.35] if full else []:   # the previous rule (each step's own estimate)
         out["stack"].append(("auto, per step (v2.1)", f"threshold {t} (stack)",
-                             AutoPolicy(threshold=t, max_forecast_run=10, accumulate="step")))
+                             AutoPolicy(threshold=t, max_forecast_run=AUTO_MAX_RUN, accumulate="step")))
     for name in ["auto-quality", "auto-balanced", "auto-fast"] if full else ["auto-balanced", "auto-fast"]:
         out["stack"].append(("auto", f"{name} (stack)", load_policy(name)))
     for t in [0.08, 0.12, 0.2, 0.3] if full else []:
-        out["output"].append(("auto", f"threshold {t} (output)", AutoPolicy(threshold=t, max_forecast_run=10)))
+        out["output"].append(("auto", f"threshold {t} (output)", AutoPolicy(threshold=t, max_forecast_run=AUTO_MAX_RUN)))
     if full:
         out["output"].append(("auto", "auto-balanced (output)", load_policy("auto-balanced")))
     return out

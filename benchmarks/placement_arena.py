@@ -40,13 +40,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arena import AUTO_THRESHOLDS, CFG, TARGETS, Arena  # noqa: E402
+from arena import AUTO_MAX_RUN, AUTO_THRESHOLDS, CFG, TARGETS, Arena  # noqa: E402
 from arena_peers import Counter, counting_inner  # noqa: E402
 from common import ROOT, machine, setup, table, write_json  # noqa: E402
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy, compile_pipeline, metrics  # noqa: E402
-
-MAX_RUN = 10                      # arena.py's auto rows: max_forecast_run=10
 
 
 class Runner:
@@ -62,7 +60,6 @@ class Runner:
         self.handle = compile_pipeline(self.pipe, policy=FixedPolicy(interval=2), regions="stack",
                                        inner=counting_inner(self.counter))
         self.backend = self.handle.backends["transformer"]
-        self.runs = 0
 
     def reference(self, steps: int) -> None:
         a = self.arena
@@ -76,7 +73,6 @@ class Runner:
         self.handle.reset()
         self.counter.clear()
         x, _ = self.arena.sample(self.pipe, steps)
-        self.runs += 1
         trace = self.handle.stats()["transformer"]["trace"]
         computed = [c["step"] for c in trace if c["stream"] == 0 and c["decision"] == "compute"]
         return (metrics.relative_l2(x, self.arena.ref[steps]), self.counter.blocks() / self.arena.den[steps][0],
@@ -163,7 +159,7 @@ def main(argv=None) -> dict:
     warmup = AutoPolicy(threshold=1.0).warmup_steps
     cells, memos = [], {}
     for steps in steps_list:
-        runs = [(t, *search.run(AutoPolicy(threshold=t, max_forecast_run=MAX_RUN), steps)) for t in AUTO_THRESHOLDS]
+        runs = [(t, *search.run(AutoPolicy(threshold=t, max_forecast_run=AUTO_MAX_RUN), steps)) for t in AUTO_THRESHOLDS]
         memo = memos[steps] = {}
 
         def evaluate(cs, steps=steps, memo=memo):

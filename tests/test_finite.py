@@ -10,8 +10,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from taylorseer_fx.forecast import FORMS, Forecaster
-from taylorseer_fx.forms import DIVIDED
+from taylorseer_fx.forecast import Forecaster
+from taylorseer_fx.forms import DIVIDED, FORMS
 
 
 def _seq(values):
