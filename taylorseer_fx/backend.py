@@ -141,11 +141,13 @@ class _Publishing:
         self.compiled, self.timestep_index, self.runtime, self.order = compiled, timestep_index, runtime, order
 
     def __call__(self, *args):
-        session = self.runtime.current_session()
-        if not torch.is_grad_enabled() and (session is None or session.timesteps is None):
-            first, _, top = read_coordinate(args[self.timestep_index])
-            if first is not None and math.isfinite(first):
-                self.runtime.publish_coordinate(self.order, first, top)
+        if not torch.is_grad_enabled():
+            scope, told = self.runtime.scope()
+            session = scope.session
+            if (told is None or told.step_index is None) and (session is None or session.timesteps is None):
+                first, _, top = read_coordinate(args[self.timestep_index])
+                if first is not None and math.isfinite(first):
+                    self.runtime.publish_coordinate(scope, self.order, first, top)
         return self.compiled(*args)
 
 

@@ -83,6 +83,8 @@ class _Call:
     gen: Generation
     plan: StepPlan
     defer: bool               # compute and hold the outputs (steps.py: step 1 with unknown streams)
+    scope: Any = None         # the runtime's scope of the request (or task, thread) making the call
+    shown: int | None = None  # the stream in the trace, when not ``stream`` (told branches: one owner each)
     regions: dict = field(default_factory=dict)
 
     def computes(self, index: int) -> bool:
@@ -140,7 +142,7 @@ class GraphRuntime:
             out = self._run_whole(call, args) if self.whole is not None else None
             return self.pieces(*args) if out is None else out
         except BaseException:
-            self.ctx.interrupt()        # the interrupted generation is over: nothing of it is used again
+            self.ctx.interrupt(call.scope)        # the interrupted generation is over: nothing of it is used again
             call = None
             raise
         finally:
@@ -154,7 +156,8 @@ class GraphRuntime:
         if call.stream == 0 and not forecast and not self.ctx.never:
             orders = call.gen.chosen_orders(self.index, self.names) or None   # device tensors
         self.ctx.recorder.record({
-            "graph": self.index, "generation": call.generation, "step": call.step, "stream": call.stream,
+            "graph": self.index, "generation": call.generation, "step": call.step,
+            "stream": call.stream if call.shown is None else call.shown,
             "coordinate": call.coord, "decision": "forecast" if forecast else "compute",
             "estimate": call.plan.estimate, "regions": dict(call.regions), "orders": orders, "wall_s": time.perf_counter() - t0, "thread": threading.get_ident(),
         })
@@ -166,9 +169,15 @@ class GraphRuntime:
             return None
         if self.device is None:
             self.device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        scope, told = ctx.scope()
+        instance = self._instance(args)
+        if told is not None and told.step_index is None and told.locate is not None and self.timestep_index is not None:
+            told = told.locate(read_coordinate(args[self.timestep_index])[2]) or told
+        if told is not None and told.step_index is not None:
+            return self._begin_told(scope, told, instance, args)
         counted = None
-        owner = ctx.owner(self._instance(args))
-        session = ctx.current_session()
+        owner = ctx.owner(scope, instance)
+        session = scope.session
         if session is not None and session.timesteps is not None:
             step, stream, coord = session.count(owner, self.index)
             counted = (step, stream)
@@ -176,9 +185,9 @@ class GraphRuntime:
             if self.timestep_index is not None:
                 coord, top = self._read_coord(args, session)
                 if coord is not None and math.isfinite(coord):
-                    ctx.publish_coordinate(self.compile_order, coord, top)
+                    ctx.publish_coordinate(scope, self.compile_order, coord, top)
             else:                       # a graph-break piece: the coordinate an earlier graph of the call read
-                coord, top = ctx.take_coordinate(self.compile_order, self._instance_key(args)) or (None, None)
+                coord, top = ctx.take_coordinate(scope, self.compile_order, self._instance_key(args)) or (None, None)
             if coord is None or not math.isfinite(coord):
                 self._warn_once("coord", f"taylorseer: {self.label} has no step coordinate (no "
                                 "timestep input found and no earlier graph of the model call read one, or a "
@@ -194,11 +203,34 @@ class GraphRuntime:
                 if counted is None:
                     self._warn_once("schedule", f"taylorseer: {self.label}: timestep {top:g} is not in "
                                     "the session's schedule; placing the call by its value")
+        return self._place(scope, owner, coord, args, counted)
+
+    def _begin_told(self, scope, told, instance, args) -> _Call:
+        """A call whose step (and branch) the request tells: one owner per branch and stage, each with
+        its own history and schedule; the coordinate is the told one, else the timestep input's value,
+        else the step index."""
+        stream = told.stream
+        if told.branch is None:            # calls of one step told apart by their order
+            stream = (None, told.stage, scope.untold_stream(self._instance_key(args), self.index, told))
+        owner = self.ctx.owner(scope, instance, stream)
+        coord = told.coordinate
+        if coord is None and self.timestep_index is not None:
+            coord = read_coordinate(args[self.timestep_index])[2]
+        if coord is None or not math.isfinite(coord):
+            coord = float(told.step_index)
+        call = self._place(scope, owner, coord, args, (told.step_index, 0))
+        call.shown = scope.told_streams.setdefault(stream, len(scope.told_streams))
+        if scope.told_label is None:
+            scope.told_label = call.generation
+        call.generation = scope.told_label      # one generation in the trace, whatever the branches
+        return call
+
+    def _place(self, scope, owner, coord: float, args, counted) -> _Call:
         pos, gen = owner.place(self.index, coord, self._signature(args), counted)
         x = self._forecaster_x(pos.step, coord)
-        plan = gen.plan(self.index, pos.step, len(self.regions), x, self.device, ctx.per_region)
-        label = ctx.generation_label(owner, pos.generation, coord, pos.step)
-        return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer)
+        plan = gen.plan(self.index, pos.step, len(self.regions), x, self.device, self.ctx.per_region)
+        label = self.ctx.generation_label(scope, owner, pos.generation, coord, pos.step)
+        return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer, scope)
 
     def _instance(self, args) -> tuple:
         return tuple(args[i] for i in self.instance_indices)

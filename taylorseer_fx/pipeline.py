@@ -31,17 +31,69 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
+import math
+import weakref
 from typing import Any
 
 import torch
 
 from .backend import TaylorSeerBackend, taylorseer_backend
+from .request import Request, Told, active, check_values
 
 __all__ = ["DENOISERS", "CompiledPipeline", "compile_pipeline"]
 
 #: the pipeline attributes that hold denoisers, in the order they run
 DENOISERS = ("transformer", "transformer_2")
+
+
+#: the factors by which pipelines scale the scheduler's timesteps before the model (Flux, Qwen: t / 1000)
+_SCALES = (1.0, 1e-3, 1e3)
+
+
+class _SchedulerTeller:
+    """Tells where a model call stands from the pipeline's scheduler: its own index ``k`` into its
+    timesteps (``step_index``, else ``begin_index``; before a scheduler's first step without either,
+    the index of the model's timestep value in the schedule). The step is ``k // scheduler.order``
+    (Heun-type and KDPM2 schedulers evaluate the model twice per step: ``state_in_first_order`` says
+    which stage), the coordinate the schedule's value at ``k`` (forecasts do not depend on its scale,
+    so the model may receive t, t / 1000 or 1 - t / 1000)."""
+
+    def __init__(self, scheduler, schedule: list):
+        self.scheduler = scheduler
+        self.schedule = schedule
+        order = getattr(scheduler, "order", 1)
+        self.order = order if isinstance(order, int) and order >= 1 else 1
+
+    def __call__(self, told: Told | None) -> Told | None:
+        branch = None if told is None else told.branch
+        sch = self.scheduler
+        stage = 0 if getattr(sch, "state_in_first_order", True) else 1
+        k = getattr(sch, "step_index", None)
+        if k is None:
+            k = getattr(sch, "begin_index", None)
+        if k is None:
+            return Told(branch, stage=stage, locate=lambda v: self.at(branch, self.nearest(v), stage))
+        return self.at(branch, k, stage)
+
+    def at(self, branch, k, stage: int) -> Told | None:
+        """The told position of schedule index ``k``, or None when ``k`` is not in the schedule."""
+        if not isinstance(k, int) or not 0 <= k < len(self.schedule):
+            return None
+        return Told(branch, k // self.order, self.schedule[k], stage)
+
+    def nearest(self, value) -> int | None:
+        """The first index whose schedule value (under a pipeline's scale) is ``value`` to within half
+        the gap to its neighbours, or None."""
+        if value is None or not math.isfinite(value):
+            return None
+        ts = self.schedule
+        for s in _SCALES:
+            errs = [abs(value - s * t) for t in ts]
+            i = min(range(len(ts)), key=errs.__getitem__)
+            gaps = [abs(s * (ts[j] - ts[i])) for j in (i - 1, i + 1) if 0 <= j < len(ts) and ts[j] != ts[i]]
+            if errs[i] <= (0.5 * min(gaps) if gaps else 1e-6 * max(1.0, abs(value))):
+                return i
+        return None
 
 
 class CompiledPipeline:
@@ -52,32 +104,57 @@ class CompiledPipeline:
         self.pipe = pipe
         self.backends = backends
         self._original_class = original_class
-        self._local = threading.local()       # the pipeline call in progress, per thread
+        self._open: weakref.WeakSet = weakref.WeakSet()     # the requests of pipeline calls in progress
         self._removed = False
 
     # ------------------------------------------------------------ one generation per call
-    @contextlib.contextmanager
-    def _generation(self):
-        stack = contextlib.ExitStack()
-        outer = getattr(self._local, "stack", None)
-        self._local.stack = stack
+    def _call(self, call, *args, **kwargs):
+        """One pipeline call as one :class:`~taylorseer_fx.request.Request`: every model call inside
+        belongs to it (whatever thread, task or generator the pipeline runs in), and it is closed,
+        its cached state dropped, when the call returns or raises."""
+        scheduler = getattr(self.pipe, "scheduler", None)
+        if scheduler is not None and "set_timesteps" not in vars(scheduler):
+            _wrap_scheduler(self, scheduler)       # a scheduler replaced after compile_pipeline
+        request = Request()
+        self._open.add(request)
         try:
-            with stack:
-                yield
+            with request:
+                return call(*args, **kwargs)
         finally:
-            self._local.stack = outer
+            request.close()
 
     def _schedule_set(self, scheduler) -> None:
-        """The pipeline has set its timesteps: (re)open every backend's session on them."""
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
+        """The pipeline has set its timesteps: the call's request takes them (a second set_timesteps in
+        one call replaces the first) and its steps are told from the scheduler."""
+        request = active()
+        if request is None or request not in self._open:
             return                             # set_timesteps outside a call of this pipeline
         timesteps = getattr(scheduler, "timesteps", None)
         if timesteps is None or len(timesteps) == 0:
             return
-        stack.close()                          # a second set_timesteps in one call replaces the first
-        for backend in self.backends.values():
-            stack.enter_context(backend.session(schedule=timesteps))
+        schedule = check_values(timesteps, "scheduler.timesteps")
+        teller = _SchedulerTeller(scheduler, schedule)
+        n = getattr(scheduler, "num_inference_steps", None)
+        if not isinstance(n, int) or n < 1:
+            n = -(-len(schedule) // teller.order)
+        request.replan(num_steps=n, schedule=schedule, tellers=[teller])
+
+    def _context(self, original, name, kwargs):
+        """diffusers' ``transformer.cache_context(name, ...)``, and the branch (and, for a scheduler
+        that keeps no index, ``step_index``) told to this pipeline call's request."""
+        with original(name, **kwargs) as value:
+            request = active()
+            if request is None or request not in self._open:
+                yield value
+                return
+            told = Told(name)
+            k = kwargs.get("step_index")
+            tellers = request.tellers
+            if isinstance(k, int) and tellers and getattr(tellers[0].scheduler, "step_index", None) is None \
+                    and getattr(tellers[0].scheduler, "begin_index", None) is None:
+                told = tellers[0].at(name, k, 0) or told
+            with request.tell(told):
+                yield value
 
     # ------------------------------------------------------------ api
     def stats(self) -> dict:
@@ -98,14 +175,15 @@ class CompiledPipeline:
         return sum(be.memory_bytes() for be in self.backends.values())
 
     def remove(self) -> None:
-        """Undo :func:`compile_pipeline`: the denoisers run uncompiled, the pipeline's class and its
-        scheduler's ``set_timesteps`` are the original ones again."""
+        """Undo :func:`compile_pipeline`: the denoisers run uncompiled, the pipeline's class, its
+        scheduler's ``set_timesteps`` and the denoisers' ``cache_context`` are the original ones again."""
         if self._removed:
             return
         pipe = self.pipe
         for name in self.backends:
             module = getattr(pipe, name)
             module._compiled_call_impl = None
+            vars(module).pop("cache_context", None)
         pipe.__class__ = self._original_class
         vars(pipe.scheduler).pop("set_timesteps", None)
         vars(pipe).pop("_taylorseer", None)
@@ -124,13 +202,24 @@ def _wrap_scheduler(handle: CompiledPipeline, scheduler) -> None:
     scheduler.set_timesteps = set_timesteps
 
 
+def _wrap_cache_context(handle: CompiledPipeline, module) -> None:
+    original = getattr(module, "cache_context", None)
+    if not callable(original):
+        return                                  # no diffusers CacheMixin: steps come from the scheduler
+
+    @functools.wraps(original)
+    @contextlib.contextmanager
+    def cache_context(name, **kwargs):
+        yield from handle._context(original, name, kwargs)
+    vars(module)["cache_context"] = cache_context
+
+
 def _wrapped_class(cls: type) -> type:
     def __call__(self, *args, **kwargs):
         handle = vars(self).get("_taylorseer")
         if handle is None:
             return cls.__call__(self, *args, **kwargs)
-        with handle._generation():
-            return cls.__call__(self, *args, **kwargs)
+        return handle._call(functools.partial(cls.__call__, self), *args, **kwargs)
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
                                        "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
 
@@ -156,6 +245,7 @@ def compile_pipeline(pipe, policy=None, regions="stack", inner="inductor", **opt
     handle = CompiledPipeline(pipe, backends, type(pipe))
     for name, backend in backends.items():
         getattr(pipe, name).compile(backend=backend)
+        _wrap_cache_context(handle, getattr(pipe, name))
     _wrap_scheduler(handle, scheduler)
     pipe.__class__ = _wrapped_class(type(pipe))
     vars(pipe)["_taylorseer"] = handle

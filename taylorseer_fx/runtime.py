@@ -18,7 +18,6 @@ images, never share factors or step counters.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import threading
@@ -30,9 +29,10 @@ import torch
 
 from .graph_runtime import GraphRuntime
 from .region_state import Generation, Owner
+from .request import Request, Told, current_task, active
 from .trace import Recorder
 
-__all__ = ["Runtime", "GraphRuntime", "Session"]
+__all__ = ["Runtime", "GraphRuntime", "Scope", "Session"]
 
 #: per thread: exceptions raised inside a model call of any backend (an owner that saw fewer ends its
 #: generation at its next call: Wan 2.2's two denoisers have one backend each)
@@ -110,55 +110,39 @@ class Session:
         return step, stream, self.timesteps[step]
 
 
-class _Thread:
-    """What one thread holds in one runtime: its owners (instance key -> Owner), its session and the
-    coordinate its last timestep-reading graph published (graph-break models)."""
-    __slots__ = ("owners", "session", "last", "coord", "taken", "__weakref__")
+class Scope:
+    """What one request (or, with none in force, one asyncio task or thread) holds in one runtime: its
+    owners ((instance key, stream key) -> Owner), its session (calls counted or placed on a schedule),
+    and the coordinate its last timestep-reading graph published (graph-break models)."""
+    __slots__ = ("owners", "session", "request", "last", "coord", "taken", "streams", "told_streams",
+                 "told_label", "__weakref__")
 
-    def __init__(self):
+    def __init__(self, session: Session | None = None, request: Request | None = None):
         self.owners: dict = {}
-        self.session: Session | None = None
+        self.session = session
+        self.request = request
         self.last: tuple | None = None    # (owner, generation label, coordinate, step) of the last call
         self.coord: tuple | None = None   # (serial, compile order, coordinate, largest element) last published
         self.taken: dict = {}             # (graph, owner key) -> serial of the coordinate it last took
+        self.streams: dict = {}           # (instance key, graph, stage) -> (step, calls at it): untold branches
+        self.told_streams: dict = {}      # told stream key -> its number in the trace (first seen, first)
+        self.told_label: int | None = None   # the trace's generation label of the told calls
 
     def end_all(self) -> None:
         """End every owner's generation. A session's call count goes on: the next call is still placed
         at the step the session counts (a new generation, with its own warm-up, starting there)."""
         for owner in list(self.owners.values()):
             owner.end()
+        self.told_label = None
 
-
-def _check_session(timesteps, num_steps, streams, what: str = "timesteps") -> list | None:
-    if not isinstance(streams, int) or isinstance(streams, bool) or streams < 1:
-        raise ValueError(f"session: streams must be an int >= 1, got {streams!r}")
-    if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
-        raise ValueError(f"session: num_steps must be an int >= 1, got {num_steps!r}")
-    if timesteps is None:
-        return None
-    return _check_values(timesteps, what)
-
-
-def _check_values(timesteps, what: str) -> list:
-    if torch.is_tensor(timesteps):
-        if timesteps.ndim != 1:
-            raise ValueError(f"session: {what} must be 1-D (one value per step), got shape "
-                             f"{tuple(timesteps.shape)}")
-        ts = timesteps.tolist()
-    else:
-        ts = list(timesteps)
-        if any(isinstance(v, (list, tuple)) or (torch.is_tensor(v) and v.ndim > 0) for v in ts):
-            raise ValueError(f"session: {what} must be 1-D (one value per step)")
-    try:
-        ts = [float(v) for v in ts]
-    except (TypeError, ValueError):
-        raise ValueError(f"session: {what} must be numbers, got {timesteps!r}") from None
-    if not ts:
-        raise ValueError(f"session: {what} is empty")
-    bad = [v for v in ts if not math.isfinite(v)]
-    if bad:
-        raise ValueError(f"session: {what} must be finite, got {bad[0]!r}")
-    return ts
+    def untold_stream(self, key: tuple, graph: int, told: Told) -> int:
+        """The call order of a told step's calls when no branch is told (split CFG without
+        ``cache_context``): 0, 1, ... per instance, graph, step and stage."""
+        k = (key, graph, told.stage)
+        step, n = self.streams.get(k, (None, -1))
+        n = n + 1 if step == told.step_index else 0
+        self.streams[k] = (told.step_index, n)
+        return n
 
 
 class Runtime:
@@ -169,8 +153,9 @@ class Runtime:
         self._graphs: list[weakref.ref] = []   # the GraphRuntimes, weakly: dynamo's cache owns them
         self._graph_count = 0
         self.recorder = Recorder()
-        self._local = threading.local()
-        self._threads: weakref.WeakSet = weakref.WeakSet()
+        self._local = threading.local()                           # this thread's scope
+        self._task_scopes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # asyncio task -> scope
+        self._scopes: weakref.WeakSet = weakref.WeakSet()        # every scope, for reset() and memory
         self._lock = threading.Lock()
         self._per_region = per_region
         self.policy = policy            # property: also sets never / per_region
@@ -207,39 +192,61 @@ class Runtime:
         """The graph runtimes still alive (dynamo drops them at ``torch._dynamo.reset()``)."""
         return [g for g in (r() for r in self._graphs) if g is not None]
 
-    def _thread(self) -> _Thread:
-        th = getattr(self._local, "state", None)
-        if th is None:
-            th = self._local.state = _Thread()
-            with self._lock:
-                self._threads.add(th)
-        return th
+    def scope(self) -> tuple[Scope, Told | None]:
+        """``(scope, told)`` of a model call made now: the scope of the request in force
+        (``request.active``), else of this asyncio task, else of this thread; and what the request
+        tells of the call (None: nothing, the call is placed by inference)."""
+        req = active()
+        if req is not None and (req.only is None or req.only() is self):
+            sc = req.scopes.get(self)
+            if sc is None:
+                session = (Session(req.timesteps, req.num_steps, req.streams, req.schedule)
+                           if req.timesteps is not None or req.schedule is not None or req.num_steps else None)
+                sc = self._new_scope(session, req)
+                req.scopes[self] = sc
+            return sc, req.told()
+        task = current_task()
+        if task is not None:
+            sc = self._task_scopes.get(task)
+            if sc is None:
+                sc = self._task_scopes[task] = self._new_scope()
+            return sc, None
+        sc = getattr(self._local, "scope", None)
+        if sc is None:
+            sc = self._local.scope = self._new_scope()
+        return sc, None
 
-    def owner(self, instance: Sequence[torch.Tensor]) -> Owner:
-        """This thread's owner for the model instance whose parameters are ``instance`` (checked by
-        identity, held weakly: the owner goes when the parameters are freed)."""
-        th = self._thread()
-        key = tuple(id(t) for t in instance)
-        owner = th.owners.get(key)
+    def _new_scope(self, session: Session | None = None, request: Request | None = None) -> Scope:
+        sc = Scope(session, request)
+        with self._lock:
+            self._scopes.add(sc)
+        return sc
+
+    def owner(self, scope: Scope, instance: Sequence[torch.Tensor], stream=None) -> Owner:
+        """The owner in ``scope`` of the model instance whose parameters are ``instance`` (checked by
+        identity, held weakly: the owner goes when the parameters are freed) and of the told
+        ``stream`` (branch and stage; None: streams are inferred within the owner)."""
+        key = (tuple(id(t) for t in instance), stream)
+        owner = scope.owners.get(key)
         interrupts = getattr(_INTERRUPTS, "n", 0)
         if owner is not None and all(r() is t for r, t in zip(owner.refs, instance)):
             if owner.interrupts != interrupts:    # another backend's call of this thread was interrupted
                 owner.end()
                 owner.interrupts = interrupts
             return owner
-        th_ref = weakref.ref(th)
+        sc_ref = weakref.ref(scope)
 
         def gone(_, key=key):
-            t = th_ref()
-            if t is not None:
-                t.owners.pop(key, None)
-        owner = Owner(self._new_generation, tuple(weakref.ref(t, gone) for t in instance))
+            sc = sc_ref()
+            if sc is not None:
+                sc.owners.pop(key, None)
+        session = scope.session
+        owner = Owner(lambda: self._new_generation(session), tuple(weakref.ref(t, gone) for t in instance))
         owner.interrupts = interrupts
-        th.owners[key] = owner
+        scope.owners[key] = owner
         return owner
 
-    def _new_generation(self) -> Generation:
-        session = self.current_session()
+    def _new_generation(self, session: Session | None) -> Generation:
         n = session.num_steps if session is not None and session.num_steps is not None else self.num_steps
         policy, n_schedules = self.policy, (lambda k: k if self.per_region else 1)
 
@@ -251,47 +258,41 @@ class Runtime:
                                  "backend.session(timesteps=..., num_steps=...))") from e
         return Generation(policy, start, self.factor_dtype)
 
-    def generation_label(self, owner: Owner, generation: int, coord: float, step: int) -> int:
+    def generation_label(self, scope: Scope, owner: Owner, generation: int, coord: float, step: int) -> int:
         """The generation id shown in the trace. Graph-break pieces of one model are separate owners
         (their parameters differ); a piece that starts its generation at the coordinate and step of
         the thread's previous call, in another owner, is labelled with that call's generation."""
-        th = self._thread()
         if owner.label_of != generation:
-            last = th.last
+            last = scope.last
             sibling = last is not None and last[0] is not owner and last[2:] == (coord, step)
             owner.label_of, owner.label = generation, (last[1] if sibling else generation)
-        th.last = (owner, owner.label, coord, step)
+        scope.last = (owner, owner.label, coord, step)
         return owner.label
 
-    def publish_coordinate(self, order: int, coord: float, top: float) -> None:
+    def publish_coordinate(self, scope: Scope, order: int, coord: float, top: float) -> None:
         """A graph of this thread (the ``order``-th graph the backend compiled) read its timestep:
         graphs of the same model call that have none (the block graph of a model that graph-breaks
         after its timestep embedding) take it."""
-        self._thread().coord = (next(_SERIALS), order, coord, top)
+        scope.coord = (next(_SERIALS), order, coord, top)
 
-    def take_coordinate(self, order: int, owner_key) -> tuple | None:
+    def take_coordinate(self, scope: Scope, order: int, owner_key) -> tuple | None:
         """``(coordinate, largest element)`` for the ``order``-th compiled graph: the one published in
         this thread by a graph compiled before it (dynamo compiles a call's graphs in call order, so
         that graph runs before it in every call), and not taken yet by this graph and model instance;
         else None (the call runs uncached)."""
-        th = self._thread()
-        c = th.coord
-        if c is None or c[1] >= order or th.taken.get((order, owner_key)) == c[0]:
+        c = scope.coord
+        if c is None or c[1] >= order or scope.taken.get((order, owner_key)) == c[0]:
             return None
-        th.taken[(order, owner_key)] = c[0]
+        scope.taken[(order, owner_key)] = c[0]
         return c[2], c[3]
 
-    def current_session(self) -> Session | None:
-        th = getattr(self._local, "state", None)
-        return None if th is None else th.session
-
-    def interrupt(self) -> None:
-        """An exception inside a model call of this thread: every generation of the thread is over, in
-        this backend now and in every other backend at its next call."""
+    def interrupt(self, scope: Scope | None = None) -> None:
+        """An exception inside a model call: every generation of ``scope`` (default: the caller's) is
+        over, in this backend now and in every other backend at its next call in this thread."""
         _INTERRUPTS.n = getattr(_INTERRUPTS, "n", 0) + 1
-        th = self._thread()
-        th.end_all()
-        for owner in list(th.owners.values()):     # reset() may clear the dict from another thread
+        scope = self.scope()[0] if scope is None else scope
+        scope.end_all()
+        for owner in list(scope.owners.values()):     # reset() may clear the dict from another thread
             owner.interrupts = _INTERRUPTS.n
 
     # ------------------------------------------------------------ api
@@ -303,19 +304,20 @@ class Runtime:
 
     def _forget(self) -> None:
         with self._lock:
-            threads = list(self._threads)
-        for th in threads:
-            th.owners.clear()             # a call in flight keeps its own reference and finishes
+            scopes = list(self._scopes)
+        for sc in scopes:
+            sc.owners.clear()             # a call in flight keeps its own reference and finishes
 
     def memory_bytes(self) -> int:
         """Bytes of cached state (factors, scratch, held outputs) over all threads and instances."""
         with self._lock:
-            threads = list(self._threads)
-        return sum(o.memory_bytes() for th in threads for o in list(th.owners.values()))
+            scopes = list(self._scopes)
+        return sum(o.memory_bytes() for sc in scopes for o in list(sc.owners.values()))
 
-    @contextlib.contextmanager
-    def session(self, timesteps=None, num_steps: int | None = None, streams: int = 1, schedule=None):
-        """One generation of this thread with a caller-given schedule.
+    def session(self, timesteps=None, num_steps: int | None = None, streams: int = 1, schedule=None) -> Request:
+        """One generation with a caller-given schedule, for this backend's calls made inside
+        ``with backend.session(...):`` (a :class:`~taylorseer_fx.request.Request` that is closed at
+        the end of the ``with``; other backends and other threads, tasks and requests are not affected).
 
         ``timesteps``: the scheduler's timesteps (1-D tensor or sequence of finite numbers, in the units
         the model receives; read once here); calls are then counted, sync-free: ``streams`` calls per
@@ -324,24 +326,10 @@ class Runtime:
         is still read, and the call is placed at its index in the schedule, so step indices are the
         run's own even for a model that joins mid-run (Wan 2.2's second transformer, img2img), and CFG
         calls are streams whatever their number. ``num_steps``: step count for the policy (default the
-        length of ``timesteps`` / ``schedule``; wins over the backend's). A new generation starts on
-        entry and on exit. Other threads are not affected."""
-        ts = _check_session(timesteps, num_steps, streams)
-        sched = None if schedule is None else _check_values(schedule, "schedule")
-        if ts is not None and sched is not None:
-            raise ValueError("session: give timesteps (calls counted) or schedule (calls placed by their "
-                             "timestep), not both")
-        if num_steps is None and (ts or sched) is not None:
-            num_steps = len(ts or sched)
-        th = self._thread()
-        prev = th.session
-        th.end_all()
-        th.session = Session(ts, num_steps, streams, sched)
-        try:
-            yield self
-        finally:
-            th.session = prev
-            th.end_all()
+        length of ``timesteps`` / ``schedule``; wins over the backend's)."""
+        req = Request(num_steps, timesteps=timesteps, streams=streams, schedule=schedule, close_on_exit=True)
+        req.only = weakref.ref(self)
+        return req
 
     def stats(self) -> dict:
         """See :meth:`taylorseer_fx.trace.Recorder.stats`."""

@@ -285,7 +285,7 @@ def test_streams_and_generations_in_the_trace():
 
 def _states(rt):
     """Every RegionState the runtime holds (all threads, instances)."""
-    return [st for th in list(rt._threads) for o in th.owners.values() if o.generation is not None
+    return [st for sc in list(rt._scopes) for o in sc.owners.values() if o.generation is not None
             for st in o.generation.states.values()]
 
 
