@@ -7,6 +7,8 @@ Public API:
   also ``backend="taylorseer"`` by name.
 - Policies: :class:`FixedPolicy`, :class:`MaskPolicy`, :class:`AutoPolicy` (the *when*), each with a
   :class:`Forecast` (the *how*); :func:`load_policy` / :func:`policy_to_toml` (presets).
+- :class:`Request` -- one generation, explicit: its state reaches no other request; ``context(...)``
+  tells the step and branch of the calls inside.
 - :func:`taylor_seer` -- the seed decorator for one module with a single tensor output.
 - :class:`Forecaster` -- the forecast math (``newton`` and ``taylor`` forms).
 """
@@ -18,6 +20,7 @@ from .policy import AutoPolicy, FixedPolicy, Forecast, MaskPolicy
 from .presets import load_policy, policy_to_toml
 from .decorator import taylor_seer
 from .backend import taylorseer_backend
+from .request import Request
 from .pipeline import compile_pipeline
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "Forecast",
     "Forecaster",
     "MaskPolicy",
+    "Request",
     "compile_pipeline",
     "load_policy",
     "policy_to_toml",

@@ -1,0 +1,283 @@
+"""Told, not guessed: a model call's request, step and branch come from the code that knows them.
+
+Every case through the public API and a compiled model (``inner="eager"``: "equal" is bit-equal):
+asyncio tasks interleaved in one thread, step-wise generators advanced by a worker pool, an abandoned
+generator holding an open session, told branches whose number changes mid-run (both call orders),
+and random interleavings of several requests (hypothesis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import threading
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from dit_plain import make_plain_dit, plain_dit_inputs
+from taylorseer_fx import FixedPolicy, Request, taylorseer_backend
+
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
+
+STEPS = 10
+SCHEDULE = [1000.0 - 90.0 * k for k in range(STEPS)]
+
+
+def _compiled(policy=None):
+    be = taylorseer_backend(policy or FixedPolicy(interval=3, order=1, warmup=2), inner="eager")
+    return torch.compile(make_plain_dit(), backend=be), be
+
+
+def _sampler(model, seed: int, steps=SCHEDULE, request: Request | None = None):
+    """A step-wise sampling loop: yields after every model call, returns the outputs and the final
+    sample. With ``request``, each call is made inside ``with request:`` (entered per step)."""
+    x, y = plain_dit_inputs(seed=seed)
+    outs = []
+    for t in steps:
+        ts = torch.full((x.shape[0],), t)
+        with torch.no_grad():
+            if request is None:
+                v = model(x, ts, y)
+            else:
+                with request:
+                    v = model(x, ts, y)
+        outs.append(v)
+        x = x - 0.08 * v
+        yield
+    return outs + [x]
+
+
+def _run(gen):
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+def _alone(model, be, seeds):
+    """Each seed's run alone (bare loop, one after the other), then the backend's state forgotten."""
+    out = {s: _run(_sampler(model, s)) for s in seeds}
+    assert be.stats()["forecast"] > 0
+    be.reset()
+    return out
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+# ----------------------------------------------------------------- asyncio, no user code
+@pytest.mark.parametrize("offset", [0, 3])
+def test_asyncio_tasks_interleaved_in_one_thread_are_separate_requests(offset):
+    """Two tasks share one compiled model and one thread, an ``await`` between steps (in lock step,
+    or the second starting ``offset`` steps later): each equals its run alone."""
+    model, be = _compiled()
+    want = _alone(model, be, [1, 2])
+
+    async def request(seed, delay):
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        gen = _sampler(model, seed)
+        try:
+            while True:
+                next(gen)
+                await asyncio.sleep(0)
+        except StopIteration as stop:
+            return stop.value
+
+    async def main():
+        return await asyncio.gather(request(1, 0), request(2, offset))
+    got = asyncio.run(main())
+    _same(got[0], want[1])
+    _same(got[1], want[2])
+    assert be.stats()["forecast"] > 0
+
+
+def test_a_session_in_each_task_is_that_tasks_own():
+    model, be = _compiled()
+    want = _alone(model, be, [1, 2])
+
+    async def request(seed):
+        with be.session(schedule=SCHEDULE):
+            gen = _sampler(model, seed)
+            try:
+                while True:
+                    next(gen)
+                    await asyncio.sleep(0)
+            except StopIteration as stop:
+                return stop.value
+
+    async def main():
+        return await asyncio.gather(request(1), request(2))
+    got = asyncio.run(main())
+    _same(got[0], want[1])
+    _same(got[1], want[2])
+
+
+# ----------------------------------------------------------------- generators on a worker pool
+@pytest.mark.parametrize("held", [True, False], ids=["with-held-across-yields", "entered-per-step"])
+def test_generators_advanced_by_a_worker_pool_keep_their_request(held):
+    """Three step-wise generators, each step run on whichever of two pool threads is free (the
+    gradio / anyio pattern): each keeps its own request, whether it holds ``with request:`` across
+    its yields or enters it at each step."""
+    model, be = _compiled()
+    seeds = [1, 2, 3]
+    want = _alone(model, be, seeds)
+
+    def held_gen(seed):
+        with Request() as req:         # noqa: F841 - in force while the generator runs
+            return (yield from _sampler(model, seed))
+
+    gens = {s: (held_gen(s) if held else _sampler(model, s, request=Request())) for s in seeds}
+    got, live = {}, dict(gens)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        turn = itertools.count()
+        while live:
+            s = list(live)[next(turn) % len(live)]
+
+            def step(gen=live[s]):
+                try:
+                    next(gen)
+                    return None
+                except StopIteration as stop:
+                    return ("done", stop.value)
+            r = pool.submit(step).result()
+            if r is not None:
+                got[s] = r[1]
+                del live[s]
+    for s in seeds:
+        _same(got[s], want[s])
+
+
+def test_an_abandoned_generator_with_an_open_session_captures_nothing():
+    """A generator enters ``backend.session(...)``, runs 5 steps and is abandoned (still referenced,
+    never closed): the same thread's next run, a bare loop, equals its run alone."""
+    model, be = _compiled()
+    want = _alone(model, be, [2])
+
+    def abandoned():
+        with be.session(schedule=SCHEDULE):
+            yield from _sampler(model, 1)
+    gen = abandoned()
+    for _ in range(5):
+        next(gen)
+    got = _run(_sampler(model, 2))
+    _same(got, want[2])
+    assert gen.gi_frame is not None            # still suspended inside its session
+
+
+def test_a_closed_request_cannot_be_entered_again():
+    req = Request()
+    req.close()
+    with pytest.raises(ValueError, match="closed"):
+        with req:
+            pass
+
+
+# ----------------------------------------------------------------- told branches
+def _cfg_run(model, x, y, branches_at, request=None, step_offset=0):
+    """Split CFG told per call: ``branches_at(step)`` lists the branches called at a step, in call
+    order. Returns ``{branch: [outputs]}``."""
+    req = request or Request()
+    out = {}
+    null = torch.full_like(y, 10)
+    with torch.no_grad():
+        for k, t in enumerate(SCHEDULE):
+            for b in branches_at(k):
+                with req.context(b, step_index=k + step_offset, sigma=t):
+                    out.setdefault(b, []).append(model(x, torch.full((x.shape[0],), t), y if b == "cond" else null))
+    return out
+
+
+@pytest.mark.parametrize("case", ["truncated", "late", "truncated-uncond-first", "late-uncond-first",
+                                  "step-0-only"])
+def test_told_branches_whose_count_changes_equal_one_backend_per_branch(case):
+    """CFG stopped after step 5 (truncation), started at step 4, or at step 0 only, in either call
+    order: every output of the one-backend run equals the same branch through a backend of its own."""
+    order = ("uncond", "cond") if "uncond-first" in case else ("cond", "uncond")
+    if case.startswith("truncated"):
+        present = lambda k: order if k <= 5 else ("cond",)           # noqa: E731
+    elif case.startswith("late"):
+        present = lambda k: order if k >= 4 else ("cond",)           # noqa: E731
+    else:
+        present = lambda k: order if k == 0 else ("cond",)           # noqa: E731
+    x, y = plain_dit_inputs()
+    model, be = _compiled()
+    got = _cfg_run(model, x, y, present)
+    assert be.stats()["forecast"] > 0
+    for branch in ("cond", "uncond"):
+        own, own_be = _compiled()
+        want = _cfg_run(own, x, y, lambda k: (branch,) if branch in present(k) else ())[branch]
+        _same(got[branch], want)
+
+
+def test_told_steps_place_a_late_joining_model_at_the_runs_step_indices():
+    """A model told steps 6..9 of a 10-step run (img2img's shortened run) gets the policy's schedule
+    for those indices: the cooldown's last steps are computed."""
+    be = taylorseer_backend(FixedPolicy(interval=2, order=1, warmup=2, cooldown=2), inner="eager")
+    model = torch.compile(make_plain_dit(), backend=be)
+    x, y = plain_dit_inputs()
+    req = Request(num_steps=10)
+    with torch.no_grad():
+        for k in range(3, 10):
+            with req.context(step_index=k, sigma=SCHEDULE[k]):
+                model(x, torch.full((2,), SCHEDULE[k]), y)
+    trace = be.stats()["trace"]
+    assert [r["step"] for r in trace] == list(range(3, 10))
+    want = FixedPolicy(interval=2, order=1, warmup=2, cooldown=2).start(10, 3)
+    assert [r["decision"] == "compute" for r in trace] == [want.decide(k, lambda: 0.0) for k in range(3, 10)]
+
+
+@pytest.mark.parametrize("bad, match", [(dict(step_index=-1), "step_index"), (dict(step_index=1.5), "step_index"),
+                                        (dict(branch=3), "branch"), (dict(sigma=float("nan")), "sigma"),
+                                        (dict(stage=-1), "stage")])
+def test_bad_told_values_are_rejected(bad, match):
+    with pytest.raises(ValueError, match=match):
+        Request().context(**bad)
+
+
+# ----------------------------------------------------------------- property: random interleavings
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.lists(st.integers(0, 2), min_size=40, max_size=40), threads=st.lists(st.integers(0, 1),
+       min_size=40, max_size=40), how=st.sampled_from(["held", "per-step"]))
+def test_random_interleavings_give_every_request_its_solo_run(order, threads, how):
+    """Three requests' step-wise generators advanced in a random order, each step on a random one of
+    two threads: every request's outputs equal its solo run."""
+    torch._dynamo.reset()
+    model, be = _compiled()
+    steps = SCHEDULE[:6]
+    want = {s: _run(_sampler(model, s, steps)) for s in range(3)}
+    be.reset()
+
+    def held_gen(seed):
+        with Request():
+            return (yield from _sampler(model, seed, steps))
+    gens = {s: held_gen(s) if how == "held" else _sampler(model, s, steps, request=Request()) for s in range(3)}
+    got = {}
+    workers = [concurrent.futures.ThreadPoolExecutor(1) for _ in range(2)]
+    try:
+        picks = iter(zip(order, threads))
+        while gens:
+            s, w = next(picks, (0, 0))
+            s = sorted(gens)[s % len(gens)]
+
+            def step(gen=gens[s]):
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    return stop.value
+            r = workers[w].submit(step).result()
+            if r is not None:
+                got[s] = r
+                del gens[s]
+    finally:
+        for w in workers:
+            w.shutdown()
+    for s in range(3):
+        _same(got[s], want[s])
