@@ -258,7 +258,7 @@ class TaylorSeerBackend:
                   for i, n in enumerate(placeholders)]
         dynamic = [i for i, s in enumerate(static) if not s]
         params = [i for i, s in enumerate(static) if s and isinstance(example_inputs[i], torch.Tensor)]
-        instance = sorted({params[0], params[-1]}) if params else []   # identity of the model instance
+        instance = params               # the model instance: all of its parameters and buffers
 
         split_gm, infos, submod_region = split(gm, regions)     # an FX pass: nothing compiled yet
         if [i.index for i in infos] != list(range(len(regions))):

@@ -203,7 +203,7 @@ class GraphRuntime:
                 if counted is None:
                     self._warn_once("schedule", f"taylorseer: {self.label}: timestep {top:g} is not in "
                                     "the session's schedule; placing the call by its value")
-        return self._place(scope, owner, coord, args, counted)
+        return self._place(scope, owner, coord, args, counted, instance)
 
     def _begin_told(self, scope, told, instance, args) -> _Call:
         """A call whose step (and branch) the request tells: one owner per branch and stage, each with
@@ -218,17 +218,26 @@ class GraphRuntime:
             coord = read_coordinate(args[self.timestep_index])[2]
         if coord is None or not math.isfinite(coord):
             coord = float(told.step_index)
-        call = self._place(scope, owner, coord, args, (told.step_index, 0))
+        call = self._place(scope, owner, coord, args, (told.step_index, 0), instance)
         call.shown = scope.told_streams.setdefault(stream, len(scope.told_streams))
         if scope.told_label is None:
             scope.told_label = call.generation
         call.generation = scope.told_label      # one generation in the trace, whatever the branches
         return call
 
-    def _place(self, scope, owner, coord: float, args, counted) -> _Call:
+    def _place(self, scope, owner, coord: float, args, counted, instance) -> _Call:
         pos, gen = owner.place(self.index, coord, self._signature(args), counted)
+        if owner.weights is None and not self.ctx.never:
+            owner.check_weights(instance)           # the weights this generation starts with
         x = self._forecaster_x(pos.step, coord)
-        plan = gen.plan(self.index, pos.step, len(self.regions), x, self.device, self.ctx.per_region)
+        n, per_region = len(self.regions), self.ctx.per_region
+        plan = gen.plan(self.index, pos.step, n, x, self.device, per_region)
+        if not all(plan.compute) and owner.check_weights(instance):     # never forecast from old weights
+            self._warn_once("weights", f"taylorseer: {self.label}: the model's weights changed during a "
+                            "generation; its cached state was dropped and the steps from here are computed "
+                            "again until the policy's warm-up allows a forecast")
+            gen = owner.generation
+            plan = gen.plan(self.index, pos.step, n, x, self.device, per_region)
         label = self.ctx.generation_label(scope, owner, pos.generation, coord, pos.step)
         return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer, scope)
 
@@ -239,14 +248,11 @@ class GraphRuntime:
         return tuple(id(args[i]) for i in self.instance_indices)
 
     def _signature(self, args) -> tuple:
-        sig = []
-        for i in self.sig_indices:
-            a = args[i]
-            if isinstance(a, torch.Tensor):
-                sig.append((i, tuple(a.shape), a.dtype, a.device))
-            elif isinstance(a, int) and not isinstance(a, bool):
-                sig.append((i, a))
-        return tuple(sig)
+        """Shapes, dtypes and devices of the tensor inputs. Integers dynamo lifted into the graph
+        (sizes, storage offsets such as ``timesteps[i]``'s) are not part of it: they change at every
+        step of a run without starting a new one."""
+        return tuple((i, tuple(a.shape), a.dtype, a.device) for i in self.sig_indices
+                     if isinstance(a := args[i], torch.Tensor))
 
     def _read_coord(self, args, session=None) -> tuple[float | None, float | None]:
         """``(element 0, largest element)`` of the timestep input (None, None: no coordinate). The

@@ -8,6 +8,7 @@ reach another generation, thread or model instance.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,7 +18,16 @@ from .forecast import Forecaster, Scratch, add_back, out_strides
 from .forms import DIVIDED
 from .steps import Position, StepTracker
 
-__all__ = ["RegionState", "Generation", "StepPlan", "Owner"]
+__all__ = ["RegionState", "Generation", "StepPlan", "Owner", "weights_fingerprint"]
+
+_VERSION = operator.attrgetter("_version")
+
+
+def weights_fingerprint(tensors) -> tuple:
+    """What changes when a model's weights change: the sum of the tensors' version counters (every
+    in-place write: ``copy_``, ``load_state_dict``, an optimizer step, a fused LoRA) and of their data
+    pointers (``param.data = ...``). Not seen: a write through ``param.data`` (its own counter)."""
+    return sum(map(_VERSION, tensors)), sum(map(torch.Tensor.data_ptr, tensors))
 
 
 def _clone(v):
@@ -266,14 +276,27 @@ class Owner:
         self.refs = refs              # weak references to the instance's parameters (identity check)
         self.label_of = self.label = None   # the trace's label of the current generation (runtime.py)
         self.interrupts = 0           # the thread's interrupted calls this owner has taken into account
+        self.weights: tuple | None = None   # weights_fingerprint at the generation's start or last check
 
     def place(self, graph: int, coord: float, sig: tuple, counted: tuple | None = None):
         """``(Position, Generation)`` of one call of ``graph`` (see ``steps.py``)."""
         pos = self.tracker.observe(graph, coord, sig, counted=counted)
         if pos.generation != self._generation_id:
             self._generation_id, self.generation = pos.generation, self._new_generation()
+            self.weights = None
         self.generation.apply(pos, graph)
         return pos, self.generation
+
+    def check_weights(self, instance) -> bool:
+        """True (and the generation's cached state dropped: it was made with other weights; the step
+        index goes on, the graphs start their warm-up again) when the weights changed since the
+        generation started or since the last check. Called before a forecast."""
+        fp = weights_fingerprint(instance)
+        changed = self.weights is not None and fp != self.weights
+        self.weights = fp
+        if changed and self.generation is not None:
+            self.generation = self._new_generation()
+        return changed
 
     def end(self) -> None:
         """The current generation is over: its state is dropped; the next call starts a new one."""

@@ -281,3 +281,104 @@ def test_random_interleavings_give_every_request_its_solo_run(order, threads, ho
             w.shutdown()
     for s in range(3):
         _same(got[s], want[s])
+
+
+# ----------------------------------------------------------------- weights, instances, recompiles
+@pytest.mark.parametrize("change", ["copy_", "load_state_dict", "add_", "set-data", "replace-parameter"])
+def test_weights_changed_mid_generation_never_reach_a_forecast(change):
+    """The weights change after step 4 of a told 10-step run: the run equals one whose state was
+    dropped at the change (a ``Request`` of its own from step 5, told the same step indices)."""
+    torch.manual_seed(0)
+    model_a, be_a = _compiled()
+    model_b, be_b = _compiled()
+    plain_a = model_a._orig_mod
+    plain_b = model_b._orig_mod
+    plain_b.load_state_dict(plain_a.state_dict())
+    new = {k: v + 0.05 * torch.randn_like(v) for k, v in plain_a.state_dict().items()}
+    x, y = plain_dit_inputs()
+
+    def apply(plain):
+        p = plain.blocks[0].mlp.fc1.weight if hasattr(plain, "blocks") else next(plain.parameters())
+        with torch.no_grad():
+            if change == "copy_":
+                for k, v in plain.state_dict().items():
+                    v.copy_(new[k])
+            elif change == "load_state_dict":
+                plain.load_state_dict(new)
+            elif change == "add_":
+                for v in plain.parameters():
+                    v.add_(0.01)
+            elif change == "set-data":
+                for k, v in plain.named_parameters():
+                    v.data = new[k].clone()
+            else:
+                for name, v in list(plain.named_parameters()):
+                    mod = plain.get_submodule(name.rpartition(".")[0]) if "." in name else plain
+                    setattr(mod, name.rpartition(".")[2], torch.nn.Parameter(new[name].clone()))
+        return p
+
+    def run(model, plain, split):
+        req, outs = Request(num_steps=STEPS), []
+        with torch.no_grad():
+            for k, t in enumerate(SCHEDULE):
+                if k == 5:
+                    apply(plain)
+                    if split:
+                        req.close()
+                        req = Request(num_steps=STEPS)
+                with req.context(step_index=k, sigma=t):
+                    outs.append(model(x, torch.full((2,), t), y))
+        return outs
+    with pytest.warns(UserWarning, match="weights changed") if change not in ("replace-parameter",) \
+            else _nothing():
+        got = run(model_a, plain_a, split=False)
+    want = run(model_b, plain_b, split=True)
+    _same(got, want)
+    assert be_a.stats()["forecast"] > 0
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_two_instances_sharing_their_first_and_last_parameters_are_two_owners():
+    """Two experts whose first and last parameter objects are shared (a tied embedding and head):
+    the second's first call is computed from its own state, not forecast from the first's."""
+    a, b = make_plain_dit(seed=0), make_plain_dit(seed=1)
+    names = [n for n, _ in a.named_parameters()]
+    for name in (names[0], names[-1]):
+        mod = b.get_submodule(name.rpartition(".")[0]) if "." in name else b
+        setattr(mod, name.rpartition(".")[2], a.get_parameter(name))
+    be = taylorseer_backend(FixedPolicy(interval=3, order=1, warmup=2), inner="eager")
+    ca, cb = torch.compile(a, backend=be), torch.compile(b, backend=be)
+    x, y = plain_dit_inputs()
+    with torch.no_grad():
+        for t in SCHEDULE[:6]:
+            ca(x, torch.full((2,), t), y)
+        out = cb(x, torch.full((2,), SCHEDULE[6]), y)
+        want = b(x, torch.full((2,), SCHEDULE[6]), y)
+    assert torch.equal(out, want)
+    assert be.stats()["trace"][-1]["decision"] == "compute"
+
+
+def test_a_mid_run_recompile_with_lifted_integers_is_not_a_new_generation():
+    """CFG cut off after step 4 (the batch halves: dynamo recompiles with dynamic shapes and lifts the
+    batch size and the storage offset of ``timesteps[i]`` into the graph's inputs, one of which
+    changes at every step): the run stays one generation, its step indices go on, and the new
+    graph forecasts at the policy's rate after its own warm-up."""
+    model, be = _compiled()
+    x, y = plain_dit_inputs()
+    ts = torch.tensor(SCHEDULE)
+    with torch.no_grad():
+        for k in range(STEPS):
+            xb, yb = (x, y) if k < 5 else (x[:1], y[:1])
+            model(xb, ts[k].expand(xb.shape[0]), yb)
+    trace = be.stats()["trace"]
+    assert len(be.runtime.graphs) == 2 and any(len(g.sig_indices) > 2 for g in be.runtime.graphs)
+    assert len({r["generation"] for r in trace}) == 1
+    assert [r["step"] for r in trace] == list(range(STEPS))
+    assert [r["decision"] for r in trace[5:]] == ["compute", "compute", "forecast", "forecast", "compute"]
