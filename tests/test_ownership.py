@@ -266,7 +266,8 @@ def test_threads_server_example(capsys):
     spec.loader.exec_module(mod)
     mod.main(["--requests", "6", "--steps", "12", "--workers", "3"])
     out = capsys.readouterr().out
-    assert "6/6 equal to the sequential run" in out and " 0 of " not in out
+    assert out.count("6/6 equal to the sequential run") == 2 and " 0 of " not in out
+    assert "as asyncio tasks in one thread" in out
 
 
 def test_in_a_session_a_recompile_and_a_second_instance_go_on_counting():
