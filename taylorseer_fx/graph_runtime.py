@@ -10,9 +10,13 @@ Per call (``__call__``):
   differ within the batch use element 0 (a warning says so, once per graph). In a ``session`` with a
   schedule the calls are counted instead (sync-free, per owner: ``runtime.Session.count``): call
   ``n`` is step ``n // streams``, stream ``n % streams``, coordinate ``timesteps[step]``.
-* **Owner.** State belongs to one thread and one model instance: the instance is told apart by the
-  identity of the parameters dynamo passes as graph inputs (two instances of one class share the
-  compiled graph, never its state). The owner's step tracker (``steps.py``, where the rules of
+* **Owner.** State belongs to one scope (the request in force, else the asyncio task, else the
+  thread: ``runtime.Runtime.scope``) and one model instance: the instance is told apart by the
+  identity of all the parameters dynamo passes as graph inputs (two instances of one class share the
+  compiled graph, never its state). A call whose step the request tells (``request.Told``) belongs to
+  the owner of its branch and stage, placed at the told step (``_begin_told``).
+* **Weights.** Before a forecast, the owner's parameters' version counters and data pointers are
+  compared with the generation's; a change drops the generation's state (a warning says so). The owner's step tracker (``steps.py``, where the rules of
   generations, steps and streams are written) places the call; its :class:`~.region_state.Generation`
   holds the forecasters, which nothing outside the generation can reach.
 * **Interrupted calls.** An exception raised inside the call ends every generation of this thread.

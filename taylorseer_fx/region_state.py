@@ -2,7 +2,7 @@
 
 Knows nothing of FX or of how calls are placed (``steps.py`` does that): a :class:`Generation` is
 created for each generation of each owner (``runtime.py``) and dropped with it, so nothing of it can
-reach another generation, thread or model instance.
+reach another generation, request, thread or model instance.
 """
 
 from __future__ import annotations
@@ -264,8 +264,9 @@ class Generation:
 
 
 class Owner:
-    """The cached state of one thread x one model instance: its step tracker and the state of its
-    current generation (dropped, and so released, when the next generation starts or :meth:`end`).
+    """The cached state of one scope x one model instance (x one told branch): its step tracker and
+    the state of its current generation (dropped, and so released, when the next generation starts
+    or :meth:`end`).
     ``new_generation()`` makes the :class:`Generation` of a new generation."""
 
     def __init__(self, new_generation, refs: tuple = ()):

@@ -1,19 +1,21 @@
-"""The backend's shared state: policy and options, the owners of cached state, sessions, stats.
+"""The backend's shared state: policy and options, the scopes that own cached state, sessions, stats.
 
 Knows nothing of FX. One :class:`Runtime` per backend object; it makes one
 :class:`~taylorseer_fx.graph_runtime.GraphRuntime` per compiled graph (graph breaks and recompiles
-give several). Cached state is never kept per graph: it belongs to an **owner** -- one thread x one
-model instance (the identity of the parameters the graph runs with) -- and within it to the current
-generation (``steps.py`` states the rules for generations, steps and streams; ``graph_runtime.py``
-the per-call flow). So two threads, two instances of one class through one compiled graph, or two
-images, never share factors or step counters.
+give several). Cached state is never kept per graph: it belongs to a :class:`Scope` -- the request in
+force (``request.py``: a ``Request``, a ``session``, a ``compile_pipeline`` call), else the asyncio
+task, else the thread -- and within it to an **owner**: one model instance (the identity of all the
+parameters the graph runs with) and, where the request tells it, one branch and stage. Within an
+owner it belongs to the current generation (``steps.py`` states the rules for generations, steps and
+streams; ``graph_runtime.py`` the per-call flow). So two requests, tasks or threads, two instances
+of one class through one compiled graph, or two images, never share factors or step counters.
 
-* An owner is created at its first call and released when its thread ends, when its model
-  instance's parameters are freed, or at :meth:`Runtime.reset`.
-* :meth:`Runtime.session` (per thread) gives explicit generation boundaries and, with a schedule,
+* An owner is created at its first call and released when its scope ends (a request closed, a task
+  or thread gone), when its model instance's parameters are freed, or at :meth:`Runtime.reset`.
+* :meth:`Runtime.session` gives explicit generation boundaries for this backend and, with a schedule,
   a sync-free coordinate; a session's ``num_steps`` wins over the backend's.
 * :meth:`Runtime.memory_bytes` reports the bytes held in cached state (factors, scratch, held
-  outputs) over every thread and instance.
+  outputs) over every scope and instance.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ _SCHEDULE_SCALES = (1.0, 1e-3, 1e3)
 
 @dataclass
 class Session:
-    """One generation with caller-given boundaries, in one thread. ``timesteps``: the schedule (model
+    """How a request places one backend's calls. ``timesteps``: the schedule (model
     units) whose calls are counted, or None (the coordinate is still read per call); ``num_steps``:
     step count for the policy; ``schedule``: the scheduler's timesteps, to place each call (its
     coordinate read) at its index in them (:meth:`locate`)."""
@@ -297,8 +299,8 @@ class Runtime:
 
     # ------------------------------------------------------------ api
     def reset(self) -> None:
-        """Forget all cached state (every thread's and instance's forecasters, steps, schedules) and the
-        stats. The next call of every thread starts a new generation."""
+        """Forget all cached state (every scope's and instance's forecasters, steps, schedules) and the
+        stats. The next call of every request, task and thread starts a new generation."""
         self._forget()
         self.recorder.clear()
 
@@ -309,7 +311,7 @@ class Runtime:
             sc.owners.clear()             # a call in flight keeps its own reference and finishes
 
     def memory_bytes(self) -> int:
-        """Bytes of cached state (factors, scratch, held outputs) over all threads and instances."""
+        """Bytes of cached state (factors, scratch, held outputs) over all scopes and instances."""
         with self._lock:
             scopes = list(self._scopes)
         return sum(o.memory_bytes() for sc in scopes for o in list(sc.owners.values()))

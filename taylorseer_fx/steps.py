@@ -1,4 +1,4 @@
-"""The step tracker: the calls of one owner (one thread x one model instance) -> generation, step, stream.
+"""The step tracker: the calls of one owner (one request x one model instance x one told branch) -> generation, step, stream.
 
 A pure object (no tensors, no torch): :meth:`StepTracker.observe` takes what the runtime knows of one
 model call of one compiled graph -- the graph's index, the step coordinate (the timestep value in the
