@@ -152,7 +152,7 @@ class Request:
         self._told: list = []          # Told in force, innermost last
         self._entries: list = []       # (frame id, ContextVar value before) per open ``with``
         self._tellers: list = []       # callables () -> Told | None, consulted when nothing is told
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()     # guards ``scopes``
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"num_steps={self.num_steps}"
@@ -267,21 +267,26 @@ class _Context:
             self.request._exit()
 
 
-def active() -> Request | None:
-    """The request in force for a model call made now (rules in the module docstring), or None."""
+def _applies(req: Request, runtime) -> bool:
+    return not req.closed and (req.only is None or req.only() is runtime)
+
+
+def active(runtime=None) -> Request | None:
+    """The request in force for a model call of ``runtime`` made now (rules in the module docstring;
+    a request made for one runtime only, ``backend.session``, is passed over for the others), or None."""
     if _FRAMES:
         f = sys._getframe(1)
         while f is not None:
             entries = _FRAMES.get(id(f))
             if entries:
                 for req, code in reversed(entries):
-                    if code is f.f_code and not req.closed:
+                    if code is f.f_code and _applies(req, runtime):
                         return req
             f = f.f_back
     cur = _ACTIVE.get()
     if cur is None:
         return None
     req, thread, task = cur
-    if req.closed or (thread == threading.get_ident() and task is current_task()):
+    if not _applies(req, runtime) or (thread == threading.get_ident() and task is current_task()):
         return None                    # left behind here by a ``with`` that is not running
     return req

@@ -198,14 +198,14 @@ class Runtime:
         """``(scope, told)`` of a model call made now: the scope of the request in force
         (``request.active``), else of this asyncio task, else of this thread; and what the request
         tells of the call (None: nothing, the call is placed by inference)."""
-        req = active()
-        if req is not None and (req.only is None or req.only() is self):
-            sc = req.scopes.get(self)
-            if sc is None:
-                session = (Session(req.timesteps, req.num_steps, req.streams, req.schedule)
-                           if req.timesteps is not None or req.schedule is not None or req.num_steps else None)
-                sc = self._new_scope(session, req)
-                req.scopes[self] = sc
+        req = active(self)
+        if req is not None:
+            with req.lock:                 # one scope per request and runtime, whatever the threads
+                sc = req.scopes.get(self)
+                if sc is None:
+                    session = (Session(req.timesteps, req.num_steps, req.streams, req.schedule)
+                               if req.timesteps is not None or req.schedule is not None or req.num_steps else None)
+                    sc = req.scopes[self] = self._new_scope(session, req)
             return sc, req.told()
         task = current_task()
         if task is not None:

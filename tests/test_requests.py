@@ -386,3 +386,18 @@ def test_a_mid_run_recompile_with_lifted_integers_is_not_a_new_generation():
     assert len({r["generation"] for r in trace}) == 1
     assert [r["step"] for r in trace] == list(range(STEPS))
     assert [r["decision"] for r in trace[5:]] == ["compute", "compute", "forecast", "forecast", "compute"]
+
+
+def test_nested_sessions_of_two_backends_each_keep_their_own():
+    """``with a.session(...): with b.session(...):``: model a's calls still belong to a's session
+    (b's session is passed over for them), so its cool-down gets a's step count."""
+    be_a = taylorseer_backend(FixedPolicy(interval=3, order=1, warmup=2, cooldown=2), inner="eager")
+    be_b = taylorseer_backend(FixedPolicy(interval=3, order=1, warmup=2, cooldown=2), inner="eager")
+    ma = torch.compile(make_plain_dit(), backend=be_a)
+    mb = torch.compile(make_plain_dit(seed=1), backend=be_b)
+    x, y = plain_dit_inputs()
+    with torch.no_grad(), be_a.session(schedule=SCHEDULE), be_b.session(schedule=SCHEDULE[:4]):
+        for t in SCHEDULE:
+            ma(x, torch.full((2,), t), y)
+    computed = [r["step"] for r in be_a.stats()["trace"] if r["decision"] == "compute"]
+    assert computed == be_a.policy.compute_steps(STEPS)
