@@ -73,6 +73,16 @@ def _same(a, b):
 
 
 # ----------------------------------------------------------------- asyncio, no user code
+async def _stepped(gen):
+    """Run a step-wise sampler as a task, yielding to the event loop after every step."""
+    try:
+        while True:
+            next(gen)
+            await asyncio.sleep(0)
+    except StopIteration as stop:
+        return stop.value
+
+
 @pytest.mark.parametrize("offset", [0, 3])
 def test_asyncio_tasks_interleaved_in_one_thread_are_separate_requests(offset):
     """Two tasks share one compiled model and one thread, an ``await`` between steps (in lock step,
@@ -83,13 +93,7 @@ def test_asyncio_tasks_interleaved_in_one_thread_are_separate_requests(offset):
     async def request(seed, delay):
         for _ in range(delay):
             await asyncio.sleep(0)
-        gen = _sampler(model, seed)
-        try:
-            while True:
-                next(gen)
-                await asyncio.sleep(0)
-        except StopIteration as stop:
-            return stop.value
+        return await _stepped(_sampler(model, seed))
 
     async def main():
         return await asyncio.gather(request(1, 0), request(2, offset))
@@ -105,13 +109,7 @@ def test_a_session_in_each_task_is_that_tasks_own():
 
     async def request(seed):
         with be.session(schedule=SCHEDULE):
-            gen = _sampler(model, seed)
-            try:
-                while True:
-                    next(gen)
-                    await asyncio.sleep(0)
-            except StopIteration as stop:
-                return stop.value
+            return await _stepped(_sampler(model, seed))
 
     async def main():
         return await asyncio.gather(request(1), request(2))
