@@ -38,16 +38,12 @@ from typing import Any
 import torch
 
 from .backend import TaylorSeerBackend, taylorseer_backend
-from .request import Request, Told, active, check_values
+from .request import Request, Told, active, check_values, nearest_index
 
 __all__ = ["DENOISERS", "CompiledPipeline", "compile_pipeline"]
 
 #: the pipeline attributes that hold denoisers, in the order they run
 DENOISERS = ("transformer", "transformer_2")
-
-
-#: the factors by which pipelines scale the scheduler's timesteps before the model (Flux, Qwen: t / 1000)
-_SCALES = (1.0, 1e-3, 1e3)
 
 
 class _SchedulerTeller:
@@ -82,18 +78,21 @@ class _SchedulerTeller:
         return Told(branch, k // self.order, self.schedule[k], stage)
 
     def nearest(self, value) -> int | None:
-        """The first index whose schedule value (under a pipeline's scale) is ``value`` to within half
-        the gap to its neighbours, or None."""
+        """The schedule index of a model timestep ``value`` (under a pipeline's scale), or None."""
         if value is None or not math.isfinite(value):
             return None
-        ts = self.schedule
-        for s in _SCALES:
-            errs = [abs(value - s * t) for t in ts]
-            i = min(range(len(ts)), key=errs.__getitem__)
-            gaps = [abs(s * (ts[j] - ts[i])) for j in (i - 1, i + 1) if 0 <= j < len(ts) and ts[j] != ts[i]]
-            if errs[i] <= (0.5 * min(gaps) if gaps else 1e-6 * max(1.0, abs(value))):
-                return i
-        return None
+        found = nearest_index(self.schedule, value)
+        return None if found is None else found[0]
+
+    def from_context(self, branch: str, step_index) -> Told:
+        """What diffusers' ``cache_context(branch, step_index=...)`` tells: the branch, and the step
+        when the scheduler keeps no index of its own (its own index wins: it is what indexes its
+        timesteps and sigmas)."""
+        sch = self.scheduler
+        if isinstance(step_index, int) and getattr(sch, "step_index", None) is None \
+                and getattr(sch, "begin_index", None) is None:
+            return self.at(branch, step_index, 0) or Told(branch)
+        return Told(branch)
 
 
 class CompiledPipeline:
@@ -147,12 +146,8 @@ class CompiledPipeline:
             if request is None or request not in self._open:
                 yield value
                 return
-            told = Told(name)
-            k = kwargs.get("step_index")
             tellers = request.tellers
-            if isinstance(k, int) and tellers and getattr(tellers[0].scheduler, "step_index", None) is None \
-                    and getattr(tellers[0].scheduler, "begin_index", None) is None:
-                told = tellers[0].at(name, k, 0) or told
+            told = tellers[0].from_context(name, kwargs.get("step_index")) if tellers else Told(name)
             with request.tell(told):
                 yield value
 

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Request", "Told", "active", "check_schedule", "check_values", "current_task"]
+__all__ = ["Request", "SCHEDULE_SCALES", "Told", "active", "check_schedule", "check_values", "current_task",
+           "nearest_index"]
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("taylorseer_fx_request", default=None)
 _FRAMES: dict = {}            # id(frame) -> [(request, code object)], innermost last
@@ -115,6 +116,30 @@ def check_schedule(timesteps, num_steps, streams, schedule) -> tuple:
     if num_steps is None and (ts or sched) is not None:
         num_steps = len(ts or sched)
     return ts, num_steps, streams, sched
+
+
+#: the factors by which pipelines scale the scheduler's timesteps before the model (Flux, Qwen: t / 1000)
+SCHEDULE_SCALES = (1.0, 1e-3, 1e3)
+
+
+def nearest_index(schedule: list, value: float, start: int = 0, scales=SCHEDULE_SCALES) -> tuple | None:
+    """``(index, scale)`` of the schedule value nearest to ``value`` under one of ``scales`` (the first
+    index of a repeated value), searching from ``start``; None when even the nearest is farther than
+    half the gap to its neighbours (the value is not in the schedule)."""
+    best = None
+    for s in scales:
+        prev = math.inf
+        for i in range(start, len(schedule)):
+            err = abs(value - s * schedule[i])
+            if err > prev and best is not None and best[2] == s:
+                break                          # a monotone schedule: past the nearest value
+            prev = err
+            gaps = [abs(s * (schedule[j] - schedule[i])) for j in (i - 1, i + 1)
+                    if 0 <= j < len(schedule) and schedule[j] != schedule[i]]
+            tol = 0.5 * min(gaps) if gaps else 1e-6 * max(1.0, abs(value))
+            if err <= tol and (best is None or err < best[0]):
+                best = (err, i, s)
+    return None if best is None else best[1:]
 
 
 def current_task():

@@ -21,7 +21,6 @@ of one class through one compiled graph, or two images, never share factors or s
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import torch
 
 from .graph_runtime import GraphRuntime
 from .region_state import Generation, Owner
-from .request import Request, Told, current_task, active
+from .request import SCHEDULE_SCALES, Request, Told, active, current_task, nearest_index
 from .trace import Recorder
 
 __all__ = ["Runtime", "GraphRuntime", "Scope", "Session"]
@@ -51,9 +50,6 @@ def _never_forecasts(policy) -> bool:
         return all(policy.mask)
     return False
 
-
-#: the factors by which pipelines scale the scheduler's timesteps before the model (Flux, Qwen: t / 1000)
-_SCHEDULE_SCALES = (1.0, 1e-3, 1e3)
 
 
 @dataclass
@@ -75,24 +71,12 @@ class Session:
         this owner's last step, under the scale the pipeline applies (1 or 1/1000 of the scheduler's
         values, found at the first call); the stream counts the owner's calls at that step. None (place
         it by inference) when the nearest value is farther than half the gap to its neighbours."""
-        ts = self.schedule
         last, seen = self._located.get((owner, graph), (0, 0))
-        scales = (self._scale,) if self._scale is not None else _SCHEDULE_SCALES
-        best = None
-        for s in scales:
-            prev = math.inf
-            for i in range(last, len(ts)):
-                err = abs(coord - s * ts[i])
-                if err > prev and best is not None and best[2] == s:
-                    break                      # a monotone schedule: past the nearest value
-                prev = err
-                gaps = [abs(s * (ts[j] - ts[i])) for j in (i - 1, i + 1) if 0 <= j < len(ts) and ts[j] != ts[i]]
-                tol = 0.5 * min(gaps) if gaps else 1e-6 * max(1.0, abs(coord))
-                if err <= tol and (best is None or err < best[0]):
-                    best = (err, i, s)
-        if best is None:
+        found = nearest_index(self.schedule, coord, last,
+                              (self._scale,) if self._scale is not None else SCHEDULE_SCALES)
+        if found is None:
             return None
-        _, step, self._scale = best
+        step, self._scale = found
         stream = seen if step == last else 0
         self._located[(owner, graph)] = (step, stream + 1)
         return step, stream
