@@ -180,7 +180,9 @@ class GraphRuntime:
         if told is not None and told.step_index is not None:
             return self._begin_told(scope, told, instance, args)
         counted = None
-        owner = ctx.owner(scope, instance)
+        # a told branch whose step could not be told (a scheduler with no index, a timestep not in its
+        # schedule) is placed by inference, in the owner its told calls continue
+        owner = ctx.owner(scope, instance, None if told is None or told.branch is None else told.stream)
         session = scope.session
         if session is not None and session.timesteps is not None:
             step, stream, coord = session.count(owner, self.index)

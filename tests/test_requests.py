@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
-import threading
 
 import pytest
 import torch
@@ -129,7 +128,7 @@ def test_generators_advanced_by_a_worker_pool_keep_their_request(held):
     want = _alone(model, be, seeds)
 
     def held_gen(seed):
-        with Request() as req:         # noqa: F841 - in force while the generator runs
+        with Request():                # in force while the generator runs, on whichever thread
             return (yield from _sampler(model, seed))
 
     gens = {s: (held_gen(s) if held else _sampler(model, s, request=Request())) for s in seeds}
@@ -395,7 +394,26 @@ def test_nested_sessions_of_two_backends_each_keep_their_own():
     mb = torch.compile(make_plain_dit(seed=1), backend=be_b)
     x, y = plain_dit_inputs()
     with torch.no_grad(), be_a.session(schedule=SCHEDULE), be_b.session(schedule=SCHEDULE[:4]):
-        for t in SCHEDULE:
+        for k, t in enumerate(SCHEDULE):
             ma(x, torch.full((2,), t), y)
-    computed = [r["step"] for r in be_a.stats()["trace"] if r["decision"] == "compute"]
-    assert computed == be_a.policy.compute_steps(STEPS)
+            if k < 4:
+                mb(x, torch.full((2,), t), y)
+    for be, n in ((be_a, STEPS), (be_b, 4)):
+        computed = [r["step"] for r in be.stats()["trace"] if r["decision"] == "compute"]
+        assert computed == be.policy.compute_steps(n)
+
+
+def test_a_branch_told_without_its_step_at_first_continues_when_its_step_is_told():
+    """Step 0 of the "cond" branch is told without a step (a scheduler that keeps no index before
+    its first step): it is placed by its timestep in the request's schedule, and steps 1.. told with
+    their index continue the same history -- the policy's schedule, not a second warm-up at step 1."""
+    model, be = _compiled()
+    x, y = plain_dit_inputs()
+    req = Request(schedule=SCHEDULE)
+    with torch.no_grad():
+        for k, t in enumerate(SCHEDULE):
+            with req.context("cond", step_index=None if k == 0 else k, sigma=None if k == 0 else t):
+                model(x, torch.full((2,), t), y)
+    trace = be.stats()["trace"]
+    assert [r["step"] for r in trace] == list(range(STEPS))
+    assert [r["step"] for r in trace if r["decision"] == "compute"] == be.policy.compute_steps(STEPS)
