@@ -39,6 +39,7 @@ in as ``context``; this module does not import it.
 from __future__ import annotations
 
 import math
+import operator
 import threading
 import time
 import warnings
@@ -113,6 +114,9 @@ class GraphRuntime:
         self.timestep_index = timestep_index
         self.sig_indices = tuple(i for i in dynamic_indices if i != timestep_index)
         self.instance_indices = tuple(instance_indices)
+        n = len(self.instance_indices)                  # the instance's tensors out of the inputs, in C
+        self._pick = (operator.itemgetter(*self.instance_indices) if n > 1
+                      else (lambda args: (args[self.instance_indices[0]],)) if n else (lambda args: ()))
         self.name = name
         self.names = [r.name if index == 0 else f"g{index}:{r.name}" for r in regions]
         self.device = None
@@ -248,10 +252,10 @@ class GraphRuntime:
         return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer, scope)
 
     def _instance(self, args) -> tuple:
-        return tuple(args[i] for i in self.instance_indices)
+        return self._pick(args)
 
     def _instance_key(self, args) -> tuple:
-        return tuple(id(args[i]) for i in self.instance_indices)
+        return tuple(map(id, self._pick(args)))
 
     def _signature(self, args) -> tuple:
         """Shapes, dtypes and devices of the tensor inputs. Integers dynamo lifted into the graph

@@ -274,7 +274,7 @@ class Owner:
         self.generation: Generation | None = None
         self._generation_id: int | None = None
         self._new_generation = new_generation
-        self.refs = refs              # weak references to the instance's parameters (identity check)
+        self.refs = refs              # weak references to the instance's parameters (their callbacks drop the owner)
         self.label_of = self.label = None   # the trace's label of the current generation (runtime.py)
         self.interrupts = 0           # the thread's interrupted calls this owner has taken into account
         self.weights: tuple | None = None   # weights_fingerprint at the generation's start or last check

@@ -209,13 +209,14 @@ class Runtime:
         return sc
 
     def owner(self, scope: Scope, instance: Sequence[torch.Tensor], stream=None) -> Owner:
-        """The owner in ``scope`` of the model instance whose parameters are ``instance`` (checked by
-        identity, held weakly: the owner goes when the parameters are freed) and of the told
-        ``stream`` (branch and stage; None: streams are inferred within the owner)."""
-        key = (tuple(id(t) for t in instance), stream)
+        """The owner in ``scope`` of the model instance whose parameters are ``instance`` (by identity,
+        held weakly) and of the told ``stream`` (branch and stage; None: streams are inferred within
+        the owner). Keyed by the parameters' ids: the owner is dropped as soon as any of them is freed
+        (the weak references' callbacks), so a key that matches names the very same living tensors."""
+        key = (tuple(map(id, instance)), stream)
         owner = scope.owners.get(key)
         interrupts = getattr(_INTERRUPTS, "n", 0)
-        if owner is not None and all(r() is t for r, t in zip(owner.refs, instance)):
+        if owner is not None:
             if owner.interrupts != interrupts:    # another backend's call of this thread was interrupted
                 owner.end()
                 owner.interrupts = interrupts
