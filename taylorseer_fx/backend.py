@@ -20,6 +20,7 @@ import os
 import re
 import warnings
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -109,28 +110,52 @@ class _Graph:
         return self.graph_runtime(args)
 
 
-class GraphRecord(dict):
-    """What the backend did with one graph (``backend.graphs``, for debugging and tests): plain entries
-    (``regions``, ``timestep``, ``infos``, ``reason``) and the compiled parts (``split_gm``,
-    ``whole_graph``, ``pieces``) read through a weak reference -- None once dynamo dropped the graph,
-    so that the record never keeps compiled code alive."""
+@dataclass
+class GraphRecord:
+    """What the backend did with one graph (``backend.graphs``, for debugging and tests).
 
-    _LIVE = ("split_gm", "whole_graph", "pieces")
+    ``regions``: the region names (empty: the graph runs uncached); ``reason``: why it runs uncached
+    (None when it is cached); ``timestep``: the graph input holding the step coordinate (None: none
+    found); ``infos``: the ``RegionInfo`` of each region (None when uncached). ``split_gm``,
+    ``whole_graph``, ``pieces``: the compiled parts, read through a weak reference -- None once dynamo
+    dropped the graph (or for an uncached graph), so that the record never keeps compiled code alive.
+    ``record["regions"]`` and ``record.get("reason")`` read the same fields."""
 
-    def __init__(self, graph: _Graph | None = None, **entries):
-        super().__init__(entries)
-        self._ref = weakref.ref(graph) if graph is not None else None
+    regions: list = field(default_factory=list)
+    reason: str | None = None
+    timestep: str | None = None
+    infos: list | None = None
+    graph: weakref.ref | None = field(default=None, repr=False)
 
-    def __getitem__(self, key):
-        if key in self._LIVE and self._ref is not None:
-            g = self._ref()
-            return None if g is None else getattr(g, key)
-        return super().__getitem__(key)
+    FIELDS = ("regions", "reason", "timestep", "infos", "split_gm", "whole_graph", "pieces")
 
-    def get(self, key, default=None):
-        if key in self._LIVE and self._ref is not None:
-            return self[key]
-        return super().get(key, default)
+    def _live(self, name: str):
+        g = self.graph() if self.graph is not None else None
+        return None if g is None else getattr(g, name)
+
+    @property
+    def split_gm(self):
+        return self._live("split_gm")
+
+    @property
+    def whole_graph(self):
+        return self._live("whole_graph")
+
+    @property
+    def pieces(self):
+        return self._live("pieces")
+
+    def __getitem__(self, key: str):
+        if key not in self.FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.FIELDS
+
+    def get(self, key: str, default=None):
+        value = self[key] if key in self.FIELDS else None
+        return default if value is None else value
 
 
 class _Publishing:
@@ -281,8 +306,8 @@ class TaylorSeerBackend:
         if whole is None or symbolic:
             pieces.get()
         graph = _Graph(graph_rt, split_gm)
-        self.graphs.append(GraphRecord(graph, regions=[i.name for i in infos], infos=infos,
-                                       timestep=ts.name if ts is not None else None))
+        self.graphs.append(GraphRecord(regions=[i.name for i in infos], infos=infos,
+                                       timestep=ts.name if ts is not None else None, graph=weakref.ref(graph)))
         return graph
 
     def compile_seconds(self) -> dict:

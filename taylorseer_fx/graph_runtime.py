@@ -44,14 +44,14 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from .forms import DIVIDED
 from .region_state import Generation, StepPlan
 
-__all__ = ["GraphRuntime", "read_coordinate"]
+__all__ = ["GraphRuntime", "RuntimeContext", "read_coordinate"]
 
 _READ_ALL = 64     # per-sample timesteps up to this many elements are read whole (one copy, no kernel)
 
@@ -76,6 +76,34 @@ def read_coordinate(v) -> tuple:
     lo, hi = torch.aminmax(flat)
     first, lo, hi = torch.stack((flat[0], lo, hi)).tolist()
     return first, lo, hi
+
+
+@runtime_checkable
+class RuntimeContext(Protocol):
+    """Everything a :class:`GraphRuntime` uses of the backend-wide runtime (``runtime.Runtime``).
+
+    ``recorder``: the stats and trace (``trace.Recorder``); ``never``: the policy never forecasts
+    (store nothing); ``per_region``: one decision per region; ``forecast``: the policy's resolved
+    ``Forecast`` (form, coordinate). The methods place a call: its scope and what the request tells,
+    the owner of its state, the graph-break coordinate hand-over, the end of an interrupted call's
+    generations and the trace's generation label."""
+
+    recorder: Any
+    never: bool
+    per_region: bool
+    forecast: Any
+
+    def scope(self) -> tuple: ...
+
+    def owner(self, scope, instance: Sequence, stream=None): ...
+
+    def publish_coordinate(self, scope, order: int, coord: float, top: float) -> None: ...
+
+    def take_coordinate(self, scope, order: int, owner_key) -> tuple | None: ...
+
+    def interrupt(self, scope=None) -> None: ...
+
+    def generation_label(self, scope, owner, generation: int, coord: float, step: int) -> int: ...
 
 
 @dataclass
@@ -105,7 +133,7 @@ class GraphRuntime:
     running the split graph, whose region pieces call :meth:`run_region` (compiled at its first call);
     ``compile_order``: the graph's position among all the backend compiled (default ``index``)."""
 
-    def __init__(self, context, index: int, regions: list, timestep_index: int | None,
+    def __init__(self, context: RuntimeContext, index: int, regions: list, timestep_index: int | None,
                  dynamic_indices: Sequence[int], instance_indices: Sequence[int] = (), name: str = "",
                  whole=None, pieces: Callable | None = None, compile_order: int | None = None):
         self.ctx = context

@@ -73,6 +73,10 @@ class FixedPolicy(Policy):
     phase: int = 0
     compute_from: int | None = None
 
+    @property
+    def never_forecasts(self) -> bool:
+        return self.interval == 1
+
     def _validate(self) -> None:
         super()._validate()
         n = type(self).__name__
@@ -222,6 +226,10 @@ class MaskPolicy(Policy):
     def _default_warmup(self) -> int:
         return self._lead(self.mask)
 
+    @property
+    def never_forecasts(self) -> bool:
+        return all(self.mask)              # steps beyond the mask are computed too
+
     def __repr__(self) -> str:
         steps = [i for i, b in enumerate(self.mask) if b]
         parts = [f"compute_steps={steps!r}"] + [p for p in self._repr_parts() if not p.startswith("mask=")]
@@ -320,6 +328,14 @@ class AutoPolicy(Policy):
     min_forecast_run: int = 0
     accumulate: bool | str = "rss"
     per_region: bool = False
+
+    @property
+    def decides_per_region(self) -> bool:
+        return self.per_region
+
+    @property
+    def error_estimator(self) -> str:
+        return self.estimator
 
     def _default_coordinate(self) -> str:
         return "step"

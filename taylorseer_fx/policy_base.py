@@ -89,6 +89,23 @@ class Policy:
     def _default_select_order(self) -> bool:
         return False
 
+    # ------------------------------------------------------------ capabilities (what the runtime asks)
+    @property
+    def never_forecasts(self) -> bool:
+        """True when no step is ever forecast: the runtime then stores nothing (FixedPolicy(interval=1),
+        an all-compute mask)."""
+        return False
+
+    @property
+    def decides_per_region(self) -> bool:
+        """True when each region gets its own schedule (AutoPolicy(per_region=True))."""
+        return False
+
+    @property
+    def error_estimator(self) -> str:
+        """How the runtime estimates a forecast's error for the decision (``Forecaster.error_estimate``)."""
+        return "remainder"
+
     @property
     def warmup_steps(self) -> int:
         """The warm-up: leading steps always computed (``warmup``, or its default)."""

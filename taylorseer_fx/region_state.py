@@ -88,6 +88,17 @@ class RegionState:
         self.container = type(out) if isinstance(out, (tuple, list)) else None
 
     @property
+    def all_forecast(self) -> bool:
+        """True when every output is a forecast floating tensor (no constants): what the whole graph's
+        forecast version takes."""
+        return bool(self.kind) and all(k == "f" for k, _ in self.kind)
+
+    @property
+    def all_constant(self) -> bool:
+        """True when no output is forecast (every output a constant: forecast exactly)."""
+        return not any(k == "f" for k, _ in self.kind)
+
+    @property
     def ready(self) -> bool:
         """True once a compute was absorbed (a forecast can be made)."""
         return bool(self.kind)
@@ -227,13 +238,13 @@ class Generation:
         """Estimated relative error of forecasting each region of ``graph`` (stream 0) at ``x``; one
         host read. Regions that cannot forecast, or have no estimate yet, give +inf (compute). Returns
         one value (the max) or one per region; all-reduced with MAX under ``torch.distributed``."""
-        method = getattr(self.policy, "estimator", "remainder")
+        method = self.policy.error_estimator
         vals = []
         for i in range(n_regions):
             st = self.states.get((graph, i, 0))
             if st is None or not st.ready:
                 vals.append(math.inf)
-            elif not any(k[0] == "f" for k in st.kind):
+            elif st.all_constant:
                 vals.append(0.0)                      # constant outputs forecast exactly
             else:
                 e = st.forecaster.error_estimate(x, method, degree=self.policy.order)

@@ -41,16 +41,6 @@ _INTERRUPTS = threading.local()
 _SERIALS = itertools.count(1)            # published coordinates, process-wide
 
 
-def _never_forecasts(policy) -> bool:
-    """True for policies that compute every step (FixedPolicy(interval=1), an all-True mask)."""
-    from .policy import FixedPolicy, MaskPolicy
-    if type(policy) is FixedPolicy:
-        return policy.interval == 1
-    if type(policy) is MaskPolicy:
-        return all(policy.mask)
-    return False
-
-
 
 @dataclass
 class Session:
@@ -156,10 +146,10 @@ class Runtime:
     def policy(self, policy) -> None:
         """Swap the policy: forgets all cached state (not the stats); the next call starts a generation."""
         self._policy = policy
-        self.never = _never_forecasts(policy)   # skip factor updates: nothing will be forecast
+        self.never = policy.never_forecasts    # skip factor updates: nothing will be forecast
         self.forecast = policy.forecast         # how (resolved once, read at every call)
         pr = self._per_region
-        self.per_region = bool(getattr(policy, "per_region", False) if pr is None else pr)
+        self.per_region = policy.decides_per_region if pr is None else pr
         self._forget()
 
     # ------------------------------------------------------------ graphs and owners

@@ -176,8 +176,7 @@ class WholeGraph:
     def accepts(self, state, info) -> bool:
         """Whether a region's stored state can feed the forecast version: every output a forecast
         floating tensor, stored as a delta exactly where the graph adds the input back."""
-        return (state is not None and bool(state.kind) and all(k == "f" for k, _ in state.kind)
-                and set(state.residual) == set(info.residual))
+        return state is not None and state.all_forecast and set(state.residual) == set(info.residual)
 
     def forecast(self, args, forecasts):
         flat = [t for ts in forecasts for t in ts]
