@@ -49,7 +49,7 @@ DENOISERS = ("transformer", "transformer_2")
 class _SchedulerTeller:
     """Tells where a model call stands from the pipeline's scheduler: its own index ``k`` into its
     timesteps (``step_index``, else ``begin_index``; before a scheduler's first step without either,
-    the index of the model's timestep value in the schedule). The step is ``k // scheduler.order``
+    the index of the model's timestep value in the schedule, else 0). The step is ``k // scheduler.order``
     (Heun-type and KDPM2 schedulers evaluate the model twice per step: ``state_in_first_order`` says
     which stage), the coordinate the schedule's value at ``k`` (forecasts do not depend on its scale,
     so the model may receive t, t / 1000 or 1 - t / 1000)."""
@@ -68,7 +68,10 @@ class _SchedulerTeller:
         if k is None:
             k = getattr(sch, "begin_index", None)
         if k is None:
-            return Told(branch, stage=stage, locate=lambda v: self.at(branch, self.nearest(v), stage))
+            # before the scheduler's first step: the model's timestep in the schedule; a value not in
+            # it (a model that receives 1 - t / 1000) is the first step (index 0): diffusers'
+            # pipelines that start later (img2img) set the scheduler's begin_index
+            return Told(branch, stage=stage, locate=lambda v: self.at(branch, self.nearest(v) or 0, stage))
         return self.at(branch, k, stage)
 
     def at(self, branch, k, stage: int) -> Told | None:
@@ -78,11 +81,17 @@ class _SchedulerTeller:
         return Told(branch, k // self.order, self.schedule[k], stage)
 
     def nearest(self, value) -> int | None:
-        """The schedule index of a model timestep ``value`` (under a pipeline's scale), or None."""
+        """The schedule index of a model timestep ``value`` that is a schedule value exactly (to float32
+        rounding) under a pipeline's scale (t, t / 1000), or None: a value merely near one (a model fed
+        1 - t / 1000 can come close to a schedule value by chance) says nothing."""
         if value is None or not math.isfinite(value):
             return None
         found = nearest_index(self.schedule, value)
-        return None if found is None else found[0]
+        if found is None:
+            return None
+        k, scale = found
+        exact = abs(value - scale * self.schedule[k]) <= 1e-5 * max(abs(value), abs(scale * self.schedule[k]))
+        return k if exact else None
 
     def from_context(self, branch: str, step_index) -> Told:
         """What diffusers' ``cache_context(branch, step_index=...)`` tells: the branch, and the step

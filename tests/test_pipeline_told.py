@@ -7,6 +7,8 @@ a scheduler replaced after ``compile_pipeline`` (the diffusers idiom) is followe
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -81,3 +83,44 @@ def test_never_forecast_stays_bit_equal_with_heun():
     want = _sd3_run(pipe, kw, 6)
     compile_pipeline(pipe, policy="never", inner="eager")
     assert torch.equal(_sd3_run(pipe, kw, 6), want)
+
+
+class _Rising(diffusers.SD3Transformer2DModel):
+    """What the pipeline calls instead of its (compiled) transformer: the same transformer, fed a
+    rising, rescaled coordinate (1 - t / 1000) instead of the scheduler's falling timestep -- a model
+    input that says nothing the schedule could match."""
+
+    def __call__(self, *args, timestep, **kw):
+        return self.real(*args, timestep=1.0 - timestep / 1000.0, **kw)
+
+
+def _rising(pipe):
+    proxy = copy.copy(pipe.transformer)
+    proxy.__class__ = _Rising
+    vars(proxy)["real"] = pipe.transformer
+    vars(pipe)["transformer"] = proxy          # the pipeline calls the proxy; the real one is compiled
+
+
+def test_a_rising_rescaled_coordinate_places_every_step_at_its_index():
+    """SD3 (no ``cache_context``, a scheduler that keeps no index before its first step) whose
+    transformer receives 1 - t / 1000: every call is placed at its step index, so the policy's
+    schedule (cool-down included) is computed exactly, and the never-forecast policy is bit-equal."""
+    torch.manual_seed(0)
+    pipe, kw, _ = _sd3()
+    pipe.set_progress_bar_config(disable=True)
+    real = pipe.transformer
+    _rising(pipe)
+    want = _sd3_run(pipe, kw, 10)
+    vars(pipe)["transformer"] = real
+    handle = compile_pipeline(pipe, policy="never", inner="eager")
+    _rising(pipe)
+    assert torch.equal(_sd3_run(pipe, kw, 10), want)
+    vars(pipe)["transformer"] = real
+    handle.remove()
+    policy = FixedPolicy(interval=3, order=1, warmup=2, cooldown=2)
+    handle = compile_pipeline(pipe, policy=policy, inner="eager")
+    _rising(pipe)
+    _sd3_run(pipe, kw, 10)
+    trace = handle.backends["transformer"].stats()["trace"]
+    assert [r["step"] for r in trace] == list(range(10))
+    assert _computed(handle.backends["transformer"]) == policy.compute_steps(10)

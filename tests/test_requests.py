@@ -417,3 +417,31 @@ def test_a_branch_told_without_its_step_at_first_continues_when_its_step_is_told
     trace = be.stats()["trace"]
     assert [r["step"] for r in trace] == list(range(STEPS))
     assert [r["step"] for r in trace if r["decision"] == "compute"] == be.policy.compute_steps(STEPS)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pauses=st.lists(st.lists(st.integers(0, 3), min_size=6, max_size=6), min_size=3, max_size=3))
+def test_random_interleavings_of_asyncio_tasks_give_every_request_its_solo_run(pauses):
+    """Three asyncio tasks in one thread, no request named anywhere, each pausing a random number of
+    event-loop turns after each step (so their steps interleave at random): every task's outputs
+    equal its solo run."""
+    torch._dynamo.reset()
+    model, be = _compiled()
+    steps = SCHEDULE[:6]
+    want = {s: _run(_sampler(model, s, steps)) for s in range(3)}
+    be.reset()
+
+    async def request(seed):
+        gen, waits = _sampler(model, seed, steps), iter(pauses[seed])
+        try:
+            while True:
+                next(gen)
+                for _ in range(next(waits, 0)):
+                    await asyncio.sleep(0)
+        except StopIteration as stop:
+            return stop.value
+
+    async def main():
+        return await asyncio.gather(*(request(s) for s in range(3)))
+    for s, got in enumerate(asyncio.run(main())):
+        _same(got, want[s])
