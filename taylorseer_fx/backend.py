@@ -20,7 +20,6 @@ import os
 import re
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -31,6 +30,7 @@ from .presets import load_policy
 from .runtime import Runtime
 from .placeholders import find_timestep, is_static_placeholder
 from .select import ALIASES, KINDS, NoRegionError, describe_graph, select_regions, warn_unpaired_residual
+from .graph_record import GraphRecord
 from .graph_runtime import read_coordinate
 from .lazy_compile import LazyCompile, has_symbolic_inputs
 from .transform import CacheNode, compile_pieces, split
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_POLICY = "official-flux"
 
 #: the backend's keyword options (besides policy, regions, inner), see :func:`taylorseer_backend`
-OPTIONS = ("timestep_arg", "num_steps", "per_region", "factor_dtype", "whole_graph")
+OPTIONS = ("timestep_arg", "num_steps", "per_region", "factor_dtype", "whole_graph", "strict")
 _RENAMED = {"fused": "whole_graph"}
 
 
@@ -110,54 +110,6 @@ class _Graph:
         return self.graph_runtime(args)
 
 
-@dataclass
-class GraphRecord:
-    """What the backend did with one graph (``backend.graphs``, for debugging and tests).
-
-    ``regions``: the region names (empty: the graph runs uncached); ``reason``: why it runs uncached
-    (None when it is cached); ``timestep``: the graph input holding the step coordinate (None: none
-    found); ``infos``: the ``RegionInfo`` of each region (None when uncached). ``split_gm``,
-    ``whole_graph``, ``pieces``: the compiled parts, read through a weak reference -- None once dynamo
-    dropped the graph (or for an uncached graph), so that the record never keeps compiled code alive.
-    ``record["regions"]`` and ``record.get("reason")`` read the same fields."""
-
-    regions: list = field(default_factory=list)
-    reason: str | None = None
-    timestep: str | None = None
-    infos: list | None = None
-    graph: weakref.ref | None = field(default=None, repr=False)
-
-    FIELDS = ("regions", "reason", "timestep", "infos", "split_gm", "whole_graph", "pieces")
-
-    def _live(self, name: str):
-        g = self.graph() if self.graph is not None else None
-        return None if g is None else getattr(g, name)
-
-    @property
-    def split_gm(self):
-        return self._live("split_gm")
-
-    @property
-    def whole_graph(self):
-        return self._live("whole_graph")
-
-    @property
-    def pieces(self):
-        return self._live("pieces")
-
-    def __getitem__(self, key: str):
-        if key not in self.FIELDS:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.FIELDS
-
-    def get(self, key: str, default=None):
-        value = self[key] if key in self.FIELDS else None
-        return default if value is None else value
-
-
 class _Publishing:
     """A graph without regions that reads the step coordinate for the graphs after it in the model call
     (a model that graph-breaks after its timestep embedding: the block graph has no timestep input)."""
@@ -193,7 +145,8 @@ class TaylorSeerBackend:
 
     def __init__(self, policy=None, regions="stack", inner="inductor", *, timestep_arg: str | None = None,
                  num_steps: int | None = None, per_region: bool | None = None,
-                 factor_dtype: torch.dtype = torch.float32, whole_graph: bool = True, **unknown):
+                 factor_dtype: torch.dtype = torch.float32, whole_graph: bool = True, strict: bool = False,
+                 **unknown):
         for name in unknown:
             if name in _RENAMED:
                 raise ValueError(f"taylorseer_backend: option {name!r} is now called {_RENAMED[name]!r}")
@@ -218,7 +171,10 @@ class TaylorSeerBackend:
         if not isinstance(whole_graph, bool):
             raise ValueError(f"whole_graph must be a bool, got {whole_graph!r}")
         self.whole_graph = whole_graph
-        self.runtime = Runtime(policy, num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype)
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be a bool, got {strict!r}")
+        self.runtime = Runtime(policy, num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype,
+                               strict=strict)
         self.graphs: list[GraphRecord] = []   # per compiled graph: what was done (debugging, tests)
 
     @property
@@ -346,7 +302,7 @@ class TaylorSeerBackend:
 def taylorseer_backend(policy=None, regions="stack", inner="inductor", *, timestep_arg: str | None = None,
                        num_steps: int | None = None, per_region: bool | None = None,
                        factor_dtype: torch.dtype = torch.float32, whole_graph: bool = True,
-                       **unknown) -> TaylorSeerBackend:
+                       strict: bool = False, **unknown) -> TaylorSeerBackend:
     """A torch.compile backend that forecasts regions of a diffusion transformer instead of computing them.
 
     Args:
@@ -373,12 +329,16 @@ def taylorseer_backend(policy=None, regions="stack", inner="inductor", *, timest
             forecasts (its forecast version, compiled at the first such step). Calls with per-region
             or mixed decisions use the split pieces, compiled the first time one needs them.
             ``False`` (debugging): the split pieces only, compiled at once.
+        strict: default False: when a request ends (a ``compile_pipeline`` call, a ``session``, a
+            closed ``Request``) and fewer than half of the forecasts its policy planned happened, warn
+            once, naming the first cause; True: raise RuntimeError instead, every time (for CI and
+            production checks). ``stats()["audit"]`` counts the causes either way.
 
     Raises ValueError naming the argument for an unknown preset, region kind, inner backend or option.
     """
     return TaylorSeerBackend(policy=policy, regions=regions, inner=inner, timestep_arg=timestep_arg,
                              num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype,
-                             whole_graph=whole_graph, **unknown)
+                             whole_graph=whole_graph, strict=strict, **unknown)
 
 
 _DEFAULT: TaylorSeerBackend | None = None

@@ -188,6 +188,12 @@ class GraphRuntime:
 
     def _record(self, call: _Call, t0: float) -> None:
         forecast = any(v == "forecast" for v in call.regions.values())
+        tally = call.scope.tally
+        if tally is not None:
+            tally.record((self.index, call.stream if call.shown is None else call.shown), call.step, forecast,
+                         not all(call.plan.compute))
+            if any(v == "fallback" for v in call.regions.values()):
+                tally.cause("fallback")
         orders = None
         if call.stream == 0 and not forecast and not self.ctx.never:
             orders = call.gen.chosen_orders(self.index, self.names) or None   # device tensors
@@ -202,6 +208,7 @@ class GraphRuntime:
         ctx = self.ctx
         if torch.is_grad_enabled():
             ctx.recorder.uncached()
+            ctx.scope()[0].cause("grad", uncached=True)
             return None
         if self.device is None:
             self.device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
@@ -235,6 +242,7 @@ class GraphRuntime:
                                 "from its second value on it is a graph input): pass a tensor to cache the "
                                 "first call too")
                 ctx.recorder.uncached()
+                scope.cause("no-coordinate", uncached=True)
                 return None
             if session is not None and session.schedule is not None:
                 counted = session.locate(owner, self.index, top)   # None: placed by inference
@@ -264,7 +272,10 @@ class GraphRuntime:
         return call
 
     def _place(self, scope, owner, coord: float, args, counted, instance) -> _Call:
+        before = owner.generation_id
         pos, gen = owner.place(self.index, coord, self._signature(args), counted)
+        if pos.restart or (before is not None and pos.generation != before):
+            scope.cause("restart")
         if owner.weights is None and not self.ctx.never:
             owner.check_weights(instance)           # the weights this generation starts with
         x = self._forecaster_x(pos.step, coord)
@@ -274,6 +285,7 @@ class GraphRuntime:
             self._warn_once("weights", f"taylorseer: {self.label}: the model's weights changed during a "
                             "generation; its cached state was dropped and the steps from here are computed "
                             "again until the policy's warm-up allows a forecast")
+            scope.cause("weights")
             gen = owner.generation
             plan = gen.plan(self.index, pos.step, n, x, self.device, per_region)
         label = self.ctx.generation_label(scope, owner, pos.generation, coord, pos.step)

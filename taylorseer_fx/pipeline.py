@@ -39,6 +39,7 @@ import torch
 
 from .backend import TaylorSeerBackend, taylorseer_backend
 from .request import Request, Told, active, check_values, nearest_index
+from .tally import Shortfall
 
 __all__ = ["DENOISERS", "CompiledPipeline", "compile_pipeline"]
 
@@ -125,11 +126,31 @@ class CompiledPipeline:
             _wrap_scheduler(self, scheduler)       # a scheduler replaced after compile_pipeline
         request = Request()
         self._open.add(request)
+        ok = False
         try:
             with request:
-                return call(*args, **kwargs)
+                out = call(*args, **kwargs)
+            ok = True
         finally:
-            request.close()
+            reached = bool(request.scopes)
+            request.close(audit=ok)
+        if not reached and request.num_steps is not None:
+            self._never_reached(request.num_steps)
+        return out
+
+    def _never_reached(self, num_steps: int) -> None:
+        """A pipeline call set its schedule but no call of any denoiser reached its backend: each
+        backend whose policy planned forecasts says so (dynamo's recompile limit, an uncompiled or
+        otherwise compiled module)."""
+        for backend in self.backends.values():
+            policy = backend.policy
+            if policy.never_forecasts:
+                continue
+            planned = (num_steps - len(policy.compute_steps(num_steps)) if not policy.reads_estimate
+                       else max(num_steps - policy.warmup_steps - policy.cooldown, 0))   # steps it may forecast
+            backend.runtime.recorder.audited(planned, 0, {"never-reached": 1})
+            if planned > 0:
+                backend.runtime.report(Shortfall(planned, 0, "never-reached"))
 
     def _schedule_set(self, scheduler) -> None:
         """The pipeline has set its timesteps: the call's request takes them (a second set_timesteps in
@@ -163,10 +184,19 @@ class CompiledPipeline:
     # ------------------------------------------------------------ api
     def stats(self) -> dict:
         """``{denoiser name: backend.stats(), "total": {"compute", "forecast", "steps", "calls",
-        "uncached_calls"}}`` (see ``Recorder.stats``)."""
+        "uncached_calls", "planned_forecasts", "audited_forecasts", "causes"}}`` (see ``Recorder.stats``;
+        the last three sum every backend's ``"audit"``)."""
         out: dict[str, Any] = {name: be.stats() for name, be in self.backends.items()}
-        out["total"] = {k: sum(s.get(k, 0) for s in out.values())
+        backends = list(out.values())
+        out["total"] = {k: sum(s.get(k, 0) for s in backends)
                         for k in ("compute", "forecast", "steps", "calls", "uncached_calls")}
+        out["total"]["planned_forecasts"] = sum(s["audit"]["planned"] for s in backends)
+        out["total"]["audited_forecasts"] = sum(s["audit"]["forecasts"] for s in backends)
+        causes: dict = {}
+        for s in backends:
+            for k, v in s["audit"]["causes"].items():
+                causes[k] = causes.get(k, 0) + v
+        out["total"]["causes"] = causes
         return out
 
     def reset(self) -> None:

@@ -334,6 +334,10 @@ class AutoPolicy(Policy):
         return self.per_region
 
     @property
+    def reads_estimate(self) -> bool:
+        return True
+
+    @property
     def error_estimator(self) -> str:
         return self.estimator
 

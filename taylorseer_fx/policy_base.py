@@ -102,6 +102,12 @@ class Policy:
         return False
 
     @property
+    def reads_estimate(self) -> bool:
+        """True when decisions depend on the runtime's error estimate (adaptive): a schedule replayed
+        without it is not the one that ran."""
+        return False
+
+    @property
     def error_estimator(self) -> str:
         """How the runtime estimates a forecast's error for the decision (``Forecaster.error_estimate``)."""
         return "remainder"

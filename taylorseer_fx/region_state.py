@@ -290,6 +290,11 @@ class Owner:
         self.interrupts = 0           # the thread's interrupted calls this owner has taken into account
         self.weights: tuple | None = None   # weights_fingerprint at the generation's start or last check
 
+    @property
+    def generation_id(self) -> int | None:
+        """The id of the current generation (None: none started since the last :meth:`end`)."""
+        return self._generation_id
+
     def place(self, graph: int, coord: float, sig: tuple, counted: tuple | None = None):
         """``(Position, Generation)`` of one call of ``graph`` (see ``steps.py``)."""
         pos = self.tracker.observe(graph, coord, sig, counted=counted)

@@ -191,7 +191,7 @@ class Request:
     def __exit__(self, *exc) -> None:
         self._exit()
         if self.close_on_exit and not self._entries:
-            self.close()
+            self.close(audit=exc[0] is None)
 
     def _enter(self, frame) -> None:
         if self.closed:
@@ -258,20 +258,30 @@ class Request:
     def replan(self, num_steps: int | None = None, schedule=None, tellers=()) -> None:
         """A new run inside this request (a pipeline set its scheduler's timesteps again): the cached
         state so far is dropped; ``num_steps``, ``schedule`` and ``tellers`` replace the old ones."""
-        _, self.num_steps, _, self.schedule = check_schedule(None, num_steps, 1, schedule)
-        self.timesteps = None
+        _, num_steps, _, schedule = check_schedule(None, num_steps, 1, schedule)
+        self._close_scopes(audit=True)         # the run so far, audited under its own step count
+        self.num_steps, self.schedule, self.timesteps = num_steps, schedule, None
         self._tellers = list(tellers)
-        for scope in list(self.scopes.values()):
-            scope.end_all()
-        self.scopes.clear()
 
     # ------------------------------------------------------------ end
-    def close(self) -> None:
-        """Drop every backend's cached state of this request; it cannot be entered again."""
+    def close(self, audit: bool = True) -> None:
+        """Drop every backend's cached state of this request; it cannot be entered again. ``audit``:
+        each backend compares the forecasts made with its policy's plan and warns (``strict``: raises
+        RuntimeError) when fewer than half happened; False after an exception."""
         self.closed = True
-        for scope in list(self.scopes.values()):
-            scope.end_all()
-        self.scopes.clear()
+        self._close_scopes(audit)
+
+    def _close_scopes(self, audit: bool) -> None:
+        with self.lock:
+            scopes, self.scopes = list(self.scopes.values()), weakref.WeakKeyDictionary()
+        error = None
+        for scope in scopes:                 # every scope closes, even if an audit raises (strict)
+            try:
+                scope.close(audit)
+            except RuntimeError as e:
+                error = error or e
+        if error is not None:
+            raise error
 
 
 class _Context:

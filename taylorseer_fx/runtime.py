@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -31,6 +32,7 @@ import torch
 from .graph_runtime import GraphRuntime
 from .region_state import Generation, Owner
 from .request import SCHEDULE_SCALES, Request, Told, active, current_task, nearest_index
+from .tally import Shortfall, Tally
 from .trace import Recorder
 
 __all__ = ["Runtime", "GraphRuntime", "Scope", "Session"]
@@ -91,9 +93,9 @@ class Scope:
     owners ((instance key, stream key) -> Owner), its session (calls counted or placed on a schedule),
     and the coordinate its last timestep-reading graph published (graph-break models)."""
     __slots__ = ("owners", "session", "request", "last", "coord", "taken", "streams", "told_streams",
-                 "told_label", "__weakref__")
+                 "told_label", "tally", "audit", "__weakref__")
 
-    def __init__(self, session: Session | None = None, request: Request | None = None):
+    def __init__(self, session: Session | None = None, request: Request | None = None, audit=None):
         self.owners: dict = {}
         self.session = session
         self.request = request
@@ -103,6 +105,9 @@ class Scope:
         self.streams: dict = {}           # (instance key, graph, stage) -> (step, calls at it): untold branches
         self.told_streams: dict = {}      # told stream key -> its number in the trace (first seen, first)
         self.told_label: int | None = None   # the trace's generation label of the told calls
+        # a request's planned vs actual forecasts (implicit scopes never end: they keep no tally)
+        self.tally: Tally | None = Tally() if request is not None else None
+        self.audit = audit                # audit(scope) at close: warn (or raise) on a shortfall
 
     def end_all(self) -> None:
         """End every owner's generation. A session's call count goes on: the next call is still placed
@@ -110,6 +115,18 @@ class Scope:
         for owner in list(self.owners.values()):
             owner.end()
         self.told_label = None
+
+    def close(self, audit: bool = True) -> None:
+        """The request is over: every generation ends, and (``audit``) its forecasts are audited."""
+        self.end_all()
+        if audit and self.audit is not None and self.tally is not None:
+            self.audit(self)
+
+    def cause(self, name: str, uncached: bool = False) -> None:
+        """A cause of missing forecasts (``tally.CAUSES``; ``uncached``: a call ran uncached), counted
+        for the request's audit."""
+        if self.tally is not None:
+            self.tally.cause(name, uncached)
 
     def untold_stream(self, key: tuple, graph: int, told: Told) -> int:
         """The call order of a told step's calls when no branch is told (split CFG without
@@ -125,7 +142,7 @@ class Runtime:
     """Shared state of one backend object: policy, options, owners, sessions, stats."""
 
     def __init__(self, policy, *, num_steps: int | None = None, per_region: bool | None = None,
-                 factor_dtype: torch.dtype = torch.float32):
+                 factor_dtype: torch.dtype = torch.float32, strict: bool = False):
         self._graphs: list[weakref.ref] = []   # the GraphRuntimes, weakly: dynamo's cache owns them
         self._graph_count = 0
         self.recorder = Recorder()
@@ -137,6 +154,8 @@ class Runtime:
         self.policy = policy            # property: also sets never / per_region
         self.num_steps = num_steps
         self.factor_dtype = factor_dtype
+        self.strict = strict              # a shortfall of forecasts raises instead of warning
+        self._short_warned = False
 
     @property
     def policy(self):
@@ -193,7 +212,7 @@ class Runtime:
         return sc, None
 
     def _new_scope(self, session: Session | None = None, request: Request | None = None) -> Scope:
-        sc = Scope(session, request)
+        sc = Scope(session, request, self.audit if request is not None else None)
         with self._lock:
             self._scopes.add(sc)
         return sc
@@ -307,6 +326,29 @@ class Runtime:
         req = Request(num_steps, timesteps=timesteps, streams=streams, schedule=schedule, close_on_exit=True)
         req.only = weakref.ref(self)
         return req
+
+    # ------------------------------------------------------------ no silent no-op
+    def audit(self, scope: Scope) -> None:
+        """A request ended: compare its forecasts with the policy's plan (``tally.py``) and report."""
+        t = scope.tally
+        session = scope.session
+        n = session.num_steps if session is not None and session.num_steps is not None else self.num_steps
+        planned = t.planned(self.policy, n)
+        self.recorder.audited(planned, t.forecasts, t.causes)
+        short = t.shortfall(self.policy, n)
+        if short is not None:
+            self.report(short)
+
+    def report(self, short: Shortfall) -> None:
+        """Say that caching fell short: once per backend as a warning, every time as a RuntimeError
+        with ``strict``."""
+        text = f"taylorseer ({self.policy!r}): {short.message()}"
+        if self.strict:
+            raise RuntimeError(text + " (strict=True)")
+        if not self._short_warned:
+            self._short_warned = True
+            warnings.warn(text + ". backend.stats()['audit'] counts every cause; strict=True makes this an "
+                          "error", stacklevel=3)
 
     def stats(self) -> dict:
         """See :meth:`taylorseer_fx.trace.Recorder.stats`."""

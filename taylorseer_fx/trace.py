@@ -35,6 +35,18 @@ class Recorder:
             self._recent_steps: collections.OrderedDict = collections.OrderedDict()  # (gen, step) -> decision
             self._regions: dict = {}
             self._trace = collections.deque(maxlen=self.max_trace)
+            self._audit = {"runs": 0, "planned": 0, "forecasts": 0, "causes": {}}
+
+    def audited(self, planned: int, forecasts: int, causes: dict) -> None:
+        """One request ended: the forecasts its policy planned, those that happened, and the causes of
+        missing ones (``tally.py``)."""
+        with self._lock:
+            a = self._audit
+            a["runs"] += 1
+            a["planned"] += planned
+            a["forecasts"] += forecasts
+            for k, v in causes.items():
+                a["causes"][k] = a["causes"].get(k, 0) + v
 
     def uncached(self) -> None:
         with self._lock:
@@ -78,6 +90,8 @@ class Recorder:
         model call) at which every region was computed / at least one region was forecast; ``"steps"``,
         ``"calls"``, ``"uncached_calls"``, ``"generations"``; ``"regions"``: ``{name: {"compute": n,
         "forecast": n}}`` over all calls;
+        ``"audit"``: over the requests that ended (``compile_pipeline`` calls, sessions, closed
+        ``Request``s): ``{"runs", "planned", "forecasts", "causes": {cause: count}}`` (``tally.py``);
         ``"trace"``: one dict per call (graph, generation (a process-unique id), step (0-based index),
         stream, coordinate (the timestep value, model units), decision, estimate (the max over
         regions read by an adaptive policy at the step's first call; None when not read or not
@@ -93,6 +107,7 @@ class Recorder:
                 "steps": self._steps["compute"] + self._steps["forecast"],
                 "calls": self._calls, "uncached_calls": self._uncached, "generations": self._n_gens,
                 "regions": {k: dict(v) for k, v in self._regions.items()},
+                "audit": dict(self._audit, causes=dict(self._audit["causes"])),
             }
         for r in rows:
             if r.get("orders"):

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 from dit_plain import make_plain_dit, plain_dit_inputs
 from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy, taylorseer_backend
-from taylorseer_fx.backend import GraphRecord
+from taylorseer_fx.graph_record import GraphRecord
 from taylorseer_fx.forecast import Forecaster
 from taylorseer_fx.graph_runtime import RuntimeContext
 from taylorseer_fx.region_state import RegionState
