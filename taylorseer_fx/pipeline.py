@@ -39,7 +39,6 @@ import torch
 
 from .backend import TaylorSeerBackend, taylorseer_backend
 from .request import Request, Told, active, check_values, nearest_index
-from .tally import Shortfall
 
 __all__ = ["DENOISERS", "CompiledPipeline", "compile_pipeline"]
 
@@ -135,22 +134,9 @@ class CompiledPipeline:
             reached = bool(request.scopes)
             request.close(audit=ok)
         if not reached and request.num_steps is not None:
-            self._never_reached(request.num_steps)
+            for backend in self.backends.values():    # no denoiser call reached any backend
+                backend.runtime.never_reached(request.num_steps)
         return out
-
-    def _never_reached(self, num_steps: int) -> None:
-        """A pipeline call set its schedule but no call of any denoiser reached its backend: each
-        backend whose policy planned forecasts says so (dynamo's recompile limit, an uncompiled or
-        otherwise compiled module)."""
-        for backend in self.backends.values():
-            policy = backend.policy
-            if policy.never_forecasts:
-                continue
-            planned = (num_steps - len(policy.compute_steps(num_steps)) if not policy.reads_estimate
-                       else max(num_steps - policy.warmup_steps - policy.cooldown, 0))   # steps it may forecast
-            backend.runtime.recorder.audited(planned, 0, {"never-reached": 1})
-            if planned > 0:
-                backend.runtime.report(Shortfall(planned, 0, "never-reached"))
 
     def _schedule_set(self, scheduler) -> None:
         """The pipeline has set its timesteps: the call's request takes them (a second set_timesteps in

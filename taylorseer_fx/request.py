@@ -269,7 +269,11 @@ class Request:
         each backend compares the forecasts made with its policy's plan and warns (``strict``: raises
         RuntimeError) when fewer than half happened; False after an exception."""
         self.closed = True
+        runtime = self.only() if self.only is not None else None
+        unreached = audit and runtime is not None and runtime not in self.scopes and self.num_steps is not None
         self._close_scopes(audit)
+        if unreached:                        # a backend's session that none of its model calls reached
+            runtime.never_reached(self.num_steps)
 
     def _close_scopes(self, audit: bool) -> None:
         with self.lock:

@@ -339,6 +339,19 @@ class Runtime:
         if short is not None:
             self.report(short)
 
+    def never_reached(self, num_steps: int) -> None:
+        """A request of ``num_steps`` steps ended and none of its model calls reached this backend
+        (dynamo's recompile limit, an uncompiled or otherwise compiled module): report it when the
+        policy planned forecasts."""
+        policy = self.policy
+        if policy.never_forecasts:
+            return
+        planned = (num_steps - len(policy.compute_steps(num_steps)) if not policy.reads_estimate
+                   else max(num_steps - policy.warmup_steps - policy.cooldown, 0))   # the steps it may forecast
+        self.recorder.audited(planned, 0, {"never-reached": 1})
+        if planned > 0:
+            self.report(Shortfall(planned, 0, "never-reached"))
+
     def report(self, short: Shortfall) -> None:
         """Say that caching fell short: once per backend as a warning, every time as a RuntimeError
         with ``strict``."""

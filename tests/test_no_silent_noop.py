@@ -147,3 +147,16 @@ def test_a_pipeline_whose_calls_never_reach_the_backend_says_so():
     with pytest.warns(UserWarning, match="no model call reached the backend"):
         run(8)
     pipe.transformer._compiled_call_impl = compiled
+
+
+def test_a_session_whose_backend_no_call_reached_says_so():
+    """A session of one backend around a loop whose model was compiled with another backend: the
+    session's end says no call reached it."""
+    be, _ = _compiled()
+    other = torch.compile(make_plain_dit(), backend="eager")
+    x, y = plain_dit_inputs()
+    with pytest.warns(UserWarning, match="no model call reached the backend"):
+        with torch.no_grad(), be.session(schedule=SCHEDULE):
+            for t in SCHEDULE:
+                other(x, torch.full((2,), t), y)
+    assert be.stats()["audit"]["causes"] == {"never-reached": 1}
