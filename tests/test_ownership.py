@@ -278,10 +278,13 @@ def test_in_a_session_a_recompile_and_a_second_instance_go_on_counting():
     ts = [1000.0 - 50.0 * k for k in range(20)]
     be = taylorseer_backend("openvino-lite", inner="eager")
     ca, cb = torch.compile(a, backend=be), torch.compile(b, backend=be)
-    with torch.no_grad(), be.session(timesteps=ts):
-        for k, t in enumerate(ts):
-            xb, yb = (torch.cat([x, x]), torch.cat([y, y])) if k < 8 else (x, y)
-            (ca if k < 14 else cb)(xb, torch.full((xb.shape[0],), t), yb)
+    # the two restarts (a new graph at 8, a new instance at 14) cost the preset's 6-step warm-up
+    # twice: the session's end says so
+    with pytest.warns(UserWarning, match="2 of the 5 forecasts.*restarted"):
+        with torch.no_grad(), be.session(timesteps=ts):
+            for k, t in enumerate(ts):
+                xb, yb = (torch.cat([x, x]), torch.cat([y, y])) if k < 8 else (x, y)
+                (ca if k < 14 else cb)(xb, torch.full((xb.shape[0],), t), yb)
     tr = be.stats()["trace"]
     assert [t["step"] for t in tr] == list(range(20)) and [t["coordinate"] for t in tr] == ts
     assert len(be.graphs) == 2                                   # batch 2, then batch 1
