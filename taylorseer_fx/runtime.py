@@ -335,7 +335,7 @@ class Runtime:
         n = session.num_steps if session is not None and session.num_steps is not None else self.num_steps
         planned = t.planned(self.policy, n)
         self.recorder.audited(planned, t.forecasts, t.causes)
-        short = t.shortfall(self.policy, n)
+        short = t.shortfall(self.policy, n, planned)
         if short is not None:
             self.report(short)
 

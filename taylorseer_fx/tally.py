@@ -93,9 +93,10 @@ class Tally:
             total += sum(not schedule.decide(s, lambda: 0.0) for s in steps)
         return total
 
-    def shortfall(self, policy, num_steps: int | None) -> Shortfall | None:
-        """A :class:`Shortfall` when the policy planned forecasts and fewer than half happened."""
-        planned = self.planned(policy, num_steps)
+    def shortfall(self, policy, num_steps: int | None, planned: int | None = None) -> Shortfall | None:
+        """A :class:`Shortfall` when the policy planned forecasts and fewer than half happened
+        (``planned``: :meth:`planned` when the caller has it already)."""
+        planned = self.planned(policy, num_steps) if planned is None else planned
         done = self.forecasts
         if planned == 0 or 2 * done >= planned:
             return None
