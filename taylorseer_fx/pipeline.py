@@ -113,6 +113,7 @@ class CompiledPipeline:
         self.backends = backends
         self._original_class = original_class
         self._open: weakref.WeakSet = weakref.WeakSet()     # the requests of pipeline calls in progress
+        self._previous: dict = {}      # denoiser name -> its _compiled_call_impl before compile_pipeline
         self._removed = False
 
     # ------------------------------------------------------------ one generation per call
@@ -195,20 +196,62 @@ class CompiledPipeline:
         return sum(be.memory_bytes() for be in self.backends.values())
 
     def remove(self) -> None:
-        """Undo :func:`compile_pipeline`: the denoisers run uncompiled, the pipeline's class, its
-        scheduler's ``set_timesteps`` and the denoisers' ``cache_context`` are the original ones again."""
+        """Undo :func:`compile_pipeline`: the denoisers run as before it (uncompiled, or with the
+        user's own ``module.compile()``), the pipeline's class, its scheduler's ``set_timesteps`` and
+        the denoisers' ``cache_context`` are the original ones again."""
         if self._removed:
             return
         pipe = self.pipe
         for name in self.backends:
             module = getattr(pipe, name)
-            module._compiled_call_impl = None
+            module._compiled_call_impl = self._previous.get(name)    # a user's own .compile() comes back
             vars(module).pop("cache_context", None)
+            vars(module).pop("_taylorseer_handle", None)
         pipe.__class__ = self._original_class
         vars(pipe.scheduler).pop("set_timesteps", None)
         vars(pipe).pop("_taylorseer", None)
         self.reset()
         self._removed = True
+
+
+#: per denoiser module: {arguments key: the backend compile_pipeline made for it}
+_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _options_key(policy, regions, inner, options):
+    """A hashable key of compile_pipeline's arguments, or None (an unhashable argument: no reuse)."""
+    key = (policy, regions, inner, tuple(sorted(options.items())))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _backend_for(module, key, policy, regions, inner, options) -> TaylorSeerBackend:
+    """The backend an earlier handle made for ``module`` with the same arguments (reset), else a new
+    one: the same backend object means the same dynamo cache entry for the module's forward."""
+    made = _BACKENDS.setdefault(module, {})
+    backend = made.get(key) if key is not None else None
+    if backend is None:
+        backend = taylorseer_backend(policy, regions=regions, inner=inner, **options)
+        if key is not None:
+            made[key] = backend
+    else:
+        backend.reset()
+    return backend
+
+
+def _check_denoiser(name: str, module) -> None:
+    if getattr(module, "_orig_mod", None) is not None:
+        raise ValueError(f"compile_pipeline: pipe.{name} is already a torch.compile wrapper; pass the module "
+                         f"itself (pipe.{name} = pipe.{name}._orig_mod) and compile_pipeline compiles it")
+    owner = vars(module).get("_taylorseer_handle")
+    handle = owner() if owner is not None else None
+    if handle is not None and not handle._removed:
+        raise ValueError(f"compile_pipeline: pipe.{name} is compiled by another live compile_pipeline handle "
+                         "(a pipeline that shares it, e.g. through from_pipe); call .remove() on that handle "
+                         "first, or run the pipeline it was compiled for")
 
 
 def _wrap_scheduler(handle: CompiledPipeline, scheduler) -> None:
@@ -249,8 +292,14 @@ def compile_pipeline(pipe, policy=None, regions="stack", inner="inductor", **opt
     :func:`~taylorseer_fx.backend.taylorseer_backend` (``policy``, ``regions``, ``inner`` and
     ``options`` as there), and make each pipeline call one generation (see the module docstring).
 
-    Raises ValueError when ``pipe`` has no denoiser (``transformer``) or no scheduler, or was already
-    compiled by this function (call ``.remove()`` on its handle first)."""
+    A denoiser compiled by an earlier handle (now removed) with the same arguments gets that handle's
+    backend again (its stats reset): dynamo keeps one cache entry per model and argument set however
+    many handles come and go.
+
+    Raises ValueError when ``pipe`` has no denoiser (``transformer``) or no scheduler, was already
+    compiled by this function (call ``.remove()`` on its handle first), when a denoiser is compiled by
+    another live handle (a pipeline sharing it), or is a ``torch.compile`` wrapper (pass the module
+    itself)."""
     if "_taylorseer" in getattr(pipe, "__dict__", {}):
         raise ValueError("compile_pipeline: this pipeline is compiled already; call .remove() on the "
                          "handle compile_pipeline returned first")
@@ -261,11 +310,17 @@ def compile_pipeline(pipe, policy=None, regions="stack", inner="inductor", **opt
     scheduler = getattr(pipe, "scheduler", None)
     if scheduler is None or not callable(getattr(scheduler, "set_timesteps", None)):
         raise ValueError(f"compile_pipeline: {type(pipe).__name__} has no scheduler with set_timesteps")
-    backends = {n: taylorseer_backend(policy, regions=regions, inner=inner, **options) for n in names}
+    for n in names:
+        _check_denoiser(n, getattr(pipe, n))
+    key = _options_key(policy, regions, inner, options)
+    backends = {n: _backend_for(getattr(pipe, n), key, policy, regions, inner, options) for n in names}
     handle = CompiledPipeline(pipe, backends, type(pipe))
     for name, backend in backends.items():
-        getattr(pipe, name).compile(backend=backend)
-        _wrap_cache_context(handle, getattr(pipe, name))
+        module = getattr(pipe, name)
+        handle._previous[name] = vars(module).get("_compiled_call_impl")     # a user's own .compile()
+        module.compile(backend=backend)
+        vars(module)["_taylorseer_handle"] = weakref.ref(handle)
+        _wrap_cache_context(handle, module)
     _wrap_scheduler(handle, scheduler)
     pipe.__class__ = _wrapped_class(type(pipe))
     vars(pipe)["_taylorseer"] = handle
