@@ -31,6 +31,7 @@ from .runtime import Runtime
 from .placeholders import find_timestep, is_static_placeholder
 from .select import ALIASES, KINDS, NoRegionError, describe_graph, select_regions, warn_unpaired_residual
 from .graph_record import GraphRecord
+from .boundary import ModelBoundary
 from .graph_runtime import read_coordinate
 from .lazy_compile import LazyCompile, has_symbolic_inputs
 from .transform import CacheNode, compile_pieces, split
@@ -77,23 +78,28 @@ def _resolve_inner(inner) -> Callable:
     raise ValueError(f"inner must be a backend name or a callable (gm, example_inputs) -> fn, got {inner!r}")
 
 
+#: region kinds decided at the model boundary (``boundary.py``), not in a graph
+BOUNDARY_KINDS = ("model",)
+
+
 def _check_regions(regions) -> None:
     if isinstance(regions, str):
-        if regions in KINDS:
+        if regions in KINDS or regions in BOUNDARY_KINDS:
             return
         try:
             re.compile(regions)
         except re.error as e:
-            raise ValueError(f"regions={regions!r} is neither one of {KINDS} nor a valid regex: {e}") from None
+            raise ValueError(f"regions={regions!r} is neither one of {KINDS + BOUNDARY_KINDS} nor a valid "
+                             f"regex: {e}") from None
         if re.fullmatch(r"[\w-]+", regions):
             # a bare word that is not a kind: most likely a typo of a kind
-            raise ValueError(f"regions={regions!r} is not one of {KINDS} (or {sorted(ALIASES)}); for a module "
+            raise ValueError(f"regions={regions!r} is not one of {KINDS + BOUNDARY_KINDS} (or {sorted(ALIASES)}); for a module "
                              r"path pattern use a regex such as 'transformer_blocks\.\d+\.attn' (Flux, SD3) or "
                              r"'blocks\.\d+\.attn1' (Wan)")
         return
     if callable(regions):
         return
-    raise ValueError(f"regions must be one of {KINDS}, a regex string or a callable(path) -> bool, got {regions!r}")
+    raise ValueError(f"regions must be one of {KINDS + BOUNDARY_KINDS}, a regex string or a callable(path) -> bool, got {regions!r}")
 
 
 class _Graph:
@@ -176,6 +182,8 @@ class TaylorSeerBackend:
         self.runtime = Runtime(policy, num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype,
                                strict=strict)
         self.graphs: list[GraphRecord] = []   # per compiled graph: what was done (debugging, tests)
+        self.boundaries: weakref.WeakSet = weakref.WeakSet()   # the ModelBoundary of every module compiled
+        self._model_warned = False
 
     @property
     def policy(self) -> Policy:
@@ -216,6 +224,15 @@ class TaylorSeerBackend:
                               "(or torch.inference_mode())", stacklevel=2)
             self.graphs.append(GraphRecord(regions=[], reason="grad enabled"))
             return inner(gm, example_inputs)
+        if self.regions in BOUNDARY_KINDS:
+            if not self.boundaries and not self._model_warned:
+                self._model_warned = True
+                warnings.warn(f"taylorseer: regions={self.regions!r} caches the model's output at its boundary, "
+                              "which torch.compile(model, backend=...) does not reach: the model runs uncached. Use "
+                              "backend.compile_module(model) or compile_pipeline(pipe, ...)", stacklevel=2)
+            self.graphs.append(GraphRecord(regions=[], reason=f"regions={self.regions!r}: cached at the model "
+                                           "boundary"))
+            return inner(gm, example_inputs)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         ts = find_timestep(gm, self.timestep_arg)
         try:
@@ -223,9 +240,11 @@ class TaylorSeerBackend:
         except NoRegionError as e:
             if e.has_blocks:
                 raise ValueError(str(e)) from None
-            warnings.warn(f"taylorseer: {describe_graph(gm)} has no region and runs uncached: {e}. Fine for a "
-                          "piece of a model that graph-breaks when another graph of it holds the blocks "
-                          "(backend.graphs lists every graph with its regions)", stacklevel=2)
+            if all(b.active is False for b in self.boundaries):      # no boundary caches (or will) instead
+                warnings.warn(f"taylorseer: {describe_graph(gm)} has no region and runs uncached: {e}. Fine for "
+                              "a piece of a model that graph-breaks when another graph of it holds the blocks "
+                              "(backend.graphs lists every graph with its regions; backend.compile_module(model) "
+                              "caches a model none of whose graphs holds them at its boundary)", stacklevel=2)
             self.graphs.append(GraphRecord(regions=[], reason=str(e), timestep=ts.name if ts is not None else None))
             compiled = inner(gm, example_inputs)
             if ts is None:
@@ -265,6 +284,46 @@ class TaylorSeerBackend:
         self.graphs.append(GraphRecord(regions=[i.name for i in infos], infos=infos,
                                        timestep=ts.name if ts is not None else None, graph=weakref.ref(graph)))
         return graph
+
+    # ------------------------------------------------------------ the model boundary
+    def compile_module(self, module: torch.nn.Module, announce: bool = False) -> ModelBoundary:
+        """Compile ``module`` in place with this backend (``module.compile(backend=self)``) and put a
+        :class:`~taylorseer_fx.boundary.ModelBoundary` in front of the compiled call (:meth:`boundary`).
+        Undo it with ``module._compiled_call_impl = None`` (or what was there before)."""
+        module.compile(backend=self)
+        module._compiled_call_impl = self.boundary(module, module._compiled_call_impl, announce)
+        return module._compiled_call_impl
+
+    def boundary(self, module: torch.nn.Module, compiled: Callable, announce: bool = False) -> ModelBoundary:
+        """A :class:`~taylorseer_fx.boundary.ModelBoundary` for ``compiled``, ``module``'s call compiled
+        with this backend. It caches the model's whole output when the region kind is ``"model"``, or when
+        no graph this backend compiled holds a region (graph breaks inside every block): then from the
+        call after the first one, and ``announce`` says so with a warning (else a log line). Otherwise
+        the graphs' own regions cache and the boundary passes every call on."""
+        if self.regions in BOUNDARY_KINDS:
+            b = ModelBoundary(self.runtime, module, compiled, self.timestep_arg, active=True)
+            self.boundaries.add(b)
+            return b
+        name = type(module).__name__
+
+        def resolve() -> bool | None:
+            done = [g for g in self.graphs if g.reason != "grad enabled"]
+            if not done:
+                return None                     # nothing traced yet (grad enabled): ask again next call
+            if any(g.regions for g in done):
+                return False
+            text = (f"taylorseer: no graph of {name} holds a region for regions={self.regions!r} ({len(done)} "
+                    "graphs: graph breaks split its blocks); its whole output is cached at the model boundary "
+                    "instead (regions='model')")
+            if announce:
+                warnings.warn(text, stacklevel=4)
+            else:
+                log.info(text)
+            return True
+
+        b = ModelBoundary(self.runtime, module, compiled, self.timestep_arg, active=None, resolve=resolve)
+        self.boundaries.add(b)
+        return b
 
     def compile_seconds(self) -> dict:
         """Seconds spent in the inner compiles that ran after the backend call (lazily, at the first call

@@ -43,7 +43,9 @@ from .request import Request, Told, active, check_values, nearest_index
 __all__ = ["DENOISERS", "CompiledPipeline", "compile_pipeline"]
 
 #: the pipeline attributes that hold denoisers, in the order they run
-DENOISERS = ("transformer", "transformer_2")
+DENOISERS = ("transformer", "transformer_2", "unet")
+#: denoisers cached at the model boundary whatever the graphs hold (``regions="model"``)
+_BOUNDARY_ONLY = ("unet",)
 
 
 class _SchedulerTeller:
@@ -106,11 +108,13 @@ class _SchedulerTeller:
 
 class CompiledPipeline:
     """What :func:`compile_pipeline` did to one pipeline: ``backends`` (denoiser name -> backend),
-    ``stats()``, ``reset()``, ``memory_bytes()``, ``remove()``."""
+    ``kinds`` (the region kind each denoiser caches with), ``stats()``, ``reset()``, ``memory_bytes()``,
+    ``remove()``."""
 
     def __init__(self, pipe, backends: dict[str, TaylorSeerBackend], original_class: type):
         self.pipe = pipe
         self.backends = backends
+        self._boundaries: dict = {}    # denoiser name -> its ModelBoundary
         self._original_class = original_class
         self._open: weakref.WeakSet = weakref.WeakSet()     # the requests of pipeline calls in progress
         self._previous: dict = {}      # denoiser name -> its _compiled_call_impl before compile_pipeline
@@ -169,6 +173,22 @@ class CompiledPipeline:
                 yield value
 
     # ------------------------------------------------------------ api
+    @property
+    def kinds(self) -> dict[str, str]:
+        """``{denoiser name: region kind}``: ``"model"`` for a denoiser cached at its boundary (a UNet,
+        ``regions="model"``, or a model none of whose graphs holds its blocks: known after its first
+        call, ``"stack (model if no graph holds the blocks)"`` until then), else the graphs' kind."""
+        out = {}
+        for name, be in self.backends.items():
+            b = self._boundaries.get(name)
+            kind = be.regions if isinstance(be.regions, str) else "custom"
+            if b is not None and b.active:
+                kind = "model"
+            elif b is not None and b.active is None:
+                kind = f"{kind} (model if no graph holds the blocks)"
+            out[name] = kind
+        return out
+
     def stats(self) -> dict:
         """``{denoiser name: backend.stats(), "total": {"compute", "forecast", "steps", "calls",
         "uncached_calls", "planned_forecasts", "audited_forecasts", "causes"}}`` (see ``Recorder.stats``;
@@ -218,9 +238,14 @@ class CompiledPipeline:
 _BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _options_key(policy, regions, inner, options):
-    """A hashable key of compile_pipeline's arguments, or None (an unhashable argument: no reuse)."""
-    key = (policy, regions, inner, tuple(sorted(options.items())))
+#: backend options that apply at run time: a reused backend takes the new values (with the policy)
+_RUN_OPTIONS = ("num_steps", "strict")
+
+
+def _options_key(regions, inner, options):
+    """A hashable key of the compile-time arguments (not the policy, ``num_steps`` or ``strict``: a
+    backend takes new ones without recompiling), or None (an unhashable argument: no reuse)."""
+    key = (regions, inner, tuple(sorted((k, v) for k, v in options.items() if k not in _RUN_OPTIONS)))
     try:
         hash(key)
     except TypeError:
@@ -229,16 +254,19 @@ def _options_key(policy, regions, inner, options):
 
 
 def _backend_for(module, key, policy, regions, inner, options) -> TaylorSeerBackend:
-    """The backend an earlier handle made for ``module`` with the same arguments (reset), else a new
-    one: the same backend object means the same dynamo cache entry for the module's forward."""
+    """The backend an earlier handle made for ``module`` with the same compile-time arguments, given this
+    call's policy and run-time options and reset, else a new one: the same backend object means the
+    same dynamo cache entry for the module's forward, however many handles and policies come and go."""
     made = _BACKENDS.setdefault(module, {})
+    fresh = taylorseer_backend(policy, regions=regions, inner=inner, **options)    # validates every argument
     backend = made.get(key) if key is not None else None
     if backend is None:
-        backend = taylorseer_backend(policy, regions=regions, inner=inner, **options)
         if key is not None:
-            made[key] = backend
-    else:
-        backend.reset()
+            made[key] = fresh
+        return fresh
+    backend.policy = fresh.policy
+    backend.runtime.num_steps, backend.runtime.strict = fresh.runtime.num_steps, fresh.runtime.strict
+    backend.reset()
     return backend
 
 
@@ -287,14 +315,32 @@ def _wrapped_class(cls: type) -> type:
                                        "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
 
 
-def compile_pipeline(pipe, policy=None, regions="stack", inner="inductor", **options) -> CompiledPipeline:
+def _kind_for(name: str, regions) -> tuple[Any, bool]:
+    """``(region kind, announce a fallback)`` for denoiser ``name``: UNets are cached at the model
+    boundary; a transformer with ``regions`` (default ``"stack"``) falls back to it where no graph holds
+    a region (said with a warning when the user chose the kind)."""
+    if name in _BOUNDARY_ONLY:
+        if regions not in (None, "model"):
+            raise ValueError(f"compile_pipeline: pipe.{name} is a UNet, cached at the model boundary: "
+                             f"regions must be None or 'model', got {regions!r}")
+        return "model", False
+    return ("stack" if regions is None else regions), regions is not None
+
+
+def compile_pipeline(pipe, policy=None, regions=None, inner="inductor", **options) -> CompiledPipeline:
     """Compile every denoiser of a diffusers pipeline in place, each with its own
     :func:`~taylorseer_fx.backend.taylorseer_backend` (``policy``, ``regions``, ``inner`` and
     ``options`` as there), and make each pipeline call one generation (see the module docstring).
 
-    A denoiser compiled by an earlier handle (now removed) with the same arguments gets that handle's
-    backend again (its stats reset): dynamo keeps one cache entry per model and argument set however
-    many handles come and go.
+    ``regions``: None (default) is ``"stack"`` for transformers and ``"model"`` (the whole output,
+    decided at the model boundary) for UNets; a transformer none of whose graphs holds a region of
+    the kind (graph breaks inside every block) is cached at its boundary from its second call
+    (``handle.kinds`` says which kind each denoiser got).
+
+    A denoiser compiled by an earlier handle (now removed) with the same ``regions``, ``inner`` and
+    compile options gets that handle's backend again, with this call's policy, ``num_steps`` and
+    ``strict`` (its stats reset): dynamo keeps one cache entry per model and compile-time arguments
+    however many handles and policies come and go.
 
     Raises ValueError when ``pipe`` has no denoiser (``transformer``) or no scheduler, was already
     compiled by this function (call ``.remove()`` on its handle first), when a denoiser is compiled by
@@ -305,20 +351,20 @@ def compile_pipeline(pipe, policy=None, regions="stack", inner="inductor", **opt
                          "handle compile_pipeline returned first")
     names = [n for n in DENOISERS if isinstance(getattr(pipe, n, None), torch.nn.Module)]
     if not names:
-        raise ValueError(f"compile_pipeline: {type(pipe).__name__} has no denoiser among {DENOISERS} "
-                         "(UNet pipelines are not supported)")
+        raise ValueError(f"compile_pipeline: {type(pipe).__name__} has no denoiser among {DENOISERS}")
     scheduler = getattr(pipe, "scheduler", None)
     if scheduler is None or not callable(getattr(scheduler, "set_timesteps", None)):
         raise ValueError(f"compile_pipeline: {type(pipe).__name__} has no scheduler with set_timesteps")
     for n in names:
         _check_denoiser(n, getattr(pipe, n))
-    key = _options_key(policy, regions, inner, options)
-    backends = {n: _backend_for(getattr(pipe, n), key, policy, regions, inner, options) for n in names}
+    kinds = {n: _kind_for(n, regions) for n in names}
+    backends = {n: _backend_for(getattr(pipe, n), _options_key(kinds[n][0], inner, options), policy,
+                                kinds[n][0], inner, options) for n in names}
     handle = CompiledPipeline(pipe, backends, type(pipe))
     for name, backend in backends.items():
         module = getattr(pipe, name)
         handle._previous[name] = vars(module).get("_compiled_call_impl")     # a user's own .compile()
-        module.compile(backend=backend)
+        handle._boundaries[name] = backend.compile_module(module, announce=kinds[name][1])
         vars(module)["_taylorseer_handle"] = weakref.ref(handle)
         _wrap_cache_context(handle, module)
     _wrap_scheduler(handle, scheduler)

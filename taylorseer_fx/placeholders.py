@@ -5,6 +5,7 @@ Works on the placeholders of a dynamo ``GraphModule`` (torch 2.13); knows nothin
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import torch
@@ -40,15 +41,19 @@ def _placeholder_names(node: fx.Node) -> Iterable[str]:
 def find_timestep(gm: fx.GraphModule, timestep_arg: str | None = None) -> fx.Node | None:
     """The placeholder holding the step coordinate, or None.
 
-    Matches the *whole* placeholder name ``l_<name>_`` or ``l_kwargs_<name>_`` for ``<name>`` in
-    :data:`TIMESTEP_NAMES` (in that order of preference), or ``timestep_arg`` when given (also matched
-    against the placeholder name itself). Parameter placeholders (``..._timestep_embedder_...``) never
-    match. The value is in the model's own units (e.g. 0..1000 or a sigma)."""
+    Matches the *whole* placeholder name ``l_<name>_``, ``l_kwargs_<name>_`` or ``l_stack<k>_1_<name>_``
+    for ``<name>`` in :data:`TIMESTEP_NAMES` (in that order of preference), or ``timestep_arg`` when
+    given (also matched against the placeholder name itself). The third is a keyword argument of a
+    forward that a hook called after a graph break: accelerate's offload hooks
+    (``enable_model_cpu_offload``) return ``(args, kwargs)`` from ``pre_forward``, and dynamo names the
+    resumed frame's inputs ``stack0[1]['timestep']``. Parameter placeholders
+    (``..._timestep_embedder_...``) never match. The value is in the model's own units (e.g. 0..1000 or a
+    sigma)."""
     phs = [n for n in gm.graph.nodes if n.op == "placeholder" and not is_static_placeholder(n)]
     names = (timestep_arg,) if timestep_arg else TIMESTEP_NAMES
     for name in names:
-        want = {f"l_{name.lower()}_", f"l_kwargs_{name.lower()}_", name.lower()}
+        want = re.compile(r"l_(?:kwargs_|stack\d+_1_)?%s_|%s" % (re.escape(name.lower()), re.escape(name.lower())))
         for n in phs:
-            if any(s in want for s in _placeholder_names(n)):
+            if any(want.fullmatch(s) for s in _placeholder_names(n)):
                 return n
     return None

@@ -174,9 +174,10 @@ class Runtime:
     # ------------------------------------------------------------ graphs and owners
     def new_graph(self, regions: Sequence, timestep_index: int | None, dynamic_indices: Sequence[int],
                   name: str = "", instance_indices: Sequence[int] = (), whole=None, pieces=None,
-                  compile_order: int | None = None) -> GraphRuntime:
-        """A :class:`GraphRuntime` for one compiled graph (see there for the arguments)."""
-        g = GraphRuntime(self, self._graph_count, list(regions), timestep_index, tuple(dynamic_indices),
+                  compile_order: int | None = None, kind: type = GraphRuntime) -> GraphRuntime:
+        """A :class:`GraphRuntime` (or ``kind``, a subclass) for one compiled graph (see there for the
+        arguments)."""
+        g = kind(self, self._graph_count, list(regions), timestep_index, tuple(dynamic_indices),
                          tuple(instance_indices), name, whole=whole, pieces=pieces, compile_order=compile_order)
         self._graph_count += 1          # graph indices are never reused (they key cached state)
         self._graphs = [r for r in self._graphs if r() is not None] + [weakref.ref(g)]

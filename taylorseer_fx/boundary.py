@@ -1,0 +1,174 @@
+"""Caching at the model boundary (``regions="model"``): the denoiser's whole output, decided before the
+compiled call.
+
+Where no graph dynamo traces of a model holds its block stack (graph breaks inside every block:
+HiDream, Mochi, the HunyuanVideo 1.5 family) and for UNet denoisers (Stable Diffusion 1.5, SDXL), the
+region is the model call itself: :class:`ModelBoundary` wraps the module's compiled call
+(``module._compiled_call_impl``, what ``nn.Module.__call__`` runs after ``module.compile()``). Per call
+it asks the backend's runtime -- the same policies, requests, owners, generations, stats and audit as
+a graph's regions -- whether to compute or forecast:
+
+* **compute**: the compiled call runs (the graphs dynamo traced, compiled by the inner backend, no cache
+  node inside); its output (any pytree of tensors: a tuple, diffusers' ``Transformer2DModelOutput`` or
+  ``UNet2DConditionOutput``) is absorbed by the region's forecaster;
+* **forecast**: the compiled call does not run at all; the output is the forecast, in the computed
+  output's structure, shapes, dtypes and strides (fresh tensors: the caller may keep them).
+
+What the call is, for the runtime (``graph_runtime.py``): the coordinate is the forward's timestep
+argument (``timestep_arg``, else the first of ``timestep``, ``timesteps``, ``t``, ``sigma``,
+``sigmas`` the forward takes), in the model's own units; the signature is the shape, dtype and device
+of every other tensor argument (nested in lists and dicts too) and every non-float scalar (a change
+starts a new generation, as a graph's input signature does); the model instance is the identity of
+all of its parameters and buffers.
+
+Knows nothing of FX or of pipelines.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .graph_runtime import GraphRuntime
+from .placeholders import TIMESTEP_NAMES
+
+__all__ = ["MODEL_REGION", "BoundaryRuntime", "ModelBoundary", "timestep_parameter"]
+
+#: the name of the one region of a model cached at its boundary (in stats and traces)
+MODEL_REGION = "model"
+
+
+@dataclass
+class _Region:
+    """The one region of a boundary: the model's whole output (never residual)."""
+    name: str = MODEL_REGION
+    residual: dict = field(default_factory=dict)
+
+
+def timestep_parameter(forward: Callable, timestep_arg: str | None = None) -> tuple[str | None, int | None]:
+    """``(name, position)`` of the forward's step-coordinate argument: ``timestep_arg`` when given,
+    else the first of :data:`~taylorseer_fx.placeholders.TIMESTEP_NAMES` it takes; ``position`` is
+    its index among the positional parameters (None: keyword only). ``(None, None)``: none found.
+    Follows ``__wrapped__`` (accelerate's offload hooks keep the model's own signature there).
+
+    Raises ValueError when ``timestep_arg`` names no parameter of a forward without ``**kwargs``."""
+    try:
+        params = list(inspect.signature(forward).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = {p.name for p in params}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    if timestep_arg is not None:
+        if timestep_arg not in names and not var_kw:
+            raise ValueError(f"timestep_arg={timestep_arg!r}: the model's forward takes no such argument; "
+                             f"its arguments: {[p.name for p in params]}")
+        return timestep_arg, (positional.index(timestep_arg) if timestep_arg in positional else None)
+    for name in TIMESTEP_NAMES:
+        if name in names:
+            return name, (positional.index(name) if name in positional else None)
+    return None, None
+
+
+class BoundaryRuntime(GraphRuntime):
+    """The :class:`~taylorseer_fx.graph_runtime.GraphRuntime` of a model call made at its boundary.
+    Its "graph inputs" are ``(timestep, signature, instance tensors, compute)``: the coordinate
+    value (tensor or number, None), the call's signature (a tuple), the model's parameters and
+    buffers, and a callable that runs the compiled model and returns its flattened output
+    ``(treespec, *leaves)``."""
+
+    def _instance(self, args) -> tuple:
+        return args[2]
+
+    def _instance_key(self, args) -> tuple:
+        return tuple(map(id, args[2]))
+
+    def _signature(self, args) -> tuple:
+        return args[1]
+
+
+def _run_region(graph: BoundaryRuntime):
+    def pieces(timestep, signature, instance, compute):
+        return graph.run_region(0, compute, ())
+    return pieces
+
+
+class ModelBoundary:
+    """``module``'s compiled call, cached at its boundary by ``runtime`` (a backend's
+    :class:`~taylorseer_fx.runtime.Runtime`). Installed as ``module._compiled_call_impl``; ``compiled``
+    is the call it replaces (``torch.compile(module._call_impl, backend=...)``).
+
+    ``active``: True, the boundary decides every call; False, every call goes straight to ``compiled``
+    (the graphs' own regions cache); None, not known yet: calls go straight to ``compiled`` until
+    ``resolve`` (called after each such call) says which."""
+
+    def __init__(self, runtime, module: torch.nn.Module, compiled: Callable, timestep_arg: str | None = None,
+                 active: bool | None = True, resolve: Callable[[], bool | None] | None = None):
+        self.compiled = compiled
+        self.active = active
+        self.resolve = resolve
+        self._module = weakref.ref(module)
+        self.timestep_arg = timestep_arg
+        self._forward = None
+        self._ts = (None, None)
+        self._refresh(module)               # a bad timestep_arg raises here, at install time
+        self.graph = runtime.new_graph([_Region()], 0, (), name=f"{type(module).__name__} (model boundary)",
+                                       kind=BoundaryRuntime)
+        self.graph.pieces = _run_region(self.graph)
+
+    def _refresh(self, module) -> None:
+        forward = module.forward                  # accelerate's hooks replace it on the instance
+        key = getattr(forward, "__func__", forward)
+        if key is not self._forward:
+            self._forward = key
+            self._ts = timestep_parameter(forward, self.timestep_arg)
+
+    def __call__(self, *args, **kwargs) -> Any:
+        if not self.active:
+            out = self.compiled(*args, **kwargs)
+            if self.active is None and self.resolve is not None:
+                self.active = self.resolve()
+            return out
+        module = self._module()
+        compute = lambda: self._flat(args, kwargs)      # noqa: E731
+        if torch.is_grad_enabled():                     # counted as an uncached call, nothing stored
+            out = self.graph((None, (), (), compute))
+        else:
+            self._refresh(module)
+            timestep = self._timestep(args, kwargs)
+            signature = tuple(_signature_of(i, x) for i, x in enumerate(pytree.tree_leaves((args, kwargs)))
+                              if x is not timestep)
+            instance = tuple(module.parameters()) + tuple(module.buffers())
+            if self.graph.device is None:
+                self.graph.device = next((p.device for p in instance), None)
+            out = self.graph((timestep, signature, instance, compute))
+        return pytree.tree_unflatten(list(out[1:]), out[0])
+
+    def _flat(self, args, kwargs) -> tuple:
+        leaves, spec = pytree.tree_flatten(self.compiled(*args, **kwargs))
+        return (spec, *leaves)
+
+    def _timestep(self, args, kwargs):
+        name, pos = self._ts
+        if name is None:
+            return None
+        if name in kwargs:
+            return kwargs[name]
+        return args[pos] if pos is not None and pos < len(args) else None
+
+
+def _signature_of(i: int, x) -> tuple:
+    """What of argument leaf ``i`` starts a new generation when it changes (``steps.py``'s signature
+    entries): a tensor's ``(i, shape, dtype, device)``; a non-float scalar's ``(i, value)``
+    (``return_dict``, a frame count); of floats (a guidance scale passed as a number, a per-step value)
+    and other objects only the type."""
+    if isinstance(x, torch.Tensor):
+        return (i, tuple(x.shape), x.dtype, x.device)
+    if isinstance(x, (bool, int, str)) or x is None:
+        return (i, x)
+    return (i, type(x).__name__)
