@@ -9,17 +9,18 @@ every pipeline call one generation.
 
 What it does, with the backend's public API only (``backend.py``):
 
-* **Denoisers.** ``pipe.transformer`` and, where present, ``pipe.transformer_2`` (Wan 2.2) are compiled
-  in place (``module.compile(backend=...)``: the pipeline keeps the same module objects), each with a
-  backend of its own (:attr:`CompiledPipeline.backends`).
-* **One generation per pipeline call.** The pipeline's class is swapped for a subclass whose
-  ``__call__`` opens, for every backend, a ``session(schedule=scheduler.timesteps)`` as soon as the
-  pipeline has set its scheduler's timesteps (``scheduler.set_timesteps`` is wrapped on the instance),
-  and closes it when the call returns or raises. So the step count comes from the pipeline (every
-  preset works, ``cooldown`` included, at any step count, call after call), each model call is placed
-  at its timestep's index in the schedule (a second transformer joining mid-run, img2img's shortened
-  schedule, per-token timesteps), and CFG calls are streams however the pipeline makes them. An
-  exception leaves nothing behind: the session's exit ends the generation.
+* **Denoisers.** ``pipe.transformer`` and, where present, ``pipe.transformer_2`` (Wan 2.2), or
+  ``pipe.unet`` are compiled in place (``backend.compile_module``: the pipeline keeps the same module
+  objects), each with a backend of its own (:attr:`CompiledPipeline.backends`). Transformers cache
+  their graphs' regions (``"stack"`` by default); UNets, and transformers none of whose graphs holds a
+  region, cache their whole output at the model boundary (``boundary.py``; :attr:`CompiledPipeline.kinds`).
+* **One request per pipeline call.** The pipeline's class is swapped for a subclass whose ``__call__``
+  makes the call one :class:`~taylorseer_fx.request.Request`, closed when the call returns or raises.
+  The scheduler's ``set_timesteps`` and the denoisers' ``cache_context`` are wrapped on the instances
+  (``pipeline_hooks.py``, shared with other handles that hold them) so that the request is told the
+  step count, each call's step, stage and branch. So every preset works at any step count, call after
+  call, Heun-type schedulers, img2img and a second transformer joining mid-run are placed exactly, and
+  an exception leaves nothing behind.
 
 The same by hand, for a loop of your own or ``pipe.transformer.compile(backend=backend)`` users::
 
@@ -29,16 +30,15 @@ The same by hand, for a loop of your own or ``pipe.transformer.compile(backend=b
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
 import weakref
 from typing import Any
 
 import torch
 
 from .backend import TaylorSeerBackend, taylorseer_backend
-from .request import Request, Told, active, check_values, nearest_index
+from .pipeline_hooks import (HOLDERS, hold_cache_context, hold_scheduler, open_request, release_cache_context,
+                             release_scheduler)
 
 __all__ = ["DENOISERS", "CompiledPipeline", "compile_pipeline"]
 
@@ -46,64 +46,6 @@ __all__ = ["DENOISERS", "CompiledPipeline", "compile_pipeline"]
 DENOISERS = ("transformer", "transformer_2", "unet")
 #: denoisers cached at the model boundary whatever the graphs hold (``regions="model"``)
 _BOUNDARY_ONLY = ("unet",)
-
-
-class _SchedulerTeller:
-    """Tells where a model call stands from the pipeline's scheduler: its own index ``k`` into its
-    timesteps (``step_index``, else ``begin_index``; before a scheduler's first step without either,
-    the index of the model's timestep value in the schedule, else 0). The step is ``k // scheduler.order``
-    (Heun-type and KDPM2 schedulers evaluate the model twice per step: ``state_in_first_order`` says
-    which stage), the coordinate the schedule's value at ``k`` (forecasts do not depend on its scale,
-    so the model may receive t, t / 1000 or 1 - t / 1000)."""
-
-    def __init__(self, scheduler, schedule: list):
-        self.scheduler = scheduler
-        self.schedule = schedule
-        order = getattr(scheduler, "order", 1)
-        self.order = order if isinstance(order, int) and order >= 1 else 1
-
-    def __call__(self, told: Told | None) -> Told | None:
-        branch = None if told is None else told.branch
-        sch = self.scheduler
-        stage = 0 if getattr(sch, "state_in_first_order", True) else 1
-        k = getattr(sch, "step_index", None)
-        if k is None:
-            k = getattr(sch, "begin_index", None)
-        if k is None:
-            # before the scheduler's first step: the model's timestep in the schedule; a value not in
-            # it (a model that receives 1 - t / 1000) is the first step (index 0): diffusers'
-            # pipelines that start later (img2img) set the scheduler's begin_index
-            return Told(branch, stage=stage, locate=lambda v: self.at(branch, self.nearest(v) or 0, stage))
-        return self.at(branch, k, stage)
-
-    def at(self, branch, k, stage: int) -> Told | None:
-        """The told position of schedule index ``k``, or None when ``k`` is not in the schedule."""
-        if not isinstance(k, int) or not 0 <= k < len(self.schedule):
-            return None
-        return Told(branch, k // self.order, self.schedule[k], stage)
-
-    def nearest(self, value) -> int | None:
-        """The schedule index of a model timestep ``value`` that is a schedule value exactly (to float32
-        rounding) under a pipeline's scale (t, t / 1000), or None: a value merely near one (a model fed
-        1 - t / 1000 can come close to a schedule value by chance) says nothing."""
-        if value is None or not math.isfinite(value):
-            return None
-        found = nearest_index(self.schedule, value)
-        if found is None:
-            return None
-        k, scale = found
-        exact = abs(value - scale * self.schedule[k]) <= 1e-5 * max(abs(value), abs(scale * self.schedule[k]))
-        return k if exact else None
-
-    def from_context(self, branch: str, step_index) -> Told:
-        """What diffusers' ``cache_context(branch, step_index=...)`` tells: the branch, and the step
-        when the scheduler keeps no index of its own (its own index wins: it is what indexes its
-        timesteps and sigmas)."""
-        sch = self.scheduler
-        if isinstance(step_index, int) and getattr(sch, "step_index", None) is None \
-                and getattr(sch, "begin_index", None) is None:
-            return self.at(branch, step_index, 0) or Told(branch)
-        return Told(branch)
 
 
 class CompiledPipeline:
@@ -116,9 +58,8 @@ class CompiledPipeline:
         self.backends = backends
         self._boundaries: dict = {}    # denoiser name -> its ModelBoundary
         self._original_class = original_class
-        self._open: weakref.WeakSet = weakref.WeakSet()     # the requests of pipeline calls in progress
-        self._previous: dict = {}      # denoiser name -> its _compiled_call_impl before compile_pipeline
-        self._removed = False
+        self._scheduler = None         # the scheduler whose set_timesteps this handle holds
+        self.removed = False
 
     # ------------------------------------------------------------ one generation per call
     def _call(self, call, *args, **kwargs):
@@ -126,10 +67,9 @@ class CompiledPipeline:
         belongs to it (whatever thread, task or generator the pipeline runs in), and it is closed,
         its cached state dropped, when the call returns or raises."""
         scheduler = getattr(self.pipe, "scheduler", None)
-        if scheduler is not None and "set_timesteps" not in vars(scheduler):
-            _wrap_scheduler(self, scheduler)       # a scheduler replaced after compile_pipeline
-        request = Request()
-        self._open.add(request)
+        if scheduler is not None and scheduler is not self._scheduler:
+            self._hold_scheduler(scheduler)       # a scheduler replaced after compile_pipeline
+        request = open_request(self.pipe)
         ok = False
         try:
             with request:
@@ -143,34 +83,11 @@ class CompiledPipeline:
                 backend.runtime.never_reached(request.num_steps)
         return out
 
-    def _schedule_set(self, scheduler) -> None:
-        """The pipeline has set its timesteps: the call's request takes them (a second set_timesteps in
-        one call replaces the first) and its steps are told from the scheduler."""
-        request = active()
-        if request is None or request not in self._open:
-            return                             # set_timesteps outside a call of this pipeline
-        timesteps = getattr(scheduler, "timesteps", None)
-        if timesteps is None or len(timesteps) == 0:
-            return
-        schedule = check_values(timesteps, "scheduler.timesteps")
-        teller = _SchedulerTeller(scheduler, schedule)
-        n = getattr(scheduler, "num_inference_steps", None)
-        if not isinstance(n, int) or n < 1:
-            n = -(-len(schedule) // teller.order)
-        request.replan(num_steps=n, schedule=schedule, tellers=[teller])
-
-    def _context(self, original, name, kwargs):
-        """diffusers' ``transformer.cache_context(name, ...)``, and the branch (and, for a scheduler
-        that keeps no index, ``step_index``) told to this pipeline call's request."""
-        with original(name, **kwargs) as value:
-            request = active()
-            if request is None or request not in self._open:
-                yield value
-                return
-            tellers = request.tellers
-            told = tellers[0].from_context(name, kwargs.get("step_index")) if tellers else Told(name)
-            with request.tell(told):
-                yield value
+    def _hold_scheduler(self, scheduler) -> None:
+        if self._scheduler is not None:
+            release_scheduler(self._scheduler, self)
+        hold_scheduler(scheduler, self)
+        self._scheduler = scheduler
 
     # ------------------------------------------------------------ api
     @property
@@ -218,20 +135,22 @@ class CompiledPipeline:
     def remove(self) -> None:
         """Undo :func:`compile_pipeline`: the denoisers run as before it (uncompiled, or with the
         user's own ``module.compile()``), the pipeline's class, its scheduler's ``set_timesteps`` and
-        the denoisers' ``cache_context`` are the original ones again."""
-        if self._removed:
+        the denoisers' ``cache_context`` are the original ones again -- except what another live handle
+        still holds (a pipeline sharing the denoiser or scheduler): that stays until it is removed."""
+        if self.removed:
             return
+        self.removed = True
         pipe = self.pipe
         for name in self.backends:
             module = getattr(pipe, name)
-            module._compiled_call_impl = self._previous.get(name)    # a user's own .compile() comes back
-            vars(module).pop("cache_context", None)
-            vars(module).pop("_taylorseer_handle", None)
+            if HOLDERS.release(module, self):
+                module._compiled_call_impl = HOLDERS.previous(module)   # a user's own .compile() comes back
+                self.backends[name].reset()
+            release_cache_context(module, self)
         pipe.__class__ = self._original_class
-        vars(pipe.scheduler).pop("set_timesteps", None)
+        if self._scheduler is not None:
+            release_scheduler(self._scheduler, self)
         vars(pipe).pop("_taylorseer", None)
-        self.reset()
-        self._removed = True
 
 
 #: per denoiser module: {arguments key: the backend compile_pipeline made for it}
@@ -270,39 +189,29 @@ def _backend_for(module, key, policy, regions, inner, options) -> TaylorSeerBack
     return backend
 
 
+def _shared_backend(name: str, module, key, policy, regions, inner, options) -> TaylorSeerBackend | None:
+    """The backend of a live handle that holds ``module`` (a pipeline sharing it: ``from_pipe``), when
+    this call's arguments are the same; None when no live handle holds it. Raises ValueError when one
+    does with other arguments (one module, one backend: one policy)."""
+    held = HOLDERS.held(module)
+    if held is None:
+        return None
+    backend = held.backend
+    fresh = taylorseer_backend(policy, regions=regions, inner=inner, **options)
+    same = (key is not None and _BACKENDS.get(module, {}).get(key) is backend and fresh.policy == backend.policy
+            and (fresh.runtime.num_steps, fresh.runtime.strict) == (backend.runtime.num_steps, backend.runtime.strict))
+    if not same:
+        raise ValueError(f"compile_pipeline: pipe.{name} is compiled by another live compile_pipeline handle "
+                         f"with other arguments ({backend!r}); a shared denoiser runs one backend: pass the same "
+                         "policy, regions, inner and options (a pipeline made with from_pipe then shares it), "
+                         "or call .remove() on that handle first")
+    return backend
+
+
 def _check_denoiser(name: str, module) -> None:
     if getattr(module, "_orig_mod", None) is not None:
         raise ValueError(f"compile_pipeline: pipe.{name} is already a torch.compile wrapper; pass the module "
                          f"itself (pipe.{name} = pipe.{name}._orig_mod) and compile_pipeline compiles it")
-    owner = vars(module).get("_taylorseer_handle")
-    handle = owner() if owner is not None else None
-    if handle is not None and not handle._removed:
-        raise ValueError(f"compile_pipeline: pipe.{name} is compiled by another live compile_pipeline handle "
-                         "(a pipeline that shares it, e.g. through from_pipe); call .remove() on that handle "
-                         "first, or run the pipeline it was compiled for")
-
-
-def _wrap_scheduler(handle: CompiledPipeline, scheduler) -> None:
-    original = scheduler.set_timesteps          # the bound method of the class
-
-    @functools.wraps(original)                  # pipelines inspect its signature (sigmas=, mu=)
-    def set_timesteps(*args, **kwargs):
-        out = original(*args, **kwargs)
-        handle._schedule_set(scheduler)
-        return out
-    scheduler.set_timesteps = set_timesteps
-
-
-def _wrap_cache_context(handle: CompiledPipeline, module) -> None:
-    original = getattr(module, "cache_context", None)
-    if not callable(original):
-        return                                  # no diffusers CacheMixin: steps come from the scheduler
-
-    @functools.wraps(original)
-    @contextlib.contextmanager
-    def cache_context(name, **kwargs):
-        yield from handle._context(original, name, kwargs)
-    vars(module)["cache_context"] = cache_context
 
 
 def _wrapped_class(cls: type) -> type:
@@ -342,9 +251,14 @@ def compile_pipeline(pipe, policy=None, regions=None, inner="inductor", **option
     ``strict`` (its stats reset): dynamo keeps one cache entry per model and compile-time arguments
     however many handles and policies come and go.
 
-    Raises ValueError when ``pipe`` has no denoiser (``transformer``) or no scheduler, was already
-    compiled by this function (call ``.remove()`` on its handle first), when a denoiser is compiled by
-    another live handle (a pipeline sharing it), or is a ``torch.compile`` wrapper (pass the module
+    A denoiser another live handle holds (a pipeline made with ``from_pipe``, or built around the same
+    transformer) is shared when the arguments are the same: no second compile, one backend (its stats
+    count both pipelines' calls), and each pipeline's calls are requests of their own; it stays compiled
+    until the last handle holding it is removed.
+
+    Raises ValueError when ``pipe`` has no denoiser (``transformer``, ``unet``) or no scheduler, was
+    already compiled by this function (call ``.remove()`` on its handle first), when a denoiser is held by
+    another live handle with other arguments, or is a ``torch.compile`` wrapper (pass the module
     itself)."""
     if "_taylorseer" in getattr(pipe, "__dict__", {}):
         raise ValueError("compile_pipeline: this pipeline is compiled already; call .remove() on the "
@@ -358,16 +272,22 @@ def compile_pipeline(pipe, policy=None, regions=None, inner="inductor", **option
     for n in names:
         _check_denoiser(n, getattr(pipe, n))
     kinds = {n: _kind_for(n, regions) for n in names}
-    backends = {n: _backend_for(getattr(pipe, n), _options_key(kinds[n][0], inner, options), policy,
-                                kinds[n][0], inner, options) for n in names}
+    keys = {n: _options_key(kinds[n][0], inner, options) for n in names}
+    shared = {n: _shared_backend(n, getattr(pipe, n), keys[n], policy, kinds[n][0], inner, options) for n in names}
+    backends = {n: shared[n] or _backend_for(getattr(pipe, n), keys[n], policy, kinds[n][0], inner, options)
+                for n in names}
     handle = CompiledPipeline(pipe, backends, type(pipe))
     for name, backend in backends.items():
         module = getattr(pipe, name)
-        handle._previous[name] = vars(module).get("_compiled_call_impl")     # a user's own .compile()
-        handle._boundaries[name] = backend.compile_module(module, announce=kinds[name][1])
-        vars(module)["_taylorseer_handle"] = weakref.ref(handle)
-        _wrap_cache_context(handle, module)
-    _wrap_scheduler(handle, scheduler)
+        if shared[name] is None:
+            previous = vars(module).get("_compiled_call_impl")        # a user's own .compile()
+            backend.compile_module(module, announce=kinds[name][1])
+            HOLDERS.hold(module, handle, backend, previous)
+        else:
+            HOLDERS.hold(module, handle)
+        handle._boundaries[name] = module._compiled_call_impl
+        hold_cache_context(module, handle)
+    handle._hold_scheduler(scheduler)
     pipe.__class__ = _wrapped_class(type(pipe))
     vars(pipe)["_taylorseer"] = handle
     return handle

@@ -56,19 +56,64 @@ def test_remove_gives_back_the_users_own_compile():
     assert pipe.transformer._compiled_call_impl is users
 
 
-def test_a_denoiser_compiled_by_another_live_handle_is_refused():
+def _call(pipe, steps):
+    g = torch.Generator().manual_seed(1)
+    return pipe(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+                num_inference_steps=steps, height=64, width=64, output_type="latent",
+                generator=torch.Generator().manual_seed(3)).images
+
+
+def test_a_denoiser_held_by_another_live_handle_is_shared_or_refused():
+    """Two pipelines around one transformer: the second compile_pipeline with other arguments is refused
+    (one module, one backend); with the same arguments it shares the backend, each pipeline's calls are
+    requests of their own, and the transformer stays compiled until the last handle is removed."""
     pipe, run = _flux_pipe()
     other = diffusers.FluxPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=None,
                                    text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
                                    transformer=pipe.transformer)        # shares the transformer
+    other.set_progress_bar_config(disable=True)
     first = compile_pipeline(pipe, policy=POLICY, inner="eager")
-    with pytest.raises(ValueError, match="another live compile_pipeline handle"):
-        compile_pipeline(other, policy=POLICY, inner="eager")
+    with pytest.raises(ValueError, match="another live compile_pipeline handle with other arguments"):
+        compile_pipeline(other, policy=FixedPolicy(interval=4, order=1, warmup=2), inner="eager")
     run(6)
-    assert first.stats()["total"]["forecast"] > 0                       # the first handle untouched
+    assert first.stats()["total"]["forecast"] == 6 - len(POLICY.compute_steps(6))   # the first handle untouched
+    second = compile_pipeline(other, policy=POLICY, inner="eager", strict=False)
+    assert second.backends["transformer"] is first.backends["transformer"]
+    first.reset()
+    _call(other, 6)
+    assert first.stats()["total"]["forecast"] == 6 - len(POLICY.compute_steps(6))
     first.remove()
-    second = compile_pipeline(other, policy=POLICY, inner="eager")      # free again
+    assert pipe.transformer._compiled_call_impl is not None         # still held by the second handle
+    first.reset()
+    _call(other, 6)
+    assert second.stats()["total"]["forecast"] == 6 - len(POLICY.compute_steps(6))
     second.remove()
+    assert pipe.transformer._compiled_call_impl is None and "cache_context" not in vars(pipe.transformer)
+
+
+def test_a_from_pipe_pipeline_is_told_what_to_do_and_then_shares():
+    """``from_pipe`` shares the transformer and the scheduler. Called as it is, its set_timesteps says
+    that its calls are placed by inference, with no step count (a cool-down policy needs one); compiled
+    too, it shares the backend and every preset works."""
+    pipe, run = _flux_pipe()
+    cooldown = FixedPolicy(interval=3, order=1, warmup=2, cooldown=2)
+    first = compile_pipeline(pipe, policy=cooldown, inner="eager", strict=True)
+    run(8)
+    assert first.stats()["total"]["forecast"] == 8 - len(cooldown.compute_steps(8))
+    derived = diffusers.FluxPipeline.from_pipe(pipe)
+    assert derived.transformer is pipe.transformer and derived.scheduler is pipe.scheduler
+    with pytest.warns(UserWarning, match="outside a call of the pipeline compile_pipeline compiled"):
+        with pytest.raises(ValueError, match="num_steps"):
+            _call(derived, 8)
+    handle = compile_pipeline(derived, policy=cooldown, inner="eager", strict=True)
+    first.reset()
+    _call(derived, 8)
+    computed = sorted({r["step"] for r in handle.backends["transformer"].stats()["trace"] if r["decision"] == "compute"})
+    assert computed == cooldown.compute_steps(8)
+    run(8)                                              # the first pipeline still caches
+    handle.remove()
+    first.remove()
+    assert "set_timesteps" not in vars(pipe.scheduler)
 
 
 def test_a_torch_compile_wrapper_is_refused_with_what_to_do():

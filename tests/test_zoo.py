@@ -22,6 +22,11 @@ For every family, over a 12-step sampling loop (Euler-like, the timestep walking
     feed-forward child of a block that runs in the graph is left out;
 (e) ``auto``: ``AutoPolicy(threshold=0.1)`` (swapped into the (a) model) runs: finite outputs.
 
+Each backend's model boundary (``backend.boundary``, as ``compile_pipeline`` installs it) sits in front of
+the compiled model: a family none of whose graphs holds a region (graph breaks inside every block) is
+cached at its boundary from its second call, and (b)-(e) check it there: (b) passes when the boundary
+caches, (c) checks its decisions, (d) falls back to the boundary as well.
+
 One dynamo trace per family serves the three backends (``_FanOut``: each graph dynamo hands over is
 compiled by the "stack", "modules" and "stack-residual" backends alike; a switch picks whose compiled
 graph runs): tracing is most of the run time on CPU.
