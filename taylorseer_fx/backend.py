@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import warnings
 import weakref
 from typing import Any, Callable
@@ -25,11 +23,12 @@ from typing import Any, Callable
 import torch
 from torch import fx
 
+from .backend_options import (BOUNDARY_KINDS, DEFAULT_POLICY, OPTIONS, _RENAMED, check_regions, resolve_inner,
+                              resolve_policy)
 from .policy import Policy
-from .presets import load_policy
 from .runtime import Runtime
 from .placeholders import find_timestep, is_static_placeholder
-from .select import ALIASES, KINDS, NoRegionError, describe_graph, select_regions, warn_unpaired_residual
+from .select import ALIASES, NoRegionError, describe_graph, select_regions, warn_unpaired_residual
 from .graph_record import GraphRecord
 from .boundary import ModelBoundary
 from .graph_runtime import read_coordinate
@@ -40,67 +39,6 @@ from .whole_graph import WholeGraph
 __all__ = ["TaylorSeerBackend", "taylorseer_backend", "default_backend", "DEFAULT_POLICY"]
 
 log = logging.getLogger(__name__)
-
-#: preset used when no policy is given: official TaylorSeer's FLUX schedule (full steps 0-2, then one
-#: in 6; order 1, taylor form). Needs no step count.
-DEFAULT_POLICY = "official-flux"
-
-#: the backend's keyword options (besides policy, regions, inner), see :func:`taylorseer_backend`
-OPTIONS = ("timestep_arg", "num_steps", "per_region", "factor_dtype", "whole_graph", "strict")
-_RENAMED = {"fused": "whole_graph"}
-
-
-def _resolve_policy(policy) -> Policy:
-    if policy is None:
-        policy = DEFAULT_POLICY
-    if isinstance(policy, Policy):
-        return policy
-    if isinstance(policy, (str, os.PathLike)):
-        try:
-            return load_policy(policy)
-        except (ValueError, FileNotFoundError) as e:
-            raise ValueError(f"policy={os.fspath(policy)!r}: {e}") from e
-    raise ValueError(f"policy must be a Policy, a preset name or a TOML path, got {type(policy).__name__}")
-
-
-def _resolve_inner(inner) -> Callable:
-    if callable(inner):
-        return inner
-    if isinstance(inner, str):
-        from torch._dynamo.backends.registry import list_backends, lookup_backend
-        if inner in ("taylorseer",):
-            raise ValueError("inner='taylorseer' would nest the backend in itself")
-        try:
-            return lookup_backend(inner)
-        except Exception:
-            raise ValueError(f"inner={inner!r} is not a dynamo backend; use 'inductor', 'eager', 'aot_eager', "
-                             f"one of {list_backends()} or a backend callable") from None
-    raise ValueError(f"inner must be a backend name or a callable (gm, example_inputs) -> fn, got {inner!r}")
-
-
-#: region kinds decided at the model boundary (``boundary.py``), not in a graph
-BOUNDARY_KINDS = ("model",)
-
-
-def _check_regions(regions) -> None:
-    if isinstance(regions, str):
-        if regions in KINDS or regions in BOUNDARY_KINDS:
-            return
-        try:
-            re.compile(regions)
-        except re.error as e:
-            raise ValueError(f"regions={regions!r} is neither one of {KINDS + BOUNDARY_KINDS} nor a valid "
-                             f"regex: {e}") from None
-        if re.fullmatch(r"[\w-]+", regions):
-            # a bare word that is not a kind: most likely a typo of a kind
-            raise ValueError(f"regions={regions!r} is not one of {KINDS + BOUNDARY_KINDS} (or {sorted(ALIASES)}); for a module "
-                             r"path pattern use a regex such as 'transformer_blocks\.\d+\.attn' (Flux, SD3) or "
-                             r"'blocks\.\d+\.attn1' (Wan)")
-        return
-    if callable(regions):
-        return
-    raise ValueError(f"regions must be one of {KINDS + BOUNDARY_KINDS}, a regex string or a callable(path) -> bool, got {regions!r}")
-
 
 class _Graph:
     """The callable handed back to dynamo for one graph: a model call through the runtime. It owns
@@ -158,12 +96,12 @@ class TaylorSeerBackend:
                 raise ValueError(f"taylorseer_backend: option {name!r} is now called {_RENAMED[name]!r}")
             raise ValueError(f"taylorseer_backend: unknown option {name!r}; known: "
                              f"('policy', 'regions', 'inner') + {OPTIONS}")
-        policy = _resolve_policy(policy)
+        policy = resolve_policy(policy)
         regions = ALIASES.get(regions, regions) if isinstance(regions, str) else regions
-        _check_regions(regions)
+        check_regions(regions)
         self.regions = regions
         self.inner_name = inner if isinstance(inner, str) else getattr(inner, "__name__", repr(inner))
-        self.inner = _resolve_inner(inner)
+        self.inner = resolve_inner(inner)
         self._inner_with: dict = {}
         if timestep_arg is not None and not isinstance(timestep_arg, str):
             raise ValueError(f"timestep_arg must be a str (the model's argument name), got {timestep_arg!r}")
@@ -193,7 +131,7 @@ class TaylorSeerBackend:
     def policy(self, policy) -> None:
         """Swap the policy (a Policy, preset name or TOML path) without recompiling; forgets the cached
         state (not the stats)."""
-        self.runtime.policy = _resolve_policy(policy)
+        self.runtime.policy = resolve_policy(policy)
 
     def __repr__(self) -> str:
         return f"taylorseer_backend(policy={self.policy!r}, regions={self.regions!r}, inner={self.inner_name!r})"
