@@ -6,7 +6,9 @@
 Variants, interleaved: ``plain``; ``all-compute`` (FixedPolicy(interval=1): every call computes,
 the runtime places it and stores nothing); ``compute`` (a caching policy's compute step: the factors
 are updated); ``forecast`` (every call forecast); ``told`` (``compute`` inside
-``Request.context(step_index=...)``). Prints per-call medians in microseconds and the runtime's
+``Request.context(step_index=...)``); ``model: all-compute`` and ``model: forecast`` (a second instance
+cached at its model boundary, ``backend.compile_module`` with ``regions="model"``: a forecast call
+does not run the model at all). Prints per-call medians in microseconds and the runtime's
 overhead over ``plain``; writes ``results/runtime_call.json`` with the commit.
 """
 
@@ -68,6 +70,26 @@ def main(argv=None) -> dict:
         "compute": loop(cached, FixedPolicy(interval=FORECAST_ONLY, order=1, warmup=FORECAST_ONLY)),
         "forecast": loop(cached, FixedPolicy(interval=FORECAST_ONLY, order=1, warmup=2), warm=2),
     }
+    if hasattr(be, "compile_module"):        # the model boundary (a second instance: compiled in place)
+        tm2 = make_flux_tiny()
+        be2 = taylorseer_backend(FixedPolicy(interval=1), regions="model", inner="eager")
+        be2.compile_module(tm2.model)
+
+        def boundary(policy, warm=0):
+            def f():
+                be2.policy = policy
+                be2.reset()
+                with torch.no_grad():
+                    for i in range(warm):
+                        tm2.call(tm2.model, x, s[i])
+                    clock = Clock()
+                    for i in range(warm, warm + args.calls):
+                        tm2.call(tm2.model, x, s[i])
+                    w, c = clock.stop()
+                return w / args.calls, c / args.calls
+            return f
+        variants["model: all-compute"] = boundary(FixedPolicy(interval=1))
+        variants["model: forecast"] = boundary(FixedPolicy(interval=FORECAST_ONLY, order=1, warmup=2), warm=2)
     if Request is not None:
         variants["told"] = loop(cached, FixedPolicy(interval=FORECAST_ONLY, order=1, warmup=FORECAST_ONLY),
                                 told=True)

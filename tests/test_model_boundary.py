@@ -207,6 +207,23 @@ def test_the_boundary_never_forecasts_from_changed_weights_or_with_grad():
             out = unet(x, ts[3], enc).sample
     plain = unet._call_impl(x, ts[3], enc).sample        # the model itself, uncompiled
     assert torch.equal(out, plain)
+    # weights replaced rather than written: a tensor swapped in its slot (as accelerate does), a module
+    # replaced (a LoRA layer injected): never a forecast from the old ones
+    for swap in ("slot", "module"):
+        be.reset()
+        with torch.no_grad():
+            for t in ts[:3]:
+                unet(x, t, enc)
+            if swap == "slot":
+                unet.conv_out._parameters["bias"] = torch.nn.Parameter(unet.conv_out.bias + 1.0)
+            else:
+                new = torch.nn.Conv2d(32, 4, 3, padding=1)
+                new.load_state_dict(unet.conv_out.state_dict())
+                with torch.no_grad():
+                    new.weight.mul_(1.5)
+                unet.conv_out = new
+            out = unet(x, ts[3], enc).sample
+            assert torch.equal(out, unet._call_impl(x, ts[3], enc).sample), swap
     be.reset()
     with torch.enable_grad():
         unet(x, ts[0], enc)
