@@ -33,11 +33,21 @@ def out_strides(shape, stride) -> tuple:
     return tuple(out)
 
 
+#: output dtypes whose forecasts are clamped to the finite range (the models clip these activations)
+CLAMPED = (torch.float16, torch.bfloat16)
+
+
 def add_back(delta: torch.Tensor, base: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None):
     """A residual region output from its forecast ``delta`` (output - input, float32) and the region's
     current input ``base``: ``delta + base`` computed in float32, in ``dtype`` (written into ``out``
-    when given, which must have that dtype). The whole-graph forecast version calls it in its graph,
-    the split path on the piece's output."""
+    when given, which must have that dtype). For fp16 / bf16 the float32 sum is clamped to the dtype's
+    finite range first, as the models clip their activations: an input at the limit plus a forecast
+    change never overflows into inf. The whole-graph forecast version calls it in its graph, the split
+    path on the piece's output."""
+    if dtype in CLAMPED:
+        lim = torch.finfo(dtype).max
+        s = torch.add(delta, base).clamp_(-lim, lim)
+        return s.to(dtype) if out is None else out.copy_(s)
     if out is not None:
         return torch.add(delta, base, out=out)
     return torch.add(delta, base).to(dtype)

@@ -23,15 +23,14 @@ import numbers
 
 import torch
 
-from .buffers import Scratch, add_back, out_strides
+from .buffers import CLAMPED, Scratch, add_back, out_strides
 from .forms import DIVIDED, FORMS, coefficients
 
 __all__ = ["FORMS", "ESTIMATORS", "Forecaster", "Scratch", "out_strides", "add_back"]
 
 ESTIMATORS = ("remainder", "pair")
 
-#: output dtypes whose forecasts are clamped to the finite range (the models clip these activations)
-_CLAMPED = (torch.float16, torch.bfloat16)
+_CLAMPED = CLAMPED   # output dtypes whose forecasts are clamped to the finite range (buffers.CLAMPED)
 _EPS = 1e-30  # added to ||D_0|| so an all-zero output gives r = 0 instead of nan
 
 

@@ -251,3 +251,46 @@ def test_forecasters_of_one_generation_share_one_pair_of_work_buffers():
             st_.forecast(t + 0.5, ())
     factors = sum(2 * math.prod(s) * 4 for s in shapes)          # order + 1 = 2 float32 factors each
     assert gen.memory_bytes() == factors + 2 * 800 * 4            # + one pair of the largest (100 x 8)
+
+
+def _clipping_toy():
+    """fp16 blocks that clip their activations to the fp16 range, as diffusers' Flux does: the stack
+    output sits at the limit while its change to the input grows (what "stack-residual" forecasts)."""
+
+    class Block(torch.nn.Module):
+        def forward(self, h, t):
+            return torch.clip(h + 30000.0 * (1.0 - t[:, None]) ** 2, -65504, 65504)
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block(), Block()])
+
+        def forward(self, x, timestep):
+            h = x * 1.0
+            for b in self.blocks:
+                h = b(h, timestep)
+            return h * 0.5
+
+    return Toy().eval()
+
+
+@pytest.mark.usefixtures("one_thread_fresh_dynamo")
+@pytest.mark.parametrize("regions", ["stack-residual", "stack"])
+@pytest.mark.parametrize("whole_graph", [True, False])
+def test_an_fp16_residual_forecast_never_turns_a_clipped_stack_into_inf(regions, whole_graph):
+    from taylorseer_fx import FixedPolicy, taylorseer_backend
+    steps = 12
+    ts = [1.0 - k / steps for k in range(steps)]
+    x = torch.linspace(20000.0, 60000.0, 8, dtype=torch.float16)[None]
+    model = _clipping_toy()
+    with torch.no_grad():
+        want = [model(x, torch.tensor([t], dtype=torch.float16)) for t in ts]
+    assert all(torch.isfinite(w).all() for w in want)
+    be = taylorseer_backend(FixedPolicy(interval=3, order=2, warmup=3), regions=regions, inner="eager",
+                            whole_graph=whole_graph)
+    compiled = torch.compile(model, backend=be)
+    with torch.no_grad():
+        got = [compiled(x, torch.tensor([t], dtype=torch.float16)) for t in ts]
+    assert be.stats()["forecast"] > 0
+    assert all(torch.isfinite(g).all() for g in got), [int(torch.isinf(g).sum()) for g in got]
