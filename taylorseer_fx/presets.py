@@ -99,12 +99,52 @@ def policy_from_dict(spec: Mapping[str, Any], source: str = "policy spec") -> Po
 
 
 def _preset_dirs() -> list[Path]:
+    """The package's own presets (installed: ``taylorseer_fx/policies``), then, in a source checkout
+    only (a ``pyproject.toml`` of this project beside the package), the repository's ``policies/``:
+    never the ``policies/`` folder of another distribution installed beside this one."""
     here = Path(__file__).resolve().parent
+    dirs = [here / "policies"]
+    project = here.parent / "pyproject.toml"
+    try:
+        if project.is_file() and 'name = "taylorseer-fx"' in project.read_text(errors="replace")[:4096]:
+            dirs.append(here.parent / "policies")
+    except OSError:
+        pass
     out: list[Path] = []
-    for d in (here / "policies", here.parent / "policies"):  # installed package first, then the repo
+    for d in dirs:
         if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
             out.append(d)
     return out
+
+
+#: what a preset file may be: its size, its nesting (arrays and inline tables) and its dotted keys
+MAX_PRESET_BYTES = 64 * 1024
+MAX_PRESET_DEPTH = 8
+
+
+def _check_shape(text: str, path) -> None:
+    """ValueError for a preset nested deeper than :data:`MAX_PRESET_DEPTH` (arrays, inline tables,
+    dotted keys): TOML parsers recurse on nesting and are quadratic in a dotted key's parts."""
+    depth = deepest = 0
+    quote = None
+    for ch in text:                       # brackets outside strings (escapes cannot close a string early
+        if quote is not None:             # in a way that matters for this bound)
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    for line in text.splitlines():
+        key = line.split("=", 1)[0] if "=" in line else line
+        if key.count(".") >= MAX_PRESET_DEPTH:
+            deepest = max(deepest, key.count(".") + 1)
+    if deepest > MAX_PRESET_DEPTH:
+        raise ValueError(f"{path}: nested {deepest} levels deep; a preset is a flat table of fields "
+                         f"(at most {MAX_PRESET_DEPTH} levels of arrays, inline tables or dotted keys)")
 
 
 def available_policies() -> list[str]:
@@ -128,17 +168,28 @@ def load_policy(name_or_path: str | os.PathLike | Policy) -> Policy:
             raise ValueError(f"unknown policy preset {text!r}; known: {available_policies()} (a file of "
                              f"yours: give its path, e.g. './{text}.toml')")
         path = found[0]
-    if not path.is_file():
-        raise FileNotFoundError(f"policy file not found: {path}")
+    try:
+        if not path.is_file():
+            raise ValueError(f"policy file not found: {path}")
+        size = path.stat().st_size
+        if size > MAX_PRESET_BYTES:
+            raise ValueError(f"{path}: {size} bytes; a preset file is at most {MAX_PRESET_BYTES} bytes")
+        raw = path.read_bytes()
+    except OSError as e:                  # a name too long, a folder, no permission
+        raise ValueError(f"policy file {text!r} cannot be read: {e.strerror or e}") from None
     try:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
-    with open(path, "rb") as f:
-        try:
-            spec = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: invalid TOML: {e}") from e
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not a TOML text file (UTF-8 expected): {e}") from None
+    try:
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a TOML text file (UTF-8 expected): {e}") from None
+    _check_shape(body, path)
+    try:
+        spec = tomllib.loads(body)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: invalid TOML: {e}") from e
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply for a preset") from None
     return policy_from_dict(spec, source=str(path))

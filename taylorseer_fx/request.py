@@ -87,7 +87,14 @@ def check_values(values, what: str) -> list:
             raise ValueError(f"session: {what} must be 1-D (one value per step), got shape {tuple(values.shape)}")
         ts = values.tolist()
     else:
-        ts = list(values)
+        if isinstance(values, (str, bytes, bytearray)):
+            raise ValueError(f"session: {what} must be a 1-D tensor or a sequence of numbers, got a "
+                             f"{type(values).__name__} ({values!r:.40})")
+        try:
+            ts = list(values)
+        except TypeError:
+            raise ValueError(f"session: {what} must be a 1-D tensor or a sequence of numbers (one per "
+                             f"step), got {type(values).__name__} {values!r:.40}") from None
         if any(isinstance(v, (list, tuple)) or (torch.is_tensor(v) and v.ndim > 0) for v in ts):
             raise ValueError(f"session: {what} must be 1-D (one value per step)")
     try:

@@ -412,7 +412,7 @@ def test_preset_errors(tmp_path):
     bad.write_text('kind = "fixed"\ninterval = [\n')
     with pytest.raises(ValueError, match="bad.toml"):
         load_policy(bad)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="not found"):
         load_policy(tmp_path / "missing.toml")
     good = tmp_path / "mine.toml"
     good.write_text('kind = "openvino"\ncache_interval = 4\nnum_steps = 20\nmax_forecast_run = 2\n')

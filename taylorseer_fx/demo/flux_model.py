@@ -113,10 +113,11 @@ def load_transformer(folder: str | Path | None = None, device: str | torch.devic
     eval mode without gradients."""
     diffusers = _diffusers()
     folder = Path(folder) if folder is not None else flux_dir()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no FLUX weights in {folder} (train them: python -m taylorseer_fx.demo.train "
-                                "--model flux)")
-    model = diffusers.FluxTransformer2DModel.from_pretrained(str(folder), torch_dtype=dtype)
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"no FLUX weights (config.json and *.safetensors) in {folder} (train them: "
+                                "python -m taylorseer_fx.demo.train --model flux)")
+    # safetensors only: a folder holding a pickled .bin is never loaded (unpickling runs code)
+    model = diffusers.FluxTransformer2DModel.from_pretrained(str(folder), torch_dtype=dtype, use_safetensors=True)
     return model.to(device).eval().requires_grad_(False)
 
 
