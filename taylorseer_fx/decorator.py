@@ -19,9 +19,11 @@ Runs and shapes, as the backend places calls (``steps.py``): the timestep input'
 per call) and the shapes of the tensor arguments go through a :class:`~taylorseer_fx.steps.StepTracker`,
 so a new run (the timestep moves against the run's direction, or comes back to its first value) and a
 change of input shape start over by themselves -- ``reset_cache()`` is only needed for a run that
-cannot be told apart. Several calls at one timestep are streams, each with its own factors. A forward
-whose first argument is not a number or a one-value tensor is counted call by call instead (no
-detection).
+cannot be told apart. Several calls at one timestep are streams, each with its own factors. The
+timestep may be a number, a 0-dim tensor or a ``(B,)`` tensor of per-sample timesteps (diffusers'
+convention; element 0 is read, as the backend does). A forward whose timestep input is none of these is
+counted call by call instead; a change of its input shapes then starts over (never a forecast of the
+old shape).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch import nn
 
 from .forecast import Forecaster
 from .forms import DIVIDED
+from .graph_runtime import read_coordinate
 from .policy import FixedPolicy
 from .steps import StepTracker
 
@@ -51,6 +54,7 @@ class _SeerState:
     tracker: StepTracker = field(default_factory=StepTracker)
     generation: int | None = None
     step: int = 0                                      # calls counted (no readable timestep)
+    sig: tuple | None = None                           # the last counted call's input signature
     trace: list[str] = field(default_factory=list)
 
     def restart(self, first_step: int = 0, trace: bool = True) -> None:
@@ -67,12 +71,16 @@ class _SeerState:
 
     def place(self, args: tuple, kwargs: dict) -> tuple[int, int, float | None]:
         """``(step, stream, timestep value or None)`` of this call; starts over at a new run or shape."""
-        value = _readable_timestep(args, kwargs)
+        value, source = _readable_timestep(args, kwargs)
+        sig = tuple((i, tuple(a.shape), a.dtype, a.device) for i, a in enumerate(list(args) + list(kwargs.values()))
+                    if isinstance(a, torch.Tensor) and a is not source)
         if value is None:
+            if self.sig is not None and sig != self.sig:     # another shape: a new run, never the old shape
+                self.step = 0
+                self.restart(trace=False)
+            self.sig = sig
             step, self.step = self.step, self.step + 1
             return step, 0, None
-        sig = tuple((tuple(a.shape), a.dtype, a.device) for a in list(args) + list(kwargs.values())
-                    if isinstance(a, torch.Tensor))
         pos = self.tracker.observe(0, value, sig)
         if pos.generation != self.generation:
             self.generation = pos.generation
@@ -94,15 +102,19 @@ def _make_state(warmup_steps: int, skip_interval_steps: int, n_derivatives: int,
     return state
 
 
-def _readable_timestep(args: tuple, kwargs: dict) -> float | None:
-    """The timestep input's value (``timestep=`` or the first positional argument) when it is a number
-    or a one-value tensor (one host read), else None."""
+def _readable_timestep(args: tuple, kwargs: dict) -> tuple[float | None, object]:
+    """``(value, the argument it was read from)`` of the timestep input (``timestep=`` or the first
+    positional argument) when it is a number, a 0-dim tensor or a ``(B,)`` tensor of per-sample
+    timesteps (diffusers' convention: element 0, as the backend reads it; one host read), else
+    ``(None, None)``."""
     value = kwargs["timestep"] if "timestep" in kwargs else args[0] if args else None
     if isinstance(value, torch.Tensor):
-        return float(value.reshape(-1)[0]) if value.numel() == 1 else None
+        if value.ndim > 1 or value.numel() == 0 or value.dtype.is_complex:
+            return None, None
+        return read_coordinate(value)[0], value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
+        return float(value), value
+    return None, None
 
 
 def _timestep_value(args: tuple, kwargs: dict) -> float:

@@ -167,3 +167,44 @@ def test_calls_at_one_timestep_are_streams_with_their_own_factors():
     for t, (c, u) in enumerate(outs):                         # linear in t: newton order 1 is exact
         assert torch.allclose(c, cond * t) and torch.allclose(u, uncond * t), t
     assert "forecast" in m.cache_trace
+
+
+@pytest.mark.parametrize("form", ["taylor", "newton"])
+def test_per_sample_timesteps_are_read_so_a_new_run_and_a_batch_change_start_over(form):
+    """diffusers passes ``timestep`` of shape ``(B,)``: read as the backend reads it (element 0), so a
+    new run (back to the first timestep) computes instead of forecasting from the old one, and a batch
+    change never returns the old shape."""
+    @taylor_seer(warmup_steps=2, skip_interval_steps=3, n_derivatives=1, form=form)
+    class Model(nn.Module):
+        def forward(self, x, timestep):
+            return x * (timestep[:, None] / 1000.0) ** 2
+
+    m = Model()
+    ts = [1000.0 - 90.0 * k for k in range(10)]
+    x2 = torch.linspace(0.5, 1.5, 6).reshape(2, 3)
+    run = lambda x: [m(x, timestep=torch.full((x.shape[0],), t)) for t in ts]  # noqa: E731
+    first = run(x2)
+    assert "forecast" in m.cache_trace
+    second = run(x2)                                        # a new run: back to the first timestep
+    assert m.cache_trace[:2] == ["compute", "compute"]
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    x4 = torch.cat([x2, x2])
+    for t in ts[:4]:
+        m(x2, timestep=torch.full((2,), t))
+    out = m(x4, timestep=torch.full((4,), ts[4]))           # batch 2 -> 4 at the next step
+    assert out.shape == (4, 3) and torch.allclose(out, x4 * (ts[4] / 1000.0) ** 2)
+
+
+def test_a_counted_forward_whose_input_shape_changes_never_returns_the_old_shape():
+    @taylor_seer(warmup_steps=2, skip_interval_steps=3, n_derivatives=1)
+    class Model(nn.Module):
+        def forward(self, x, scale):                        # no readable timestep: counted call by call
+            return x * scale
+
+    m = Model()
+    for _ in range(3):                                      # computes steps 0, 1; step 2 is forecast
+        m(torch.ones(2, 3), torch.ones(2, 3))
+    assert m.cache_trace == ["compute", "compute", "forecast"]
+    out = m(torch.ones(4, 3), torch.full((4, 3), 2.0))      # step 3 would be a forecast too
+    assert out.shape == (4, 3) and torch.equal(out, torch.full((4, 3), 2.0))
