@@ -82,16 +82,12 @@ def read_coordinate(v) -> tuple:
 class RuntimeContext(Protocol):
     """Everything a :class:`GraphRuntime` uses of the backend-wide runtime (``runtime.Runtime``).
 
-    ``recorder``: the stats and trace (``trace.Recorder``); ``never``: the policy never forecasts
-    (store nothing); ``per_region``: one decision per region; ``forecast``: the policy's resolved
-    ``Forecast`` (form, coordinate). The methods place a call: its scope and what the request tells,
+    ``recorder``: the stats and trace (``trace.Recorder``); what a call reads of the policy is its
+    generation's (``Generation.never``, ``forecast``, ``per_region``). The methods place a call: its scope and what the request tells,
     the owner of its state, the graph-break coordinate hand-over, the end of an interrupted call's
     generations and the trace's generation label."""
 
     recorder: Any
-    never: bool
-    per_region: bool
-    forecast: Any
 
     def scope(self) -> tuple: ...
 
@@ -195,7 +191,7 @@ class GraphRuntime:
             if any(v == "fallback" for v in call.regions.values()):
                 tally.cause("fallback")
         orders = None
-        if call.stream == 0 and not forecast and not self.ctx.never:
+        if call.stream == 0 and not forecast and not call.gen.never:
             orders = call.gen.chosen_orders(self.index, self.names) or None   # device tensors
         self.ctx.recorder.record({
             "graph": self.index, "generation": call.generation, "step": call.step,
@@ -276,10 +272,10 @@ class GraphRuntime:
         pos, gen = owner.place(self.index, coord, self._signature(args), counted)
         if pos.restart or (before is not None and pos.generation != before):
             scope.cause("restart")
-        if owner.weights is None and not self.ctx.never:
+        if owner.weights is None and not gen.never:
             owner.check_weights(instance)           # the weights this generation starts with
-        x = self._forecaster_x(pos.step, coord)
-        n, per_region = len(self.regions), self.ctx.per_region
+        x = self._forecaster_x(gen, pos.step, coord)
+        n, per_region = len(self.regions), gen.per_region
         plan = gen.plan(self.index, pos.step, n, x, self.device, per_region)
         if not all(plan.compute) and owner.check_weights(instance):     # never forecast from old weights
             self._warn_once("weights", f"taylorseer: {self.label}: the model's weights changed during a "
@@ -287,7 +283,8 @@ class GraphRuntime:
                             "again until the policy's warm-up allows a forecast")
             scope.cause("weights")
             gen = owner.generation
-            plan = gen.plan(self.index, pos.step, n, x, self.device, per_region)
+            x = self._forecaster_x(gen, pos.step, coord)
+            plan = gen.plan(self.index, pos.step, n, x, self.device, gen.per_region)
         label = self.ctx.generation_label(scope, owner, pos.generation, coord, pos.step)
         return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer, scope)
 
@@ -321,8 +318,9 @@ class GraphRuntime:
             self._warned.add(key)
             warnings.warn(message, stacklevel=4)
 
-    def _forecaster_x(self, step: int, coord: float) -> float:
-        f = self.ctx.forecast
+    @staticmethod
+    def _forecaster_x(gen: Generation, step: int, coord: float) -> float:
+        f = gen.forecast
         if f.form in DIVIDED and f.coordinate == "timestep":
             return float(coord)
         return float(step)
@@ -340,7 +338,7 @@ class GraphRuntime:
             out, regions = whole.compute(args)
             label = "compute" if True in decisions else "fallback"
             for i, (outs, bases) in enumerate(regions):
-                if not self.ctx.never:
+                if not gen.never:
                     self._absorb(call, i, outs, bases)
                 call.regions[self.names[i]] = label
             return out
@@ -365,7 +363,7 @@ class GraphRuntime:
         call = self.current
         if call is None:
             return compiled(*args)
-        if self.ctx.never:                        # nothing will ever be forecast: store nothing
+        if call.gen.never:                        # nothing will ever be forecast: store nothing
             call.regions[self.names[index]] = "compute"
             return compiled(*args)
         compute = call.computes(index)

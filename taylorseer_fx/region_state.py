@@ -149,10 +149,16 @@ class Generation:
 
     ``policy`` decides; ``start_schedules(n_regions, first_step)`` returns the fresh schedules of a
     graph that starts (at step 0, or later: a graph that joins or restarts mid-generation gets its
-    own warm-up from ``first_step``)."""
+    own warm-up from ``first_step``). What the calls read of the policy is fixed here, for the whole
+    generation: ``never`` (nothing is stored), ``forecast`` (form and coordinate) and ``per_region``,
+    so a policy swapped from another thread applies from the next generation, never half-way
+    through a call or a generation."""
 
-    def __init__(self, policy, start_schedules, factor_dtype: torch.dtype):
+    def __init__(self, policy, start_schedules, factor_dtype: torch.dtype, per_region: bool | None = None):
         self.policy = policy
+        self.never = policy.never_forecasts
+        self.forecast = policy.forecast
+        self.per_region = policy.decides_per_region if per_region is None else per_region
         self.factor_dtype = factor_dtype
         self._start_schedules = start_schedules
         self.states: dict = {}      # (graph, region, stream) -> RegionState

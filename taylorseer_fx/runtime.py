@@ -163,12 +163,16 @@ class Runtime:
 
     @policy.setter
     def policy(self, policy) -> None:
-        """Swap the policy: forgets all cached state (not the stats); the next call starts a generation."""
+        """Swap the policy: forgets all cached state (not the stats); every owner's next call starts a
+        generation with the new policy. A call in flight in another thread finishes with its own
+        generation's policy (``Generation`` keeps what it reads of it): the swap is atomic per call."""
+        pr = self._per_region
+        per_region = policy.decides_per_region if pr is None else pr
+        self._current = (policy, per_region)   # one assignment: what new generations read
         self._policy = policy
         self.never = policy.never_forecasts    # skip factor updates: nothing will be forecast
-        self.forecast = policy.forecast         # how (resolved once, read at every call)
-        pr = self._per_region
-        self.per_region = policy.decides_per_region if pr is None else pr
+        self.forecast = policy.forecast         # how (resolved once)
+        self.per_region = per_region
         self._forget()
 
     # ------------------------------------------------------------ graphs and owners
@@ -245,7 +249,8 @@ class Runtime:
 
     def _new_generation(self, session: Session | None) -> Generation:
         n = session.num_steps if session is not None and session.num_steps is not None else self.num_steps
-        policy, n_schedules = self.policy, (lambda k: k if self.per_region else 1)
+        policy, per_region = self._current      # one read: the generation's, whatever swaps later
+        n_schedules = (lambda k: k) if per_region else (lambda k: 1)
 
         def start(n_regions: int, first_step: int) -> list:
             try:
@@ -253,7 +258,7 @@ class Runtime:
             except ValueError as e:
                 raise ValueError(f"{e} (taylorseer_backend: pass num_steps=..., or call the model inside "
                                  "backend.session(timesteps=..., num_steps=...))") from e
-        return Generation(policy, start, self.factor_dtype)
+        return Generation(policy, start, self.factor_dtype, per_region)
 
     def generation_label(self, scope: Scope, owner: Owner, generation: int, coord: float, step: int) -> int:
         """The generation id shown in the trace. Graph-break pieces of one model are separate owners
