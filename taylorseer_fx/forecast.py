@@ -26,12 +26,13 @@ import torch
 from .buffers import CLAMPED, Scratch, add_back, out_strides
 from .forms import DIVIDED, FORMS, coefficients
 
-__all__ = ["FORMS", "ESTIMATORS", "Forecaster", "Scratch", "out_strides", "add_back"]
+__all__ = ["FORMS", "ESTIMATORS", "NORM_EPS", "Forecaster", "Scratch", "out_strides", "add_back"]
 
 ESTIMATORS = ("remainder", "pair")
 
 _CLAMPED = CLAMPED   # output dtypes whose forecasts are clamped to the finite range (buffers.CLAMPED)
 _EPS = 1e-30  # added to ||D_0|| so an all-zero output gives r = 0 instead of nan
+NORM_EPS = _EPS     # the same, for whoever forms an estimate from Forecaster.error_terms
 
 
 def _flatten(outputs, name: str = "outputs"):
@@ -124,6 +125,8 @@ class Forecaster:
         self.num_points = 0
         self.nodes: list[float] = []
         self._r: torch.Tensor | None = None
+        self._num_sq: torch.Tensor | None = None  # ||D_{order+1}||^2 of the last update (+inf: not enough finite points)
+        self._den_sq: torch.Tensor | None = None  # ||D_0||^2 (or of the reference) at the last update
         self._den: torch.Tensor | None = None   # ||D_0|| (or of the reference) at the last update
         self._ratios: dict[int, torch.Tensor] = {}  # ||D_j|| / ||D_0||, formed when first asked for
         self._backtest: torch.Tensor | None = None  # relative back-test error per order (select)
@@ -240,7 +243,9 @@ class Forecaster:
         for factors in self._factors:        # a factor from a non-finite output contributes nothing
             for j in range(1, top + 1):
                 factors[j].masked_fill_(self._run <= j, 0)
+        self._den_sq = den_sq
         self._den = den_sq.sqrt() + _EPS if den_sq is not None else None
+        self._num_sq = self._finite_since(self.order + 2, num_sq) if extra else None
         self._r = (self._finite_since(self.order + 2, (num_sq.sqrt() / self._den).to(torch.float32))
                    if extra else None)
         self._ratios = {}
@@ -384,9 +389,9 @@ class Forecaster:
             return None
         k = top if degree is None else max(1, min(int(degree), top))
         if k not in self._ratios:   # on the device, no sync; the factors stay as they are until the next update
-            sq = sum(self._norm_sq(f[k]) for f in self._factors)
-            self._ratios[k] = self._finite_since(k + 1, (sq.sqrt() / self._den).to(torch.float32))
-        return self._ratios[k]
+            sq = self._finite_since(k + 1, sum(self._norm_sq(f[k]) for f in self._factors))
+            self._ratios[k] = (sq, (sq.sqrt() / self._den).to(torch.float32))
+        return self._ratios[k][1]
 
     def chosen_order(self) -> torch.Tensor | None:
         """With ``select``: the degree the forecasts use, chosen at the last update (0-dim int64 tensor
@@ -435,6 +440,27 @@ class Forecaster:
         if r is None:
             return None
         return r * self._scale(_coord(t), k)
+
+    def error_terms(self, t: float, method: str = "remainder",
+                    degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """What :meth:`error_estimate` is made of: ``(num_sq, den_sq, scale)`` with the estimate
+        ``sqrt(num_sq) / (sqrt(den_sq) + eps) * scale`` -- the squared norms of the difference and of
+        the newest output (0-dim device tensors; ``num_sq`` +inf while too few finite computes are
+        stored) and the coordinate factor. Under context parallelism each rank holds a shard of the
+        output: the sums of ``num_sq`` and ``den_sq`` over the ranks give the whole output's estimate
+        (a maximum of per-shard ratios would be another, larger number). None where
+        :meth:`error_estimate` is None."""
+        self._check_ready("error_terms")
+        if method not in ESTIMATORS:
+            raise ValueError(f"method must be one of {ESTIMATORS}, got {method!r}")
+        if method == "remainder" or self.order == 0:
+            num, k = self._num_sq, self.order + 1
+        else:
+            k = len(self.nodes) - 1 if degree is None else min(max(int(degree), 1), len(self.nodes) - 1)
+            num = self._ratios[k][0] if k >= 1 and self.top_ratio(k) is not None else None
+        if num is None or self._den_sq is None:
+            return None
+        return num, self._den_sq, self._scale(_coord(t), k)
 
     def __repr__(self) -> str:
         return (f"Forecaster(order={self.order}, form={self.form!r}, factor_dtype={self.factor_dtype}, "

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from .forecast import Forecaster, Scratch, add_back, out_strides
+from .forecast import NORM_EPS, Forecaster, Scratch, add_back, out_strides
 from .forms import DIVIDED
 from .steps import Position, StepTracker
 
@@ -243,8 +243,14 @@ class Generation:
     def estimates(self, graph: int, n_regions: int, x: float, device=None, per_region: bool = False) -> list:
         """Estimated relative error of forecasting each region of ``graph`` (stream 0) at ``x``; one
         host read. Regions that cannot forecast, or have no estimate yet, give +inf (compute). Returns
-        one value (the max) or one per region; all-reduced with MAX under ``torch.distributed``."""
+        one value (the max) or one per region. Under ``torch.distributed`` (context parallelism: each
+        rank holds a shard of every output) the squared norms behind each estimate are summed over the
+        ranks before dividing (``Forecaster.error_terms``), so every rank takes exactly the decision of
+        the single process that holds the whole output."""
         method = self.policy.error_estimator
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if dist:
+            return self._estimates_sharded(graph, n_regions, x, method, device, per_region)
         vals = []
         for i in range(n_regions):
             st = self.states.get((graph, i, 0))
@@ -255,19 +261,44 @@ class Generation:
             else:
                 e = st.forecaster.error_estimate(x, method, degree=self.policy.order)
                 vals.append(math.inf if e is None else e)
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         tensors = [v for v in vals if isinstance(v, torch.Tensor)]
-        if not tensors and not dist:
+        if not tensors:
             return vals if per_region else [max(vals, default=math.inf)]
-        dev = tensors[0].device if tensors else (device or torch.device("cpu"))
+        dev = tensors[0].device
         t = torch.stack([v.to(dev, torch.float32).reshape(()) if isinstance(v, torch.Tensor)
                          else torch.tensor(float(v), dtype=torch.float32, device=dev) for v in vals])
         t = torch.nan_to_num(t, nan=math.inf, posinf=math.inf)
         if not per_region:
             t = t.max().reshape(1)
-        if dist:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return t.tolist()                              # the one host read
+
+    def _estimates_sharded(self, graph: int, n_regions: int, x: float, method: str, device, per_region: bool) -> list:
+        """:meth:`estimates` under ``torch.distributed``: one SUM all-reduce of ``(num_sq, den_sq)`` per
+        region (a region this rank cannot estimate contributes +inf, a constant one 0), then the ratio."""
+        terms, scales = [], []
+        for i in range(n_regions):
+            st = self.states.get((graph, i, 0))
+            parts = None
+            if st is not None and st.ready and not st.all_constant:
+                parts = st.forecaster.error_terms(x, method, degree=self.policy.order)
+            if st is not None and st.ready and st.all_constant:
+                terms.append((0.0, 1.0)), scales.append(0.0)
+            elif parts is None:
+                terms.append((math.inf, 1.0)), scales.append(1.0)
+            else:
+                terms.append(parts[:2]), scales.append(parts[2])
+        dev = next((v.device for pair in terms for v in pair if isinstance(v, torch.Tensor)),
+                   device or torch.device("cpu"))
+        t = torch.stack([torch.stack([v.to(dev, torch.float32).reshape(()) if isinstance(v, torch.Tensor)
+                                      else torch.tensor(float(v), dtype=torch.float32, device=dev) for v in pair])
+                         for pair in terms])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        scale = torch.tensor(scales, dtype=torch.float32, device=dev)
+        est = (t[:, 0].sqrt() / (t[:, 1].sqrt() + NORM_EPS)) * scale
+        est = torch.nan_to_num(est, nan=math.inf, posinf=math.inf)
+        if not per_region:
+            est = est.max().reshape(1)
+        return est.tolist()                            # the one host read
 
     def chosen_orders(self, graph: int, names: Sequence[str]) -> dict:
         """``{region name: chosen degree (0-dim device tensor)}`` of stream 0, order-selecting policies."""
