@@ -54,6 +54,17 @@ class _Graph:
         return self.graph_runtime(args)
 
 
+class _Plain:
+    """An uncached graph's compiled callable, in an object a weak reference can follow (its record in
+    ``backend.graphs`` lives as long as dynamo holds it)."""
+
+    def __init__(self, compiled: Callable):
+        self.compiled = compiled
+
+    def __call__(self, *args):
+        return self.compiled(*args)
+
+
 class _Publishing:
     """A graph without regions that reads the step coordinate for the graphs after it in the model call
     (a model that graph-breaks after its timestep embedding: the block graph has no timestep input)."""
@@ -119,7 +130,8 @@ class TaylorSeerBackend:
             raise ValueError(f"strict must be a bool, got {strict!r}")
         self.runtime = Runtime(policy, num_steps=num_steps, per_region=per_region, factor_dtype=factor_dtype,
                                strict=strict)
-        self.graphs: list[GraphRecord] = []   # per compiled graph: what was done (debugging, tests)
+        self._records: list[GraphRecord] = []   # per compiled graph dynamo still holds: what was done
+        self._compiles = 0                     # graphs compiled so far (their order: graph-break hand-over)
         self.boundaries: weakref.WeakSet = weakref.WeakSet()   # the ModelBoundary of every module compiled
         self._model_warned = False
 
@@ -160,17 +172,15 @@ class TaylorSeerBackend:
             if not any(g.get("reason") == "grad enabled" for g in self.graphs):
                 warnings.warn("taylorseer: running uncached: grad is enabled; wrap sampling in torch.no_grad() "
                               "(or torch.inference_mode())", stacklevel=2)
-            self.graphs.append(GraphRecord(regions=[], reason="grad enabled"))
-            return inner(gm, example_inputs)
+            return self._keep(GraphRecord(regions=[], reason="grad enabled"), inner(gm, example_inputs))
         if self.regions in BOUNDARY_KINDS:
             if not self.boundaries and not self._model_warned:
                 self._model_warned = True
                 warnings.warn(f"taylorseer: regions={self.regions!r} caches the model's output at its boundary, "
                               "which torch.compile(model, backend=...) does not reach: the model runs uncached. Use "
                               "backend.compile_module(model) or compile_pipeline(pipe, ...)", stacklevel=2)
-            self.graphs.append(GraphRecord(regions=[], reason=f"regions={self.regions!r}: cached at the model "
-                                           "boundary"))
-            return inner(gm, example_inputs)
+            return self._keep(GraphRecord(regions=[], reason=f"regions={self.regions!r}: cached at the model "
+                                          "boundary"), inner(gm, example_inputs))
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         ts = find_timestep(gm, self.timestep_arg)
         try:
@@ -183,11 +193,11 @@ class TaylorSeerBackend:
                               "a piece of a model that graph-breaks when another graph of it holds the blocks "
                               "(backend.graphs lists every graph with its regions; backend.compile_module(model) "
                               "caches a model none of whose graphs holds them at its boundary)", stacklevel=2)
-            self.graphs.append(GraphRecord(regions=[], reason=str(e), timestep=ts.name if ts is not None else None))
+            record = GraphRecord(regions=[], reason=str(e), timestep=ts.name if ts is not None else None)
             compiled = inner(gm, example_inputs)
-            if ts is None:
-                return compiled
-            return _Publishing(compiled, placeholders.index(ts), self.runtime, len(self.graphs) - 1)
+            if ts is not None:
+                compiled = _Publishing(compiled, placeholders.index(ts), self.runtime, self._compiles)
+            return self._keep(record, compiled)
         if ts is None and self.timestep_arg is not None:
             names = [n.name for n in placeholders if not is_static_placeholder(n)]
             raise ValueError(f"timestep_arg={self.timestep_arg!r}: no such graph input; inputs: {names}")
@@ -214,14 +224,31 @@ class TaylorSeerBackend:
                              example_inputs, "split pieces")
         graph_rt = self.runtime.new_graph(infos, ts_index, dynamic, whole=whole, pieces=pieces,
                                           name=describe_graph(gm), instance_indices=instance,
-                                          compile_order=len(self.graphs))
+                                          compile_order=self._compiles)
         holder.append(graph_rt)
         if whole is None or symbolic:
             pieces.get()
-        graph = _Graph(graph_rt, split_gm)
-        self.graphs.append(GraphRecord(regions=[i.name for i in infos], infos=infos,
-                                       timestep=ts.name if ts is not None else None, graph=weakref.ref(graph)))
-        return graph
+        return self._keep(GraphRecord(regions=[i.name for i in infos], infos=infos,
+                                      timestep=ts.name if ts is not None else None), _Graph(graph_rt, split_gm))
+
+    @property
+    def graphs(self) -> list[GraphRecord]:
+        """What the backend did with each graph that dynamo still holds (:class:`GraphRecord`), in compile
+        order; a graph dynamo dropped (``torch._dynamo.reset()``, an evicted cache entry) leaves no record."""
+        self._records = [r for r in self._records if r.alive]
+        return list(self._records)
+
+    def _keep(self, record: GraphRecord, compiled: Callable) -> Callable:
+        """Record ``record`` for the callable handed to dynamo, for as long as dynamo holds it."""
+        try:
+            ref = weakref.ref(compiled)
+        except TypeError:                      # an inner backend's callable that takes no weak reference
+            compiled = _Plain(compiled)
+            ref = weakref.ref(compiled)
+        record.graph = ref
+        self._records = [r for r in self._records if r.alive] + [record]
+        self._compiles += 1
+        return compiled
 
     # ------------------------------------------------------------ the model boundary
     def compile_module(self, module: torch.nn.Module, announce: bool = False) -> ModelBoundary:

@@ -22,7 +22,8 @@ class GraphRecord:
     ``whole_graph``, ``pieces``: the compiled parts, read through a weak reference -- None once dynamo
     dropped the graph (or for an uncached graph), so that the record never keeps compiled code alive.
     ``record["regions"]`` and ``record.get("reason")`` read the same fields. ``graph``: a weak
-    reference to the callable the backend handed dynamo (None for an uncached graph)."""
+    reference to the callable the backend handed dynamo; the backend keeps a record only while it is
+    alive (:attr:`alive`)."""
 
     regions: list = field(default_factory=list)
     reason: str | None = None
@@ -32,9 +33,14 @@ class GraphRecord:
 
     FIELDS = ("regions", "reason", "timestep", "infos", "split_gm", "whole_graph", "pieces")
 
+    @property
+    def alive(self) -> bool:
+        """True while dynamo holds the graph's callable (always, for a record made without one)."""
+        return self.graph is None or self.graph() is not None
+
     def _live(self, name: str):
         g = self.graph() if self.graph is not None else None
-        return None if g is None else getattr(g, name)
+        return None if g is None else getattr(g, name, None)
 
     @property
     def split_gm(self):

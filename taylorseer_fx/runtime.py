@@ -116,6 +116,16 @@ class Scope:
             owner.end()
         self.told_label = None
 
+    def clear(self) -> None:
+        """Forget every owner and every reference to one (``Runtime.reset``, a policy swap): what the
+        owners held is freed, not merely uncounted."""
+        self.owners.clear()
+        self.last = self.coord = None
+        self.taken.clear()
+        self.streams.clear()
+        self.told_streams.clear()
+        self.told_label = None
+
     def close(self, audit: bool = True) -> None:
         """The request is over: every generation ends, and (``audit``) its forecasts are audited."""
         self.end_all()
@@ -308,7 +318,7 @@ class Runtime:
         with self._lock:
             scopes = list(self._scopes)
         for sc in scopes:
-            sc.owners.clear()             # a call in flight keeps its own reference and finishes
+            sc.clear()                    # a call in flight keeps its own reference and finishes
 
     def memory_bytes(self) -> int:
         """Bytes of cached state (factors, scratch, held outputs) over all scopes and instances."""
