@@ -33,6 +33,21 @@ ESTIMATORS = ("remainder", "pair")
 _CLAMPED = CLAMPED   # output dtypes whose forecasts are clamped to the finite range (buffers.CLAMPED)
 _EPS = 1e-30  # added to ||D_0|| so an all-zero output gives r = 0 instead of nan
 NORM_EPS = _EPS     # the same, for whoever forms an estimate from Forecaster.error_terms
+#: a node closer to the newest one than this fraction of the run's own spacing (the gap before it, or
+#: the gap to the new coordinate) is merged with it: the newer value replaces the older (KDPM2's two
+#: stages, 1e-5 apart on a spacing of ~35, would make a divided difference of garbage)
+NEAR = 1.0 / 64
+_UNIT_RANGE = (2.0 ** -20, 2.0 ** 20)   # first gaps outside it set a power-of-two coordinate unit
+
+
+def _unit_for(gap: float) -> float:
+    """The coordinate unit for a table whose first gap is ``gap``: 1, or for a gap outside
+    ``_UNIT_RANGE`` (coordinates near the denormal range, or huge) the power of two nearest it, so that
+    the divided differences stay in float32's range. A power of two scales exactly: within the range
+    nothing changes."""
+    if gap == 0 or not math.isfinite(gap) or _UNIT_RANGE[0] <= gap <= _UNIT_RANGE[1]:
+        return 1.0
+    return 2.0 ** round(math.log2(gap))
 
 
 def _flatten(outputs, name: str = "outputs"):
@@ -124,6 +139,7 @@ class Forecaster:
         """Forget all points (buffers are kept and reused if the next outputs have the same shapes)."""
         self.num_points = 0
         self.nodes: list[float] = []
+        self._unit = 1.0                        # coordinate unit of the divided differences (``_unit_for``)
         self._r: torch.Tensor | None = None
         self._num_sq: torch.Tensor | None = None  # ||D_{order+1}||^2 of the last update (+inf: not enough finite points)
         self._den_sq: torch.Tensor | None = None  # ||D_0||^2 (or of the reference) at the last update
@@ -192,6 +208,9 @@ class Forecaster:
                              "call reset() before updating with different outputs")
         old = len(self.nodes) if derivatives else 0  # stored factors that take part in differences
         divided = self.form in DIVIDED
+        if old >= 2 and divided and self._near(t) and self._meta == meta and single == self._single:
+            self._drop_newest(old)                   # merged: the new value replaces the newest node's
+            old -= 1
         if old and divided and not self.resolves(t):
             raise ValueError(f"coordinate t={t!r} equals a stored node {self.nodes}, or is closer to one "
                              f"than {self._compute_dtype} resolves; form={self.form!r} needs distinct coordinates "
@@ -200,7 +219,9 @@ class Forecaster:
             raise ValueError(f"coordinate t={t!r} equals the last full step; "
                              f"form={self.form!r} needs distinct step indices (d != 0)")
         if divided:
-            coeffs = [1.0 / (t - n) for n in self.nodes[:old]]
+            if old == 1 or old == 0:                 # a table of one value: any unit (D_0 has none)
+                self._unit = _unit_for(abs(t - self.nodes[0])) if old else 1.0
+            coeffs = [self._unit / (t - n) for n in self.nodes[:old]]
         else:
             coeffs = [1.0 / (t - self.nodes[0])] * old if old else []
         extra = old == self.order + 1  # forms D_{order+1} / F_{order+1}, not stored
@@ -253,10 +274,34 @@ class Forecaster:
         self.num_points = self.num_points + 1 if derivatives else 1
 
     def resolves(self, t: float) -> bool:
-        """Whether coordinate ``t`` is far enough from every stored node for a divided difference in
-        the compute dtype: ``|t - n| > eps * max(1, |t|, |n|)`` (float32: eps = 1.2e-7)."""
+        """Whether coordinate ``t`` can be absorbed with its divided differences: far enough from every
+        stored node that stays (the newest one goes when ``t`` nearly coincides with it, :data:`NEAR`)
+        for the compute dtype: ``|t - n| > eps * max(|t|, |n|)`` (float32: eps = 1.2e-7; relative, so
+        coordinates near the denormal range resolve too)."""
         eps = torch.finfo(self._compute_dtype).eps
-        return all(abs(t - n) > eps * max(1.0, abs(t), abs(n)) for n in self.nodes)
+        nodes = self.nodes[1:] if len(self.nodes) >= 2 and self._near(t) else self.nodes
+        return all(t != n and abs(t - n) > eps * max(abs(t), abs(n)) for n in nodes)
+
+    def _near(self, t: float) -> bool:
+        """``t`` nearly coincides with the newest node, or the two newest nodes nearly coincide, against
+        the run's own spacing (the other gap): one of the pair must go (:data:`NEAR`)."""
+        g, gap = abs(t - self.nodes[0]), abs(self.nodes[0] - self.nodes[1])
+        return g <= NEAR * gap or gap <= NEAR * g
+
+    def _drop_newest(self, old: int) -> None:
+        """Remove the newest node from the table: the divided differences anchored at the next node,
+        ``E_{j-1} = D_{j-1} - (n_0 - n_j) D_j`` (one order fewer), in the compute dtype."""
+        n0 = self.nodes[0]
+        for x_meta, factors in zip(self._meta, self._factors):
+            a, b = self._work(x_meta[0], x_meta[2])
+            for j in range(1, old):
+                a.copy_(factors[j - 1])
+                b.copy_(factors[j])
+                a.sub_(b, alpha=(n0 - self.nodes[j]) / self._unit)
+                factors[j - 1].copy_(a)
+        self.nodes = self.nodes[1:]
+        if self._run is not None:              # finite computes in a row, newest back: one fewer (or none)
+            self._run = torch.clamp(self._run - 1, min=0)
 
     def _norm_sq(self, x: torch.Tensor) -> torch.Tensor:
         """||x||^2 as a 0-dim tensor in the compute dtype (accumulated in it, or in x's own dtype when x
@@ -268,7 +313,10 @@ class Forecaster:
     def _terms(self, t: float, k: int) -> list[float]:
         """Signed coordinate coefficients of the series terms 0..k at ``t`` for the stored nodes
         (:func:`taylorseer_fx.forms.coefficients`; newton: prod_{i<j} (t - n_i), taylor: x^j / j!)."""
-        return coefficients(self.form, t, self.nodes, k)
+        u = self._unit
+        if u == 1.0:
+            return coefficients(self.form, t, self.nodes, k)
+        return coefficients(self.form, t / u, [n / u for n in self.nodes], k)
 
     def _choose(self, t: float, tensors, old: int) -> None:
         """Before the factors move: back-test the forecasts of degree 0..min(order, old - 1) at ``t``
@@ -330,7 +378,7 @@ class Forecaster:
         if self.select is not None and w is None:
             k = min(k, self.select)  # no choice made yet: the preferred degree
         if self.form == "newton":  # p(t) = D_0 + (t-n_0)(D_1 + (t-n_1)(D_2 + ...))
-            alphas = [t - n for n in self.nodes[:k]]
+            alphas = [(t - n) / self._unit for n in self.nodes[:k]]
         elif self.form == "taylor":  # sum_i F_i x^i / i! = F_0 + x/1 (F_1 + x/2 (F_2 + ...))
             x = t - self.nodes[0]
             alphas = [x / (i + 1) for i in range(k)]
@@ -389,8 +437,9 @@ class Forecaster:
             return None
         k = top if degree is None else max(1, min(int(degree), top))
         if k not in self._ratios:   # on the device, no sync; the factors stay as they are until the next update
-            sq = self._finite_since(k + 1, sum(self._norm_sq(f[k]) for f in self._factors))
-            self._ratios[k] = (sq, (sq.sqrt() / self._den).to(torch.float32))
+            sq = sum(self._norm_sq(f[k]) for f in self._factors)
+            self._ratios[k] = (self._finite_since(k + 1, sq),
+                               self._finite_since(k + 1, (sq.sqrt() / self._den).to(torch.float32)))
         return self._ratios[k][1]
 
     def chosen_order(self) -> torch.Tensor | None:
