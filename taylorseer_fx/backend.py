@@ -56,12 +56,13 @@ class _Graph:
 
 class _Plain:
     """An uncached graph's compiled callable, in an object a weak reference can follow (its record in
-    ``backend.graphs`` lives as long as dynamo holds it)."""
+    ``backend.graphs`` lives as long as dynamo holds it); its calls count as arrivals."""
 
-    def __init__(self, compiled: Callable):
-        self.compiled = compiled
+    def __init__(self, compiled: Callable, runtime: Runtime):
+        self.compiled, self.runtime = compiled, runtime
 
     def __call__(self, *args):
+        self.runtime.arrive()
         return self.compiled(*args)
 
 
@@ -73,6 +74,7 @@ class _Publishing:
         self.compiled, self.timestep_index, self.runtime, self.order = compiled, timestep_index, runtime, order
 
     def __call__(self, *args):
+        self.runtime.arrive()
         if not torch.is_grad_enabled():
             scope, told = self.runtime.scope()
             session = scope.session
@@ -239,12 +241,11 @@ class TaylorSeerBackend:
         return list(self._records)
 
     def _keep(self, record: GraphRecord, compiled: Callable) -> Callable:
-        """Record ``record`` for the callable handed to dynamo, for as long as dynamo holds it."""
-        try:
-            ref = weakref.ref(compiled)
-        except TypeError:                      # an inner backend's callable that takes no weak reference
-            compiled = _Plain(compiled)
-            ref = weakref.ref(compiled)
+        """Record ``record`` for the callable handed to dynamo, for as long as dynamo holds it. Every
+        callable handed over counts its calls as arrivals (``Runtime.arrive``)."""
+        if not isinstance(compiled, (_Graph, _Publishing)):
+            compiled = _Plain(compiled, self.runtime)
+        ref = weakref.ref(compiled)
         record.graph = ref
         self._records = [r for r in self._records if r.alive] + [record]
         self._compiles += 1

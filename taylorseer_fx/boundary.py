@@ -27,6 +27,7 @@ Knows nothing of FX or of pipelines.
 from __future__ import annotations
 
 import inspect
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -142,7 +143,9 @@ class ModelBoundary:
 
     ``active``: True, the boundary decides every call; False, every call goes straight to ``compiled``
     (the graphs' own regions cache); None, not known yet: calls go straight to ``compiled`` until
-    ``resolve`` (called after each such call) says which."""
+    ``resolve`` (called after each such call) says which. A call passed straight on that reaches none of
+    the backend's compiled graphs (dynamo ran it uncompiled) is counted (``stats()["bypassed_calls"]``,
+    the request's audit: ``never-reached``). The first call runs alone (a lock): it compiles."""
 
     def __init__(self, runtime, module: torch.nn.Module, compiled: Callable, timestep_arg: str | None = None,
                  active: bool | None = True, resolve: Callable[[], bool | None] | None = None):
@@ -158,6 +161,8 @@ class ModelBoundary:
         self.graph = runtime.new_graph([_Region()], 0, (), name=f"{type(module).__name__} (model boundary)",
                                        kind=BoundaryRuntime)
         self.graph.pieces = _run_region(self.graph)
+        self._first = threading.RLock()
+        self._warm = False
 
     def _refresh(self, module) -> None:
         forward = module.forward                  # accelerate's hooks replace it on the instance
@@ -167,8 +172,23 @@ class ModelBoundary:
             self._ts = timestep_parameter(forward, self.timestep_arg)
 
     def __call__(self, *args, **kwargs) -> Any:
+        if not self._warm:
+            # the first call compiles: one thread at a time. Concurrent first calls would each compile a
+            # copy of the graph (dynamo does not wait for a compile in flight), fill dynamo's cache (8
+            # entries) and leave later threads' calls running uncompiled, past the backend
+            with self._first:
+                out = self._call(args, kwargs)
+                self._warm = True
+                return out
+        return self._call(args, kwargs)
+
+    def _call(self, args, kwargs) -> Any:
         if not self.active:
+            runtime = self.graph.ctx
+            before = runtime.arrivals()
             out = self.compiled(*args, **kwargs)
+            if runtime.arrivals() == before:       # dynamo ran the model uncompiled: say so
+                runtime.bypassed()
             if self.active is None and self.resolve is not None:
                 self.active = self.resolve()
             return out

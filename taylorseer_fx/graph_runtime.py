@@ -99,6 +99,8 @@ class RuntimeContext(Protocol):
 
     def interrupt(self, scope=None) -> None: ...
 
+    def arrive(self) -> None: ...
+
     def generation_label(self, scope, owner, generation: int, coord: float, step: int) -> int: ...
 
 
@@ -166,6 +168,7 @@ class GraphRuntime:
     def __call__(self, args: Sequence) -> Any:
         """Run one model call of the graph on ``args`` (its inputs)."""
         t0 = time.perf_counter()
+        self.ctx.arrive()
         call = self._begin(args)
         if call is None:
             return self.whole.run(args) if self.whole is not None else self.pieces(*args)

@@ -166,6 +166,7 @@ class Runtime:
         self.factor_dtype = factor_dtype
         self.strict = strict              # a shortfall of forecasts raises instead of warning
         self._short_warned = False
+        self._arrivals = threading.local()   # per thread: calls that reached a compiled graph of the backend
 
     @property
     def policy(self):
@@ -306,6 +307,22 @@ class Runtime:
         scope.end_all()
         for owner in list(scope.owners.values()):     # reset() may clear the dict from another thread
             owner.interrupts = _INTERRUPTS.n
+
+    # ------------------------------------------------------------ calls that reach the backend
+    def arrive(self) -> None:
+        """A call of this thread reached one of the backend's compiled graphs."""
+        self._arrivals.n = getattr(self._arrivals, "n", 0) + 1
+
+    def arrivals(self) -> int:
+        """Calls of this thread that reached a compiled graph so far (a model boundary compares it before
+        and after a model call: equal means dynamo ran the model uncompiled)."""
+        return getattr(self._arrivals, "n", 0)
+
+    def bypassed(self) -> None:
+        """A model call through a model boundary reached no compiled graph: counted in the stats and,
+        for the request in force, as ``never-reached`` in its audit."""
+        self.recorder.bypassed()
+        self.scope()[0].cause("never-reached", uncached=True)
 
     # ------------------------------------------------------------ api
     def reset(self) -> None:

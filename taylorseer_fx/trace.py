@@ -30,6 +30,7 @@ class Recorder:
             self._steps = {"compute": 0, "forecast": 0}
             self._calls = 0
             self._uncached = 0
+            self._bypassed = 0
             self._n_gens = 0
             self._recent_gens: collections.OrderedDict = collections.OrderedDict()
             self._recent_steps: collections.OrderedDict = collections.OrderedDict()  # (gen, step) -> decision
@@ -51,6 +52,12 @@ class Recorder:
     def uncached(self) -> None:
         with self._lock:
             self._uncached += 1
+
+    def bypassed(self) -> None:
+        """A model call made through a model boundary that reached none of the backend's compiled graphs
+        (dynamo ran the frame uncompiled: its recompile limit, a compile racing in another thread)."""
+        with self._lock:
+            self._bypassed += 1
 
     def record(self, row: dict) -> None:
         """One cached call: ``row`` has graph, generation, step, stream, coordinate, decision
@@ -88,7 +95,9 @@ class Recorder:
     def stats(self) -> dict:
         """``{"compute", "forecast"}``: steps (stream 0 of each step, counted once over the graphs of a
         model call) at which every region was computed / at least one region was forecast; ``"steps"``,
-        ``"calls"``, ``"uncached_calls"``, ``"generations"``; ``"regions"``: ``{name: {"compute": n,
+        ``"calls"``, ``"uncached_calls"``, ``"bypassed_calls"`` (calls through a model boundary --
+        ``compile_pipeline``, ``backend.compile_module`` -- that reached no compiled graph of the backend:
+        dynamo ran them uncompiled), ``"generations"``; ``"regions"``: ``{name: {"compute": n,
         "forecast": n}}`` over all calls;
         ``"audit"``: over the requests that ended (``compile_pipeline`` calls, sessions, closed
         ``Request``s): ``{"runs", "planned", "forecasts", "causes": {cause: count}}`` (``tally.py``);
@@ -105,7 +114,8 @@ class Recorder:
             out = {
                 "compute": self._steps["compute"], "forecast": self._steps["forecast"],
                 "steps": self._steps["compute"] + self._steps["forecast"],
-                "calls": self._calls, "uncached_calls": self._uncached, "generations": self._n_gens,
+                "calls": self._calls, "uncached_calls": self._uncached, "bypassed_calls": self._bypassed,
+                "generations": self._n_gens,
                 "regions": {k: dict(v) for k, v in self._regions.items()},
                 "audit": dict(self._audit, causes=dict(self._audit["causes"])),
             }
