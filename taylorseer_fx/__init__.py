@@ -11,25 +11,31 @@ Public API:
   tells the step and branch of the calls inside.
 - :func:`taylor_seer` -- the seed decorator for one module with a single tensor output.
 - :class:`Forecaster` -- the forecast math (``newton`` and ``taylor`` forms).
+- For annotations and subclasses: :class:`Policy` (the base of every policy), :class:`TaylorSeerBackend`
+  (what :func:`taylorseer_backend` returns), :class:`CompiledPipeline` (what :func:`compile_pipeline`
+  returns).
 """
 
 __version__ = "0.1.0"
 
 from .forecast import Forecaster
-from .policy import AutoPolicy, FixedPolicy, Forecast, MaskPolicy
+from .policy import AutoPolicy, FixedPolicy, Forecast, MaskPolicy, Policy
 from .presets import load_policy, policy_to_toml
 from .decorator import taylor_seer
-from .backend import taylorseer_backend
+from .backend import TaylorSeerBackend, taylorseer_backend
 from .request import Request
-from .pipeline import compile_pipeline
+from .pipeline import CompiledPipeline, compile_pipeline
 
 __all__ = [
     "AutoPolicy",
+    "CompiledPipeline",
     "FixedPolicy",
     "Forecast",
     "Forecaster",
     "MaskPolicy",
+    "Policy",
     "Request",
+    "TaylorSeerBackend",
     "compile_pipeline",
     "load_policy",
     "policy_to_toml",

@@ -50,6 +50,24 @@ class Forecast:
     max_order: int
     order_margin: float
 
+    def __post_init__(self) -> None:
+        n = "Forecast"
+        if self.form not in FORMS:
+            raise ValueError(f"{n}: form must be one of {FORMS}, got {self.form!r}")
+        _check_int(n, "order", self.order, 0)
+        if self.order > MAX_ORDER:
+            raise ValueError(f"{n}: order must be an int in [0, {MAX_ORDER}], got {self.order!r}")
+        if self.coordinate not in COORDINATES:
+            raise ValueError(f"{n}: coordinate must be one of {COORDINATES}, got {self.coordinate!r}")
+        if not isinstance(self.select_order, bool):
+            raise ValueError(f"{n}: select_order must be a bool, got {self.select_order!r}")
+        _check_int(n, "max_order", self.max_order, self.order)
+        if self.max_order > MAX_ORDER:
+            raise ValueError(f"{n}: max_order must be an int in [order, {MAX_ORDER}], got {self.max_order!r}")
+        m = self.order_margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1:
+            raise ValueError(f"{n}: order_margin must be a number in (0, 1], got {m!r}")
+
     def forecaster_options(self) -> dict:
         """Keyword arguments of the :class:`~taylorseer_fx.forecast.Forecaster` of each region."""
         if not self.select_order or self.max_order == self.order:

@@ -39,15 +39,20 @@ def _fields_of(factory: Callable[..., Policy]) -> set[str]:
 
 
 def policy_to_dict(policy: Policy) -> dict:
-    """The preset form of a policy: ``{"kind": "fixed" | "mask" | "auto", <the fields given>}``
-    (fields left at their default are left out; lists for tuples). :func:`policy_from_dict` inverts it."""
+    """The preset form of a policy: ``{"kind": "fixed" | "mask" | "auto", <fields>}`` with every field
+    it relies on pinned to its resolved value (``form``, ``coordinate``, ``warmup``, the order choice
+    ...: a later change of a default never changes a written preset); fields whose value is None
+    and has no resolved value (``num_steps``, ``max_forecast_run``) are left out; lists for tuples.
+    :func:`policy_from_dict` reads it back to a policy that decides and forecasts the same."""
     kind = {FixedPolicy: "fixed", MaskPolicy: "mask", AutoPolicy: "auto"}.get(type(policy))
     if kind is None:
         raise ValueError(f"policy_to_dict: no preset kind for {type(policy).__name__}")
+    resolved = dataclasses.asdict(policy.forecast)
+    resolved["warmup"] = policy.warmup_steps
     out: dict = {"kind": kind}
     for f in dataclasses.fields(policy):
-        v = getattr(policy, f.name)
-        if v is None or (f.default is not dataclasses.MISSING and v == f.default and type(v) is type(f.default)):
+        v = resolved.get(f.name, getattr(policy, f.name))
+        if v is None:
             continue
         out[f.name] = list(v) if isinstance(v, tuple) else v
     return out

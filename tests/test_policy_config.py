@@ -88,12 +88,48 @@ def test_replace_re_resolves_what_was_left_to_default():
 @FAST
 @given(policy=policies)
 def test_toml_round_trip(policy, tmp_path_factory):
-    assert policy_from_dict(policy_to_dict(policy)) == policy
+    """A written preset pins every resolved field: it reads back to a policy that decides and forecasts
+    the same, and that is written the same again (a later change of a default changes nothing)."""
+    spec = policy_to_dict(policy)
+    assert {"form", "coordinate", "warmup", "select_order", "max_order", "order"} <= set(spec)
+    again = policy_from_dict(spec)
+    assert policy_to_dict(again) == spec
     path = tmp_path_factory.mktemp("presets") / "p.toml"
     path.write_text(policy_to_toml(policy, description="round trip"))
     back = load_policy(path)
-    assert back == policy and type(back) is type(policy)
+    assert type(back) is type(policy) and back.forecast == policy.forecast
+    assert back.warmup_steps == policy.warmup_steps
     assert back.compute_steps(30) == policy.compute_steps(30)
+    for f in dataclasses.fields(policy):
+        if f.name not in ("form", "coordinate", "warmup", "select_order", "max_order", "order_margin"):
+            assert getattr(back, f.name) == getattr(policy, f.name), f.name
+
+
+def test_forecast_validates_like_the_policies():
+    good = dict(form="newton", order=1, coordinate="timestep", select_order=False, max_order=1, order_margin=1.0)
+    Forecast(**good)
+    for field, bad in [("form", "bogus"), ("order", -1), ("order", 9), ("coordinate", "sigma"),
+                       ("select_order", 1), ("max_order", 0), ("order_margin", 0.0), ("order_margin", True)]:
+        with pytest.raises(ValueError, match=field):
+            Forecast(**dict(good, **{field: bad}))
+
+
+def test_the_shipped_auto_presets_pin_every_field_they_rely_on():
+    """Changing a default (AutoPolicy's form, its coordinate, the order choice) never changes a preset."""
+    from taylorseer_fx.presets import _preset_dirs
+    for d in _preset_dirs():
+        for path in d.glob("auto-*.toml"):
+            text = path.read_text()
+            for field in ("form", "coordinate", "select_order", "max_order", "order_margin", "warmup"):
+                assert f"\n{field} = " in text, (path.name, field)
+
+
+def test_the_types_a_user_annotates_with_are_exported():
+    import taylorseer_fx
+    for name in ("Policy", "TaylorSeerBackend", "CompiledPipeline"):
+        assert name in taylorseer_fx.__all__ and isinstance(getattr(taylorseer_fx, name), type)
+    assert isinstance(taylorseer_fx.taylorseer_backend(inner="eager"), taylorseer_fx.TaylorSeerBackend)
+    assert isinstance(load_policy("auto-balanced"), taylorseer_fx.Policy)
 
 
 @FAST
