@@ -34,6 +34,7 @@ from .boundary import ModelBoundary
 from .graph_runtime import read_coordinate
 from .lazy_compile import LazyCompile, has_symbolic_inputs
 from .transform import CacheNode, compile_pieces, split
+from .torch_internals import backend_registry, inductor_wrapper
 from .whole_graph import WholeGraph
 
 __all__ = ["TaylorSeerBackend", "taylorseer_backend", "default_backend", "DEFAULT_POLICY"]
@@ -162,7 +163,7 @@ class TaylorSeerBackend:
         key = (mode, repr(sorted((options or {}).items())))
         if key not in self._inner_with:
             try:
-                self._inner_with[key] = torch._TorchCompileInductorWrapper(mode, options, None)
+                self._inner_with[key] = inductor_wrapper(mode, options)
             except RuntimeError as e:         # an unknown inductor option or a bad value
                 raise ValueError(f"torch.compile(options=...): {e}") from None
         return self._inner_with[key]
@@ -402,10 +403,10 @@ def _taylorseer_by_name(gm: fx.GraphModule, example_inputs: list, mode: str | No
 def _register() -> None:
     """Register ``"taylorseer"`` by name when this module is imported before dynamo has read the
     ``torch_dynamo_backends`` entry points (when the entry point loads it, dynamo registers it)."""
-    from torch._dynamo.backends import registry
-    if registry._BACKENDS.get("taylorseer") is None and "taylorseer" not in registry._COMPILER_FNS:
+    register, _, _, names, compiler_fns = backend_registry()
+    if names.get("taylorseer") is None and "taylorseer" not in compiler_fns:
         try:
-            registry.register_backend(compiler_fn=_taylorseer_by_name, name="taylorseer")
+            register(compiler_fn=_taylorseer_by_name, name="taylorseer")
         except AssertionError:  # pragma: no cover - registered concurrently
             pass
 

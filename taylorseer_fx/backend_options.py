@@ -11,6 +11,7 @@ from typing import Callable
 from .policy import Policy
 from .presets import load_policy
 from .select import ALIASES, KINDS
+from .torch_internals import backend_registry
 
 __all__ = ["DEFAULT_POLICY", "OPTIONS", "BOUNDARY_KINDS", "resolve_policy", "resolve_inner", "check_regions"]
 
@@ -40,7 +41,7 @@ def resolve_inner(inner) -> Callable:
     if callable(inner):
         return inner
     if isinstance(inner, str):
-        from torch._dynamo.backends.registry import list_backends, lookup_backend
+        _, lookup_backend, list_backends, _, _ = backend_registry()
         if inner in ("taylorseer",):
             raise ValueError("inner='taylorseer' would nest the backend in itself")
         try:

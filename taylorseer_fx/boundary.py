@@ -33,10 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch.utils import _pytree as pytree
 
 from .graph_runtime import GraphRuntime
 from .placeholders import TIMESTEP_NAMES
+from .torch_internals import pytree as _pytree
+
+pytree = _pytree()
 
 __all__ = ["MODEL_REGION", "BoundaryRuntime", "ModelBoundary", "timestep_parameter", "InstanceTensors"]
 

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import torch
 
+from .torch_internals import fake_mode_for, is_fake, to_fake, tracing, tracing_context
+
 __all__ = ["LazyCompile", "has_symbolic_inputs", "fake_inputs"]
 
 
@@ -37,19 +39,10 @@ def has_symbolic_inputs(example_inputs) -> bool:
     return any(_symbolic(v) for v in example_inputs)
 
 
-def _fake_mode(example_inputs):
-    from torch._guards import TracingContext, detect_fake_mode
-    ctx = TracingContext.try_get()
-    mode = ctx.fake_mode if ctx is not None else None
-    return mode or detect_fake_mode(example_inputs) or torch._subclasses.fake_tensor.FakeTensorMode()
-
-
 def fake_inputs(example_inputs) -> tuple[list, Any]:
     """``(inputs as fake tensors of the current compile's fake mode, that fake mode)``."""
-    from torch._subclasses.fake_tensor import FakeTensor
-    mode = _fake_mode(example_inputs)
-    out = [torch._dynamo.utils.to_fake_tensor(a, mode) if isinstance(a, torch.Tensor)
-           and not isinstance(a, FakeTensor) else a for a in example_inputs]
+    mode = fake_mode_for(example_inputs, tracing_context())
+    out = [to_fake(a, mode) if isinstance(a, torch.Tensor) and not is_fake(a) else a for a in example_inputs]
     return out, mode
 
 
@@ -60,9 +53,8 @@ class LazyCompile:
     ``seconds``: wall time of the compile once done (None before); ``done``: whether it ran."""
 
     def __init__(self, build: Callable[[list], Callable], example_inputs, what: str = ""):
-        from torch._guards import TracingContext
         self._build = build
-        self._context = TracingContext.try_get()
+        self._context = tracing_context()
         self._inputs, self.fake_mode = fake_inputs(example_inputs)
         self._lock = threading.Lock()
         self._compiled: Callable | None = None
@@ -87,8 +79,7 @@ class LazyCompile:
         return self._compiled
 
     def _run_build(self) -> Callable:
-        from torch._guards import TracingContext, tracing
-        if self._context is None or TracingContext.try_get() is self._context:
+        if self._context is None or tracing_context() is self._context:
             return self._build(list(self._inputs))
         with tracing(self._context):
             return self._build(list(self._inputs))

@@ -35,6 +35,8 @@ from torch.fx.passes.split_module import split_module
 
 from .placeholders import is_static_placeholder
 from .select import Region
+from .torch_internals import (aot_compiles, deepcopy_to_fake, fake_mode_for, global_state_targets, is_fake,
+                              saved_tensors_hooks_guard, to_fake, tracing_context)
 
 __all__ = ["RegionInfo", "CacheNode", "plan_partitions", "split", "compile_pieces", "call_compiled"]
 
@@ -93,7 +95,7 @@ def call_compiled(compiled: Callable, args) -> Any:
 # ---------------------------------------------------------------- 1. partition plan
 
 def _has_global_state_nodes(gm: fx.GraphModule) -> bool:
-    targets = {torch._C._set_grad_enabled, torch.amp._enter_autocast, torch.amp._exit_autocast}
+    targets = global_state_targets()
     return any(n.op == "call_function" and n.target in targets for n in gm.graph.nodes)
 
 
@@ -288,9 +290,8 @@ class _PieceCompiler(fx.Interpreter):
         self.submod_region = submod_region
 
     def _fake(self, a):
-        from torch._subclasses.fake_tensor import FakeTensor
-        if isinstance(a, torch.Tensor) and not isinstance(a, FakeTensor):
-            return torch._dynamo.utils.to_fake_tensor(a, self.fake_mode)
+        if isinstance(a, torch.Tensor) and not is_fake(a):
+            return to_fake(a, self.fake_mode)
         return a
 
     def run_node(self, n: fx.Node) -> Any:
@@ -300,21 +301,20 @@ class _PieceCompiler(fx.Interpreter):
             return getattr(self, n.op)(n.target, args, kwargs)
         assert not kwargs, "split pieces take positional arguments only"
         real_mod = self.fetch_attr(str(n.target))
-        ctx = torch._guards.TracingContext.try_get()
+        ctx = tracing_context()
         if ctx is not None:
             ctx.fakify_first_call = True
-        from torch._dynamo.utils import counters
-        before = counters["aot_autograd"]["total"]
+        before = aot_compiles()
         try:
             compiled = self.inner(real_mod, list(args))
         finally:
-            invoked_aot = before != counters["aot_autograd"]["total"]
+            invoked_aot = before != aot_compiles()
         try:
             with self.fake_mode, mock.patch.object(self.fake_mode, "allow_non_fake_inputs", True):
                 if ctx is not None and invoked_aot:
                     out = call_compiled(compiled, args)
                 else:
-                    fake_mod = torch._dynamo.utils.deepcopy_to_fake_tensor(real_mod, self.fake_mode)
+                    fake_mod = deepcopy_to_fake(real_mod, self.fake_mode)
                     out = fake_mod(*args)
         finally:
             if ctx is not None:
@@ -348,12 +348,9 @@ def compile_pieces(split_gm: fx.GraphModule, example_inputs: list, inner: Callab
 
     Region pieces become ``wrap_region(region index, compiled, piece, fake outputs)`` (a
     :class:`CacheNode`); the others plain compiled pieces. Returns ``split_gm``, recompiled."""
-    from torch._guards import detect_fake_mode
-    fake_mode = detect_fake_mode(example_inputs)
-    if fake_mode is None:
-        fake_mode = torch._subclasses.fake_tensor.FakeTensorMode()
+    fake_mode = fake_mode_for(example_inputs)
     comp = _PieceCompiler(split_gm, inner, fake_mode, wrap_region, submod_region)
-    guard = getattr(torch._dynamo.utils, "_disable_saved_tensors_hooks_during_tracing", None)
+    guard = saved_tensors_hooks_guard()
     if guard is not None:
         with guard():
             comp.run(*example_inputs)
