@@ -257,8 +257,13 @@ class TaylorSeerBackend:
         """Compile ``module`` in place with this backend (``module.compile(backend=self)``) and put a
         :class:`~taylorseer_fx.boundary.ModelBoundary` in front of the compiled call (:meth:`boundary`).
         Undo it with ``module._compiled_call_impl = None`` (or what was there before)."""
+        previous = vars(module).get("_compiled_call_impl")
         module.compile(backend=self)
-        module._compiled_call_impl = self.boundary(module, module._compiled_call_impl, announce)
+        try:
+            module._compiled_call_impl = self.boundary(module, module._compiled_call_impl, announce)
+        except BaseException:
+            module._compiled_call_impl = previous     # a bad timestep_arg: the module as it was
+            raise
         return module._compiled_call_impl
 
     def boundary(self, module: torch.nn.Module, compiled: Callable, announce: bool = False) -> ModelBoundary:

@@ -12,7 +12,8 @@ a graph's regions -- whether to compute or forecast:
   node inside); its output (any pytree of tensors: a tuple, diffusers' ``Transformer2DModelOutput`` or
   ``UNet2DConditionOutput``) is absorbed by the region's forecaster;
 * **forecast**: the compiled call does not run at all; the output is the forecast, in the computed
-  output's structure, shapes, dtypes and strides (fresh tensors: the caller may keep them).
+  output's structure, shapes, dtypes and strides (its floating tensors are fresh: the caller may keep
+  them; other leaves -- integer tensors, numbers -- are returned as the last compute gave them).
 
 What the call is, for the runtime (``graph_runtime.py``): the coordinate is the forward's timestep
 argument (``timestep_arg``, else the first of ``timestep``, ``timesteps``, ``t``, ``sigma``,
@@ -36,6 +37,7 @@ import torch
 
 from .graph_runtime import GraphRuntime
 from .placeholders import TIMESTEP_NAMES
+from .region_state import weights_fingerprint
 from .torch_internals import pytree as _pytree
 
 pytree = _pytree()
@@ -92,7 +94,8 @@ class InstanceTensors:
         self._sizes: list = []        # ... and their lengths
         self._parents: tuple = ((), ())   # (parent's _modules, name) of every child ...
         self._children: list = []     # ... and the child
-        self._slots: tuple = ((), ())     # (dict, name) of every tensor
+        self._slots: tuple = ((), ())     # (dict, name) of every tensor slot, empty (None) ones too
+        self._empty = 0                   # how many slots were None at the walk
 
     def _walk(self) -> None:
         dicts, parents, names, children, where, keys = [], [], [], [], [], []
@@ -101,18 +104,22 @@ class InstanceTensors:
             for k, c in m._modules.items():
                 parents.append(m._modules), names.append(k), children.append(c)
             for d in (m._parameters, m._buffers):
-                for k, v in d.items():
-                    if v is not None:
-                        where.append(d), keys.append(k)
+                for k in d:
+                    where.append(d), keys.append(k)
         self._dicts, self._sizes = dicts, list(map(len, dicts))
         self._parents, self._children = (parents, names), children
         self._slots = (where, keys)
+        self._empty = list(map(dict.get, where, keys)).count(None)
 
     def __call__(self) -> tuple:
         if (not self._dicts or list(map(len, self._dicts)) != self._sizes
                 or list(map(dict.get, *self._parents)) != self._children):     # modules compare by identity
             self._walk()
-        return tuple(map(dict.__getitem__, *self._slots))
+        values = list(map(dict.get, *self._slots))
+        if values.count(None) != self._empty:          # a slot emptied or filled (``m.bias = None``)
+            self._walk()
+            values = list(map(dict.get, *self._slots))
+        return tuple(v for v in values if v is not None)
 
 
 class BoundaryRuntime(GraphRuntime):
@@ -121,6 +128,16 @@ class BoundaryRuntime(GraphRuntime):
     value (tensor or number, None), the call's signature (a tuple), the model's parameters and
     buffers, and a callable that runs the compiled model and returns its flattened output
     ``(treespec, *leaves)``."""
+
+    tensors = None     # the module's InstanceTensors (ModelBoundary sets it)
+
+    def _record(self, call, t0: float) -> None:
+        super()._record(call, t0)
+        # the weights as the computed call left them: a hook inside the forward (accelerate's offload
+        # moves the weights to the GPU) is not a change of weights; the next forecast checks against these
+        if (self.tensors is not None and call.owner is not None and call.owner.weights is not None
+                and not any(v == "forecast" for v in call.regions.values())):
+            call.owner.weights = weights_fingerprint(self.tensors())
 
     def _instance(self, args) -> tuple:
         return args[2]
@@ -163,6 +180,7 @@ class ModelBoundary:
         self.graph = runtime.new_graph([_Region()], 0, (), name=f"{type(module).__name__} (model boundary)",
                                        kind=BoundaryRuntime)
         self.graph.pieces = _run_region(self.graph)
+        self.graph.tensors = self._tensors
         self._first = threading.RLock()
         self._warm = False
 

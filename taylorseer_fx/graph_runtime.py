@@ -115,6 +115,7 @@ class _Call:
     plan: StepPlan
     defer: bool               # compute and hold the outputs (steps.py: step 1 with unknown streams)
     scope: Any = None         # the runtime's scope of the request (or task, thread) making the call
+    owner: Any = None         # the owner whose generation the call belongs to
     shown: int | None = None  # the stream in the trace, when not ``stream`` (told branches: one owner each)
     regions: dict = field(default_factory=dict)
 
@@ -289,7 +290,7 @@ class GraphRuntime:
             x = self._forecaster_x(gen, pos.step, coord)
             plan = gen.plan(self.index, pos.step, n, x, self.device, gen.per_region)
         label = self.ctx.generation_label(scope, owner, pos.generation, coord, pos.step)
-        return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer, scope)
+        return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer, scope, owner=owner)
 
     def _instance(self, args) -> tuple:
         return self._pick(args)

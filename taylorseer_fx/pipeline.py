@@ -57,6 +57,7 @@ class CompiledPipeline:
         self.pipe = pipe
         self.backends = backends
         self._boundaries: dict = {}    # denoiser name -> its ModelBoundary
+        self._modules: dict = {}       # denoiser name -> the module compiled (the pipeline may swap it later)
         self._original_class = original_class
         self._scheduler = None         # the scheduler whose set_timesteps this handle holds
         self.removed = False
@@ -142,7 +143,7 @@ class CompiledPipeline:
         self.removed = True
         pipe = self.pipe
         for name in self.backends:
-            module = getattr(pipe, name)
+            module = self._modules[name]
             if HOLDERS.release(module, self):
                 module._compiled_call_impl = HOLDERS.previous(module)   # a user's own .compile() comes back
                 self.backends[name].reset()
@@ -277,17 +278,22 @@ def compile_pipeline(pipe, policy=None, regions=None, inner="inductor", **option
     backends = {n: shared[n] or _backend_for(getattr(pipe, n), keys[n], policy, kinds[n][0], inner, options)
                 for n in names}
     handle = CompiledPipeline(pipe, backends, type(pipe))
-    for name, backend in backends.items():
-        module = getattr(pipe, name)
-        if shared[name] is None:
-            previous = vars(module).get("_compiled_call_impl")        # a user's own .compile()
-            backend.compile_module(module, announce=kinds[name][1])
-            HOLDERS.hold(module, handle, backend, previous)
-        else:
-            HOLDERS.hold(module, handle)
-        handle._boundaries[name] = module._compiled_call_impl
-        hold_cache_context(module, handle)
-    handle._hold_scheduler(scheduler)
+    try:
+        for name, backend in backends.items():
+            module = handle._modules[name] = getattr(pipe, name)
+            if shared[name] is None:
+                previous = vars(module).get("_compiled_call_impl")        # a user's own .compile()
+                backend.compile_module(module, announce=kinds[name][1])
+                HOLDERS.hold(module, handle, backend, previous)
+            else:
+                HOLDERS.hold(module, handle)
+            handle._boundaries[name] = module._compiled_call_impl
+            hold_cache_context(module, handle)
+        handle._hold_scheduler(scheduler)
+    except BaseException:
+        handle.backends = {n: b for n, b in backends.items() if n in handle._modules and n in handle._boundaries}
+        handle.remove()                         # what was installed before the failure comes off again
+        raise
     pipe.__class__ = _wrapped_class(type(pipe))
     vars(pipe)["_taylorseer"] = handle
     return handle

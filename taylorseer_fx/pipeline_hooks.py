@@ -187,6 +187,8 @@ class Holders:
     def hold(self, module, handle, backend=None, previous=None) -> None:
         d = self._held.get(module)
         if d is None or not d.live():
+            if d is not None:             # its handles were dropped without remove(): what was there first
+                previous = d.previous
             d = self._held[module] = _Denoiser(backend, previous)
         d.handles.add(handle)
 

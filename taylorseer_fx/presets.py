@@ -71,7 +71,8 @@ def _toml_value(v) -> str:
 
 
 def policy_to_toml(policy: Policy, description: str | None = None) -> str:
-    """A preset file's text for ``policy`` (:func:`load_policy` reads it back to an equal policy)."""
+    """A preset file's text for ``policy``, every resolved field pinned (:func:`load_policy` reads it
+    back to a policy that decides and forecasts the same)."""
     spec = policy_to_dict(policy)
     lines = [f"description = {_toml_value(description)}"] if description else []
     lines += [f"{k} = {_toml_value(v)}" for k, v in spec.items()]
@@ -144,7 +145,13 @@ def _check_shape(text: str, path) -> None:
         elif ch in "]}":
             depth -= 1
     for line in text.splitlines():
-        key = line.split("=", 1)[0] if "=" in line else line
+        line = line.strip()
+        if line.startswith("["):                      # a table header: [a.b.c]
+            key = line.strip("[]")
+        elif "=" in line and not line.startswith("#"):
+            key = line.split("=", 1)[0]               # the key of ``key = value`` (not the value, not a comment)
+        else:
+            continue
         if key.count(".") >= MAX_PRESET_DEPTH:
             deepest = max(deepest, key.count(".") + 1)
     if deepest > MAX_PRESET_DEPTH:

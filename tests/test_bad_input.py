@@ -73,3 +73,10 @@ def test_the_demo_loads_safetensors_only(tmp_path):
     torch.save(model.state_dict(), folder / "diffusion_pytorch_model.bin")   # a pickle only
     with pytest.raises(FileNotFoundError, match="safetensors"):
         load_transformer(folder)
+
+
+def test_a_preset_whose_comments_and_values_hold_many_dots_loads(tmp_path):
+    p = tmp_path / "dots.toml"
+    p.write_text('# Tuned on FLUX.1-dev, 28 steps. See docs/auto.md. Errors 0.1, 0.2, 0.3, 0.4, 0.5.\n'
+                 'description = "a.b.c.d.e.f.g.h.i.j.k"\nkind = "fixed"\ninterval = 3\n')
+    assert load_policy(p).interval == 3

@@ -240,3 +240,56 @@ def test_the_unet_example_runs():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "StableDiffusionXLPipeline {'unet': 'model'}" in out.stdout and "/8 steps computed" in out.stdout
+
+
+def test_weights_moved_by_a_hook_inside_the_call_are_not_a_change_of_weights():
+    """accelerate's offload hooks move the weights inside the model call (``param.data = ...``, new data
+    pointers), at the first call of each pipeline call: the boundary takes the weights as the computed
+    call left them, so the run keeps its forecasts and says nothing."""
+    pipe, run = _sd_pipe()
+    moved = []
+
+    def offload_like(module, args):
+        if not moved:                                   # once per pipeline call, like model_cpu_offload
+            moved.append(True)
+            for p in module.parameters():
+                p.data = p.data.clone()
+    pipe.unet.register_forward_pre_hook(offload_like)
+    handle = compile_pipeline(pipe, policy=FIXED, inner="eager", strict=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="taylorseer")
+        for _ in range(2):
+            moved.clear()
+            handle.reset()
+            run(10)
+            assert handle.stats()["total"]["forecast"] == 10 - len(FIXED.compute_steps(10))
+    handle.remove()
+
+
+def test_a_failed_compile_leaves_the_pipeline_as_it_was():
+    pipe, run = _sd_pipe()
+    cls = type(pipe)
+    ref = run(4)
+    with pytest.raises(ValueError, match="timestep_arg='tt'"):
+        compile_pipeline(pipe, policy=FIXED, inner="eager", timestep_arg="tt")
+    assert type(pipe) is cls and pipe.unet._compiled_call_impl is None and "_taylorseer" not in vars(pipe)
+    assert torch.equal(run(4), ref)
+
+
+def test_an_emptied_or_filled_parameter_slot_is_seen():
+    unet = _unet()
+    be = taylorseer_backend(FixedPolicy(interval=4, warmup=2, order=1), regions="model", inner="eager")
+    be.compile_module(unet)
+    x, enc = torch.randn(1, 4, 16, 16), torch.randn(1, 7, 32)
+    ts = torch.linspace(999, 0, 8)
+    with torch.no_grad():
+        for t in ts[:3]:
+            unet(x, t, enc)
+        unet.conv_out.bias = None                        # a slot emptied: a change of weights
+        out = unet(x, ts[3], enc).sample
+        assert torch.equal(out, unet._call_impl(x, ts[3], enc).sample)
+        for t in ts[4:7]:
+            unet(x, t, enc)
+        unet.conv_out.bias = torch.nn.Parameter(torch.ones(4))   # filled again
+        out = unet(x, ts[7], enc).sample
+        assert torch.equal(out, unet._call_impl(x, ts[7], enc).sample)

@@ -160,3 +160,27 @@ def test_accelerate_offload_hooks_are_seen_through():
                 model(hidden_states=x, encoder_hidden_states=enc, pooled_projections=pooled,
                       timestep=t.reshape(1), img_ids=ids, txt_ids=txt)
         assert be.stats()["forecast"] == 8 - len(POLICY.compute_steps(8)), arg
+
+
+def test_a_handle_dropped_without_remove_does_not_become_what_was_there_before():
+    import gc
+    pipe, run = _flux_pipe()
+    transformer = pipe.transformer
+    compile_pipeline(pipe, policy=POLICY, inner="eager")
+    del pipe, run
+    gc.collect()
+    other = diffusers.FluxPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=None,
+                                   text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                   transformer=transformer)
+    handle = compile_pipeline(other, policy=POLICY, inner="eager")
+    handle.remove()
+    assert transformer._compiled_call_impl is None
+
+
+def test_remove_releases_the_denoiser_it_compiled_even_if_the_pipeline_swapped_it():
+    pipe, run = _flux_pipe()
+    compiled = pipe.transformer
+    handle = compile_pipeline(pipe, policy=POLICY, inner="eager")
+    pipe.transformer = _flux_pipe()[0].transformer
+    handle.remove()
+    assert compiled._compiled_call_impl is None and "cache_context" not in vars(compiled)
