@@ -271,7 +271,8 @@ class TaylorSeerBackend:
         with this backend. It caches the model's whole output when the region kind is ``"model"``, or when
         no graph this backend compiled holds a region (graph breaks inside every block): then from the
         call after the first one, and ``announce`` says so with a warning (else a log line). Otherwise
-        the graphs' own regions cache and the boundary passes every call on."""
+        the graphs' own regions cache and the boundary passes every call on. Use one backend per module
+        (as ``compile_pipeline`` does): the choice looks at every graph the backend compiled."""
         if self.regions in BOUNDARY_KINDS:
             b = ModelBoundary(self.runtime, module, compiled, self.timestep_arg, active=True)
             self.boundaries.add(b)

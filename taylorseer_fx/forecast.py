@@ -35,8 +35,9 @@ _EPS = 1e-30  # added to ||D_0|| so an all-zero output gives r = 0 instead of na
 NORM_EPS = _EPS     # the same, for whoever forms an estimate from Forecaster.error_terms
 #: a node closer to the newest one than this fraction of the run's own spacing (the gap before it, or
 #: the gap to the new coordinate) is merged with it: the newer value replaces the older (KDPM2's two
-#: stages, 1e-5 apart on a spacing of ~35, would make a divided difference of garbage)
-NEAR = 1.0 / 64
+#: stages, 1e-5 apart on a spacing of ~35, would make a divided difference of garbage). Small enough
+#: that no real schedule's uneven computes (warm-up steps, then an interval of 64 on 1000 steps) merge
+NEAR = 1.0 / 1024
 _UNIT_RANGE = (2.0 ** -20, 2.0 ** 20)   # first gaps outside it set a power-of-two coordinate unit
 
 

@@ -98,3 +98,14 @@ def test_coordinates_of_any_scale_forecast_at_the_full_degree(scale, form):
     assert len(f.nodes) == 3
     if form == "newton":
         assert torch.allclose(got, q(0.1), rtol=1e-4, atol=1e-5)
+
+
+def test_uneven_computes_of_a_real_schedule_are_not_merged():
+    """Warm-up computes one step apart, then a compute 64 steps later (1000-step DDPM with a long
+    interval): genuine points, kept at full degree."""
+    q = lambda t: torch.tensor([1.0 + 2e-3 * t + 3e-6 * t * t])  # noqa: E731
+    f = Forecaster(2, "newton")
+    for t in (999.0, 998.0, 997.0, 933.0):
+        f.update(t, q(t))
+    assert f.nodes == [933.0, 997.0, 998.0]
+    assert torch.allclose(f.forecast(869.0), q(869.0), rtol=1e-5)
