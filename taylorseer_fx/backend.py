@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 import weakref
 from typing import Any, Callable
@@ -31,7 +30,7 @@ from .placeholders import find_timestep, is_static_placeholder
 from .select import ALIASES, NoRegionError, describe_graph, select_regions, warn_unpaired_residual
 from .graph_record import GraphRecord
 from .boundary import ModelBoundary
-from .graph_runtime import read_coordinate
+from .graph_callables import Graph, Plain, Publishing
 from .lazy_compile import LazyCompile, has_symbolic_inputs
 from .transform import CacheNode, compile_pieces, split
 from .torch_internals import backend_registry, inductor_wrapper
@@ -40,51 +39,6 @@ from .whole_graph import WholeGraph
 __all__ = ["TaylorSeerBackend", "taylorseer_backend", "default_backend", "DEFAULT_POLICY"]
 
 log = logging.getLogger(__name__)
-
-class _Graph:
-    """The callable handed back to dynamo for one graph: a model call through the runtime. It owns
-    everything compiled for the graph (dynamo holds it; when dynamo drops it, all of it goes)."""
-
-    def __init__(self, graph_runtime, split_gm):
-        self.graph_runtime = graph_runtime
-        self.split_gm = split_gm
-        self.whole_graph = graph_runtime.whole
-        self.pieces = graph_runtime.pieces
-
-    def __call__(self, *args):
-        return self.graph_runtime(args)
-
-
-class _Plain:
-    """An uncached graph's compiled callable, in an object a weak reference can follow (its record in
-    ``backend.graphs`` lives as long as dynamo holds it); its calls count as arrivals."""
-
-    def __init__(self, compiled: Callable, runtime: Runtime):
-        self.compiled, self.runtime = compiled, runtime
-
-    def __call__(self, *args):
-        self.runtime.arrive()
-        return self.compiled(*args)
-
-
-class _Publishing:
-    """A graph without regions that reads the step coordinate for the graphs after it in the model call
-    (a model that graph-breaks after its timestep embedding: the block graph has no timestep input)."""
-
-    def __init__(self, compiled: Callable, timestep_index: int, runtime: Runtime, order: int):
-        self.compiled, self.timestep_index, self.runtime, self.order = compiled, timestep_index, runtime, order
-
-    def __call__(self, *args):
-        self.runtime.arrive()
-        if not torch.is_grad_enabled():
-            scope, told = self.runtime.scope()
-            session = scope.session
-            if (told is None or told.step_index is None) and (session is None or session.timesteps is None):
-                first, _, top = read_coordinate(args[self.timestep_index])
-                if first is not None and math.isfinite(first):
-                    self.runtime.publish_coordinate(scope, self.order, first, top)
-        return self.compiled(*args)
-
 
 def _split_pieces(split_gm, submod_region, infos, inner, graph_rt):
     """The split graph's compile: ``build(fake inputs) -> split_gm`` with every piece compiled by
@@ -199,7 +153,7 @@ class TaylorSeerBackend:
             record = GraphRecord(regions=[], reason=str(e), timestep=ts.name if ts is not None else None)
             compiled = inner(gm, example_inputs)
             if ts is not None:
-                compiled = _Publishing(compiled, placeholders.index(ts), self.runtime, self._compiles)
+                compiled = Publishing(compiled, placeholders.index(ts), self.runtime, self._compiles)
             return self._keep(record, compiled)
         if ts is None and self.timestep_arg is not None:
             names = [n.name for n in placeholders if not is_static_placeholder(n)]
@@ -232,7 +186,7 @@ class TaylorSeerBackend:
         if whole is None or symbolic:
             pieces.get()
         return self._keep(GraphRecord(regions=[i.name for i in infos], infos=infos,
-                                      timestep=ts.name if ts is not None else None), _Graph(graph_rt, split_gm))
+                                      timestep=ts.name if ts is not None else None), Graph(graph_rt, split_gm))
 
     @property
     def graphs(self) -> list[GraphRecord]:
@@ -244,8 +198,8 @@ class TaylorSeerBackend:
     def _keep(self, record: GraphRecord, compiled: Callable) -> Callable:
         """Record ``record`` for the callable handed to dynamo, for as long as dynamo holds it. Every
         callable handed over counts its calls as arrivals (``Runtime.arrive``)."""
-        if not isinstance(compiled, (_Graph, _Publishing)):
-            compiled = _Plain(compiled, self.runtime)
+        if not isinstance(compiled, (Graph, Publishing)):
+            compiled = Plain(compiled, self.runtime)
         ref = weakref.ref(compiled)
         record.graph = ref
         self._records = [r for r in self._records if r.alive] + [record]
