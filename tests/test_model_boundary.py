@@ -16,6 +16,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from taylorseer_fx import FixedPolicy, taylorseer_backend  # noqa: E402
 from taylorseer_fx.pipeline import compile_pipeline  # noqa: E402
+from test_pipeline import _flux_pipe  # noqa: E402  (a tiny FluxPipeline and run(steps))
 
 FIXED = FixedPolicy(interval=3, warmup=2, order=1)
 
@@ -107,25 +108,6 @@ def _break_every_block(transformer):
         block.forward = broken
 
 
-def _flux_pipe():
-    torch.manual_seed(0)
-    tr = diffusers.FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
-        num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=False,
-        axes_dims_rope=(4, 6, 6)).eval()
-    pipe = diffusers.FluxPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=None,
-                                  text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-                                  transformer=tr)
-    pipe.set_progress_bar_config(disable=True)
-    g = torch.Generator().manual_seed(1)
-    cond = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g))
-
-    def run(steps):
-        return pipe(**cond, num_inference_steps=steps, height=64, width=64, output_type="latent",
-                    generator=torch.Generator().manual_seed(3)).images
-    return pipe, run
-
-
 def test_a_transformer_whose_graphs_hold_no_blocks_falls_back_to_the_model_boundary():
     pipe, run = _flux_pipe()
     _break_every_block(pipe.transformer)
@@ -192,12 +174,17 @@ def test_model_kind_checks_its_timestep_and_refuses_to_be_silent():
         compiled(torch.randn(1, 4, 16, 16), torch.tensor(999.0), torch.randn(1, 7, 32))
 
 
-def test_the_boundary_never_forecasts_from_changed_weights_or_with_grad():
+def _boundary_unet():
+    """``(unet, backend, x, encoder states, 8 timesteps)``: a tiny UNet cached at its boundary, computing
+    steps 0, 1 and every 4th."""
     unet = _unet()
     be = taylorseer_backend(FixedPolicy(interval=4, warmup=2, order=1), regions="model", inner="eager")
     be.compile_module(unet)
-    x, enc = torch.randn(1, 4, 16, 16), torch.randn(1, 7, 32)
-    ts = torch.linspace(999, 0, 8)
+    return unet, be, torch.randn(1, 4, 16, 16), torch.randn(1, 7, 32), torch.linspace(999, 0, 8)
+
+
+def test_the_boundary_never_forecasts_from_changed_weights_or_with_grad():
+    unet, be, x, enc, ts = _boundary_unet()
     with torch.no_grad():
         for t in ts[:3]:
             unet(x, t, enc)
@@ -277,11 +264,7 @@ def test_a_failed_compile_leaves_the_pipeline_as_it_was():
 
 
 def test_an_emptied_or_filled_parameter_slot_is_seen():
-    unet = _unet()
-    be = taylorseer_backend(FixedPolicy(interval=4, warmup=2, order=1), regions="model", inner="eager")
-    be.compile_module(unet)
-    x, enc = torch.randn(1, 4, 16, 16), torch.randn(1, 7, 32)
-    ts = torch.linspace(999, 0, 8)
+    unet, be, x, enc, ts = _boundary_unet()
     with torch.no_grad():
         for t in ts[:3]:
             unet(x, t, enc)

@@ -41,13 +41,18 @@ BY_TIMESTEP = FixedPolicy(interval=3, order=1, warmup=2, form="newton", coordina
 BY_STEP = FixedPolicy(interval=2, order=1, warmup=2, form="newton", coordinate="step")
 
 
-def test_a_swap_in_the_middle_of_a_call_does_not_change_that_call(monkeypatch):
+def _compiled_linear():
+    """``(x, the uncached outputs at TS, backend, compiled model)`` of the Linear stack under BY_TIMESTEP."""
     model = Linear().eval()
     x = torch.zeros(1, 6)
     with torch.no_grad():
         want = [model(x, torch.tensor([t])) for t in TS]
     be = taylorseer_backend(BY_TIMESTEP, inner="eager")
-    compiled = torch.compile(model, backend=be)
+    return x, want, be, torch.compile(model, backend=be)
+
+
+def test_a_swap_in_the_middle_of_a_call_does_not_change_that_call(monkeypatch):
+    x, want, be, compiled = _compiled_linear()
     place, calls = Owner.place, [0]
 
     def swapping(self, *args, **kwargs):       # another thread swaps right after this call was placed
@@ -68,12 +73,7 @@ def test_a_swap_in_the_middle_of_a_call_does_not_change_that_call(monkeypatch):
 
 
 def test_swaps_from_another_thread_never_mix_coordinates():
-    model = Linear().eval()
-    x = torch.zeros(1, 6)
-    with torch.no_grad():
-        want = [model(x, torch.tensor([t])) for t in TS]
-    be = taylorseer_backend(BY_TIMESTEP, inner="eager")
-    compiled = torch.compile(model, backend=be)
+    x, want, be, compiled = _compiled_linear()
     stop = threading.Event()
 
     def swapper():
