@@ -133,11 +133,26 @@ class BoundaryRuntime(GraphRuntime):
 
     def _record(self, call, t0: float) -> None:
         super()._record(call, t0)
-        # the weights as the computed call left them: a hook inside the forward (accelerate's offload
-        # moves the weights to the GPU) is not a change of weights; the next forecast checks against these
-        if (self.tensors is not None and call.owner is not None and call.owner.weights is not None
-                and not any(v == "forecast" for v in call.regions.values())):
-            call.owner.weights = weights_fingerprint(self.tensors())
+        # a hook inside the forward that only moved the weights (accelerate's offload: new data pointers,
+        # the same version counters) is not a change of weights: the next forecast checks against the
+        # weights as the computed call left them. Any other change -- before the call (the baseline no
+        # longer matches) or a write inside it (a version counter moved) -- keeps the baseline, so the
+        # next forecast's check drops the state
+        owner = call.owner
+        if (self.tensors is None or owner is None or owner.weights is None
+                or any(v == "forecast" for v in call.regions.values())):
+            return
+        before = call.weights
+        if before is not None and before == owner.weights:
+            after = weights_fingerprint(self.tensors())
+            if after[0] == before[0]:
+                owner.weights = after
+
+    def _place(self, scope, owner, coord, args, counted, instance):
+        call = super()._place(scope, owner, coord, args, counted, instance)
+        if self.tensors is not None and owner.weights is not None and call.computes(0):
+            call.weights = weights_fingerprint(instance)     # read now: a hook may move them in the call
+        return call
 
     def _instance(self, args) -> tuple:
         return args[2]

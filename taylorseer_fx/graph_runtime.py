@@ -116,6 +116,7 @@ class _Call:
     defer: bool               # compute and hold the outputs (steps.py: step 1 with unknown streams)
     scope: Any = None         # the runtime's scope of the request (or task, thread) making the call
     owner: Any = None         # the owner whose generation the call belongs to
+    weights: tuple | None = None   # the instance's weights fingerprint before a boundary compute
     shown: int | None = None  # the stream in the trace, when not ``stream`` (told branches: one owner each)
     regions: dict = field(default_factory=dict)
 

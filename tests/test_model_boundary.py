@@ -276,3 +276,16 @@ def test_an_emptied_or_filled_parameter_slot_is_seen():
         unet.conv_out.bias = torch.nn.Parameter(torch.ones(4))   # filled again
         out = unet(x, ts[7], enc).sample
         assert torch.equal(out, unet._call_impl(x, ts[7], enc).sample)
+
+
+def test_a_weight_write_between_two_computes_is_still_seen_at_the_next_forecast():
+    """The boundary takes the weights a computed call left only when the call itself merely moved them:
+    a write between two computed steps still drops the state before the next forecast."""
+    unet, be, x, enc, ts = _boundary_unet()                 # computes steps 0, 1, 5; forecasts 2, 3, 4
+    with torch.no_grad():
+        for t in ts[:2]:
+            unet(x, t, enc)
+        unet.conv_out.bias.add_(1.0)                         # between step 1 and the forecast at step 2
+        with pytest.warns(UserWarning, match="weights changed"):
+            out = unet(x, ts[2], enc).sample
+        assert torch.equal(out, unet._call_impl(x, ts[2], enc).sample)
