@@ -25,8 +25,8 @@ from torch import Tensor
 from .data import RESOLUTION
 from .flux_model import LATENT_CHANNELS, NULL_LABEL, PIXEL_SIZE, condition, load_label_table, load_transformer, pack, unpack
 
-__all__ = ["FLUX_SCHEDULER_CONFIG", "build_scheduler", "build_pipeline", "initial_noise", "sample",
-           "sample_accuracy"]
+__all__ = ["FLUX_SCHEDULER_CONFIG", "build_scheduler", "build_pipeline", "initial_noise", "pipeline_inputs",
+           "sample", "sample_accuracy"]
 
 #: FLUX.1-dev's scheduler/scheduler_config.json
 FLUX_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
@@ -60,6 +60,24 @@ def initial_noise(n: int, seed: int = 0) -> Tensor:
     return pack(torch.randn(n, LATENT_CHANNELS, RESOLUTION, RESOLUTION, generator=g))
 
 
+def pipeline_inputs(labels: Sequence[int] | Tensor, cfg_scale: float = 3.0, table: dict[str, Tensor] | None = None,
+                    device=None, dtype=None) -> dict:
+    """The FluxPipeline keywords that condition on ``labels`` (digit classes 0..9): ``prompt_embeds`` and
+    ``pooled_prompt_embeds``; with ``cfg_scale != 1`` also the null label's as the negative prompt and
+    ``true_cfg_scale``. Raises ValueError for a label outside 0..9."""
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= NULL_LABEL:
+        raise ValueError(f"labels must be in [0, {NULL_LABEL}), got {labels.tolist()}")
+    table = table if table is not None else load_label_table()
+    pe, pooled = condition(labels, table)
+    kw = dict(prompt_embeds=pe.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype))
+    if cfg_scale != 1.0:
+        npe, npooled = condition(torch.full((labels.numel(),), NULL_LABEL), table)
+        kw.update(negative_prompt_embeds=npe.to(device, dtype), negative_pooled_prompt_embeds=npooled.to(device, dtype),
+                  true_cfg_scale=float(cfg_scale))
+    return kw
+
+
 @torch.no_grad()
 def sample(
     pipe,
@@ -85,18 +103,9 @@ def sample(
         noise: packed initial latent [B, 64, 4] (default :func:`initial_noise` (B, seed)).
         pipe_kwargs: passed on to the pipeline (e.g. ``callback_on_step_end``).
     """
-    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= NULL_LABEL:
-        raise ValueError(f"labels must be in [0, {NULL_LABEL}), got {labels.tolist()}")
-    b = labels.numel()
     p = next(pipe.transformer.parameters())
-    table = table if table is not None else load_label_table()
-    pe, pooled = condition(labels, table)
-    kw = dict(prompt_embeds=pe.to(p.device, p.dtype), pooled_prompt_embeds=pooled.to(p.device, p.dtype))
-    if cfg_scale != 1.0:
-        npe, npooled = condition(torch.full((b,), NULL_LABEL), table)
-        kw.update(negative_prompt_embeds=npe.to(p.device, p.dtype),
-                  negative_pooled_prompt_embeds=npooled.to(p.device, p.dtype), true_cfg_scale=float(cfg_scale))
+    kw = pipeline_inputs(labels, cfg_scale, table, p.device, p.dtype)
+    b = kw["prompt_embeds"].shape[0]
     noise = noise if noise is not None else initial_noise(b, seed)
     if tuple(noise.shape) != (b, (RESOLUTION // 2) ** 2, 4 * LATENT_CHANNELS):
         raise ValueError(f"noise must be packed [{b}, {(RESOLUTION // 2) ** 2}, {4 * LATENT_CHANNELS}], "

@@ -1,0 +1,95 @@
+"""``python -m taylorseer_fx.check``: check a cache configuration on a diffusers pipeline, offline.
+
+With no argument it checks the shipped demo Flux (no download; the inputs are the ten digit labels,
+with true CFG). With a folder it loads ``DiffusionPipeline.from_pretrained(PATH)`` and uses ``--prompt``
+(repeatable). Prints a progress line per case, the table and the verdict; writes JSON (``--json``);
+exits 1 naming the smallest failing case as a call to paste, 0 when every case passed, 2 on bad
+arguments. See :func:`taylorseer_fx.testing.check_cache` for what is checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m taylorseer_fx.check", description=__doc__.split("\n\n")[0])
+    p.add_argument("path", nargs="?", default=None, help="a diffusers pipeline folder (default: the demo Flux)")
+    p.add_argument("--policy", default="auto-balanced", help="a preset name or a TOML path (default auto-balanced)")
+    p.add_argument("--steps", default="10:30", help="a step count, or a range lo:hi to draw from (default 10:30)")
+    p.add_argument("--examples", type=int, default=10, help="cases hypothesis draws (default 10)")
+    p.add_argument("--tolerance", type=float, default=0.1, help="largest relative L2 error allowed (default 0.1)")
+    p.add_argument("--min-psnr", type=float, default=None, help="smallest PSNR in dB allowed (default none)")
+    p.add_argument("--min-forecast", type=float, default=None,
+                   help="smallest share of forecast steps (default: at least one forecast)")
+    p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; pipeline folders)")
+    p.add_argument("--batch-sizes", default=None, help="num_images_per_prompt values, e.g. 1,2 (default: not varied)")
+    p.add_argument("--inner", default="eager", help="inner backend: eager (default) or inductor")
+    p.add_argument("--device", default="cpu", help="device of the pipeline (default cpu)")
+    p.add_argument("--json", default="taylorseer-check.json", help="where to write the result (default %(default)s)")
+    return p
+
+
+def _steps(text: str):
+    lo, sep, hi = text.partition(":")
+    try:
+        return (int(lo), int(hi)) if sep else int(text)
+    except ValueError:
+        raise SystemExit(f"--steps must be an int or lo:hi (e.g. 20:50), got {text!r}") from None
+
+
+def _load(args):
+    if args.path is None:
+        from .demo.flux_model import PIXEL_SIZE
+        from .demo.flux_pipeline import build_pipeline, pipeline_inputs
+
+        pipe = build_pipeline(device=args.device)
+        extra = dict(height=PIXEL_SIZE, width=PIXEL_SIZE, output_type="latent")
+        return pipe, [dict(pipeline_inputs([k], device=args.device), **extra) for k in range(10)], "demo Flux"
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(args.path).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = args.prompt or ["a photograph of an astronaut riding a horse"]
+    return pipe, [{"prompt": p, "output_type": "pt"} for p in prompts], args.path
+
+
+class _Progress:
+    """One line per case on stderr: ``[case 3/10] steps=20 seed=5 ... error 0.012 ok``."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.n, self.stream = total, 0, stream
+
+    def __call__(self, row) -> None:
+        self.n += 1
+        phase = f"case {self.n}/{self.total}" if self.n <= self.total else f"shrinking {self.n - self.total}"
+        verdict = "ok" if row.ok else "FAIL " + ",".join(sorted({c for c, _ in row.failures}))
+        print(f"[{phase}] {row.case.short()}: {row.computes}/{row.steps} computed, error {row.error:.4g}, "
+              f"{verdict}", file=self.stream, flush=True)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from .testing import check_cache
+
+    steps = _steps(args.steps)
+    batch = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None
+    try:
+        pipe, inputs, name = _load(args)
+        print(f"checking {args.policy} on {name}: {args.examples} cases, steps {args.steps}, tolerance "
+              f"{args.tolerance:g}, inner {args.inner}", file=sys.stderr)
+        result = check_cache(pipe, args.policy, inputs=inputs, steps=steps, batch_sizes=batch,
+                             examples=args.examples, tolerance=args.tolerance, min_psnr=args.min_psnr,
+                             min_forecast=args.min_forecast, inner=args.inner, progress=_Progress(args.examples))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.table())
+    print(result.summary())
+    print(f"wrote {result.write_json(args.json)}")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Prove a cache on your own model: property-based checks for your CI (needs ``hypothesis``:
+``pip install "taylorseer-fx[test]"``).
+
+- :func:`check_cache` -- one cache configuration on your pipeline (or model + sampling callable),
+  over cases hypothesis draws; :class:`CheckResult` (``table()``, ``assert_ok()``).
+- :mod:`.strategies` -- hypothesis strategies: policies, presets, schedules, CFG layouts, trajectories.
+- :class:`Baseline` -- decisions and errors recorded to JSON, compared on later runs (the pytest plugin's
+  ``--taylorseer-baseline``).
+- :func:`check_polynomial_exactness`, :func:`check_affine_invariance` -- the forecast math's properties,
+  for a form, policy or forecaster of your own.
+- The command: ``python -m taylorseer_fx.check``.
+"""
+
+try:
+    import hypothesis  # noqa: F401
+except ImportError as e:          # pragma: no cover - depends on the environment
+    raise ImportError('taylorseer_fx.testing needs hypothesis: pip install "taylorseer-fx[test]"') from e
+
+from .baseline import Baseline
+from .cases import Case, CaseSpace
+from .check import CheckResult, Row, check_cache, psnr, relative_l2
+from .math_checks import check_affine_invariance, check_polynomial_exactness
+
+__all__ = ["Baseline", "Case", "CaseSpace", "CheckResult", "Row", "check_affine_invariance", "check_cache",
+           "check_polynomial_exactness", "psnr", "relative_l2"]

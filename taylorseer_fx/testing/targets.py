@@ -1,0 +1,186 @@
+"""What :func:`~taylorseer_fx.testing.check_cache` runs: a diffusers pipeline, or a model with the
+user's sampling callable, uncached and through the cache.
+
+Each target gives, for one :class:`~taylorseer_fx.testing.cases.Case`: the uncached output
+(:meth:`plain`), the cached runs under a policy (:meth:`cached`: output, per-step decisions, bytes
+still cached after the generation ended, wall time) and the call to paste (:meth:`call_text`).
+Outputs are float64 CPU tensors (PIL images and numpy arrays converted, values unchanged).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ..backend import taylorseer_backend
+from ..pipeline import DENOISERS, compile_pipeline
+from ..request import Request
+from .cases import Case
+
+__all__ = ["Run", "PipelineTarget", "ModelTarget", "as_tensor", "decisions_of"]
+
+
+@dataclass
+class Run:
+    """One cached run: ``output`` (None when it raised: ``error``), ``decisions`` ({denoiser: "CFCF.."},
+    one letter per step from the run's first step: C computed, F forecast), ``memory_bytes`` left
+    cached after the generation ended, ``wall_s``."""
+
+    output: torch.Tensor | None
+    decisions: dict = field(default_factory=dict)
+    memory_bytes: int = 0
+    wall_s: float = 0.0
+    error: str | None = None
+
+
+def as_tensor(out) -> torch.Tensor:
+    """A pipeline's or a sampling callable's output as a float64 CPU tensor: ``.images`` / ``.frames``
+    of a diffusers output, the first item of a tuple, PIL images (stacked), numpy arrays, tensors."""
+    for name in ("images", "frames"):
+        if hasattr(out, name):
+            out = getattr(out, name)
+            break
+    if isinstance(out, tuple):
+        out = out[0]
+    if isinstance(out, torch.Tensor):
+        return out.detach().to("cpu", torch.float64)
+    import numpy as np
+
+    if isinstance(out, list):
+        out = np.stack([np.asarray(x) for x in out])
+    return torch.from_numpy(np.asarray(out, dtype=np.float64))
+
+
+def decisions_of(rows: Sequence[dict]) -> str:
+    """``"CCFF.."`` over the steps of one run's trace rows (stream 0; a step is F when any graph of
+    it forecast), indexed from the run's first step; ``-`` for a step with no row."""
+    steps: dict = {}
+    for r in rows:
+        if r.get("stream", 0) != 0:
+            continue
+        s = r["step"]
+        steps[s] = "F" if r["decision"] == "forecast" or steps.get(s) == "F" else "C"
+    if not steps:
+        return ""
+    lo, hi = min(steps), max(steps)
+    return "".join(steps.get(s, "-") for s in range(lo, hi + 1))
+
+
+def _new_rows(backend, calls_before: int) -> list:
+    s = backend.stats()
+    n = s["calls"] - calls_before
+    return s["trace"][-n:] if n > 0 else []
+
+
+class PipelineTarget:
+    """A diffusers pipeline (uncompiled), compiled with :func:`compile_pipeline` for the cached runs
+    and restored afterwards (``remove()``). ``inputs``: keyword dicts (prompts, embeddings, ...);
+    a case's fields become ``num_inference_steps``, ``generator``, ``num_images_per_prompt``,
+    ``height``/``width``, ``strength``, ``guidance_arg`` and its ``params``."""
+
+    def __init__(self, pipe, inputs: Sequence[Mapping[str, Any]], *, guidance_arg: str = "guidance_scale",
+                 inner="eager", regions=None, options: Mapping | None = None):
+        if "_taylorseer" in getattr(pipe, "__dict__", {}):
+            raise ValueError("check_cache: pass the pipeline uncompiled (call .remove() on the handle "
+                             "compile_pipeline returned): the check compiles it itself")
+        if not any(isinstance(getattr(pipe, n, None), torch.nn.Module) for n in DENOISERS):
+            raise ValueError(f"check_cache: {type(pipe).__name__} has no denoiser among {DENOISERS}")
+        self.pipe, self.inputs, self.guidance_arg = pipe, [dict(i) for i in inputs], guidance_arg
+        self.inner, self.regions, self.options = inner, regions, dict(options or {})
+        self.device = str(getattr(pipe, "device", "cpu"))
+        self.name = type(pipe).__name__
+
+    def call_kwargs(self, case: Case) -> dict:
+        kw = dict(self.inputs[case.input])
+        kw["num_inference_steps"] = case.steps
+        kw["generator"] = torch.Generator(device=self.device).manual_seed(case.seed)
+        if case.batch_size is not None:
+            kw["num_images_per_prompt"] = case.batch_size
+        if case.resolution is not None:
+            kw["height"], kw["width"] = case.resolution
+        if case.strength is not None:
+            kw["strength"] = case.strength
+        if case.guidance is not None:
+            kw[self.guidance_arg] = case.guidance
+        kw.update(case.extra)
+        return kw
+
+    def call_text(self, case: Case) -> str:
+        """The call to paste: ``pipe(**inputs[0], num_inference_steps=7, ..., generator=...)``."""
+        inp = self.inputs[case.input]
+        simple = all(isinstance(v, (str, int, float, bool, type(None))) for v in inp.values())
+        parts = [f"{k}={v!r}" for k, v in inp.items()] if simple else [f"**inputs[{case.input}]"]
+        kw = self.call_kwargs(case)
+        for k, v in kw.items():
+            if k in inp or k == "generator":
+                continue
+            parts.append(f"{k}={v!r}")
+        parts.append(f"generator=torch.Generator({self.device!r}).manual_seed({case.seed})")
+        return f"pipe({', '.join(parts)})"
+
+    def plain(self, case: Case) -> torch.Tensor:
+        return as_tensor(self.pipe(**self.call_kwargs(case)))
+
+    def cached(self, case: Case, policy, repeat: int = 1) -> list:
+        handle = compile_pipeline(self.pipe, policy=policy, regions=self.regions, inner=self.inner, **self.options)
+        try:
+            return [self._run(handle, case) for _ in range(repeat)]
+        finally:
+            handle.remove()
+
+    def _run(self, handle, case: Case) -> Run:
+        before = {n: b.stats()["calls"] for n, b in handle.backends.items()}
+        t0 = time.perf_counter()
+        try:
+            out = as_tensor(self.pipe(**self.call_kwargs(case)))
+            error = None
+        except Exception as e:          # reported as a failure of the case, with the call to paste
+            out, error = None, f"{type(e).__name__}: {e}"
+        wall = time.perf_counter() - t0
+        decisions = {n: decisions_of(_new_rows(b, before[n])) for n, b in handle.backends.items()}
+        return Run(out, decisions, handle.memory_bytes(), wall, error)
+
+
+class ModelTarget:
+    """A model and the user's ``sample(model, case) -> output``: the uncached runs get the model itself,
+    the cached runs ``torch.compile(model, backend=taylorseer_backend(...))``, each run one
+    :class:`~taylorseer_fx.request.Request` with ``num_steps=case.steps`` (closed when it returns).
+    ``inputs`` reach ``sample`` as ``case.input`` (an index) -- read them from your own list."""
+
+    def __init__(self, model: torch.nn.Module, sample: Callable, *, inner="eager", regions="stack",
+                 options: Mapping | None = None):
+        if not callable(sample):
+            raise ValueError(f"check_cache: sample must be a callable (model, case) -> output, got {sample!r}")
+        self.model, self.sample = model, sample
+        self.backend = taylorseer_backend(policy="never", regions=regions, inner=inner, **dict(options or {}))
+        self.compiled = torch.compile(model, backend=self.backend)
+        self.name = type(model).__name__
+
+    def call_text(self, case: Case) -> str:
+        return f"sample(model, {case!r})"
+
+    def plain(self, case: Case) -> torch.Tensor:
+        return as_tensor(self.sample(self.model, case))
+
+    def cached(self, case: Case, policy, repeat: int = 1) -> list:
+        self.backend.policy = policy
+        return [self._run(case) for _ in range(repeat)]
+
+    def _run(self, case: Case) -> Run:
+        before = self.backend.stats()["calls"]
+        request = Request(num_steps=case.steps)
+        t0 = time.perf_counter()
+        try:
+            with request:
+                out = as_tensor(self.sample(self.compiled, case))
+            error = None
+        except Exception as e:
+            out, error = None, f"{type(e).__name__}: {e}"
+        finally:
+            request.close()
+        wall = time.perf_counter() - t0
+        rows = _new_rows(self.backend, before)
+        return Run(out, {"model": decisions_of(rows)}, self.backend.memory_bytes(), wall, error)
