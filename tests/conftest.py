@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+pytest_plugins = ["pytester"]    # test_testing_tools.py runs the taylorseer pytest plugin in a pytest of its own
+
 
 @pytest.fixture
 def one_thread_fresh_dynamo():

@@ -14,6 +14,15 @@ from taylorseer_fx import FixedPolicy, load_policy  # noqa: E402
 from taylorseer_fx.pipeline import compile_pipeline  # noqa: E402
 
 
+def _flux_embeds():
+    """(cond, neg): the tiny Flux's prompt embeddings and its negative ones, seeded."""
+    g = torch.Generator().manual_seed(1)
+    cond = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+    neg = dict(negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
+               negative_pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+    return cond, neg
+
+
 def _flux_pipe():
     torch.manual_seed(0)
     tr = diffusers.FluxTransformer2DModel(
@@ -24,10 +33,7 @@ def _flux_pipe():
                                   text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
                                   transformer=tr)
     pipe.set_progress_bar_config(disable=True)
-    g = torch.Generator().manual_seed(1)
-    cond = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g))
-    neg = dict(negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
-               negative_pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+    cond, neg = _flux_embeds()
 
     def run(steps, cfg=False, **kw):
         extra = dict(neg, true_cfg_scale=2.0) if cfg else {}

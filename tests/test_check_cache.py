@@ -1,0 +1,195 @@
+"""``taylorseer_fx.testing.check_cache`` catches the faults a cache can have, each injected here, and
+passes healthy configurations (tiny random-weight Flux pipeline, a bare sampling loop, the demo Flux).
+
+The faults are injected below the harness (the runtime, the forecaster): the harness only sees what a
+user's pipeline would give."""
+
+from __future__ import annotations
+
+import contextvars
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
+
+diffusers = pytest.importorskip("diffusers")
+
+from taylorseer_fx import AutoPolicy, FixedPolicy  # noqa: E402
+from taylorseer_fx.forecast import Forecaster  # noqa: E402
+from taylorseer_fx.policy_base import Schedule  # noqa: E402
+from taylorseer_fx.region_state import Generation  # noqa: E402
+from taylorseer_fx.runtime import Runtime  # noqa: E402
+from taylorseer_fx.testing import Case, check_cache  # noqa: E402
+
+from test_pipeline import _flux_embeds, _flux_pipe  # noqa: E402
+
+FIXED = "official-flux"
+
+
+@pytest.fixture
+def tiny():
+    pipe, _ = _flux_pipe()
+    cond, _ = _flux_embeds()
+    return pipe, [dict(cond, height=64, width=64, output_type="latent")]
+
+
+def _check(tiny, policy=FIXED, **kw):
+    pipe, inputs = tiny
+    kw = {"steps": (6, 12), "examples": 4, "tolerance": 0.15, **kw}
+    return check_cache(pipe, policy, inputs=inputs, **kw)
+
+
+def _failed(result) -> set:
+    assert not result.ok and result.shrunk is not None
+    with pytest.raises(AssertionError, match="smallest failing case: pipe\\("):
+        result.assert_ok()
+    return {c for c, _ in result.shrunk.failures}
+
+
+def _map_forecast(monkeypatch, fn):
+    orig = Forecaster.forecast
+
+    def forecast(self, t):
+        out = orig(self, t)
+        return tuple(fn(o) for o in out) if isinstance(out, tuple) else fn(out)
+    monkeypatch.setattr(Forecaster, "forecast", forecast)
+
+
+# ------------------------------------------------------------------------------------- healthy
+def test_a_healthy_fixed_configuration_passes_every_check(tiny):
+    r = _check(tiny)
+    r.assert_ok()
+    assert len(r.rows) == 4 and all(row.forecasts > 0 for row in r.rows)
+    for row in r.rows:      # the schedule check compared with the policy's own schedule
+        assert [i for i, c in enumerate(row.decisions["transformer"]) if c == "C"] == \
+            FixedPolicy.official().compute_steps(row.steps)
+    assert "steps" in r.table() and r.to_dict()["ok"] is True
+    assert "_taylorseer" not in vars(tiny[0])          # the pipeline is left uncompiled
+
+
+def test_a_healthy_auto_configuration_passes_with_varied_batch_and_guidance(tiny):
+    pipe, inputs = tiny
+    _, neg = _flux_embeds()
+    r = check_cache(pipe, AutoPolicy(threshold=0.1), inputs=[dict(inputs[0], **neg)], steps=(8, 12),
+                    batch_sizes=[1, 2], guidance=[1.5, 3.0], guidance_arg="true_cfg_scale", examples=3,
+                    tolerance=0.15)
+    r.assert_ok()
+    assert {row.case.guidance for row in r.rows} <= {1.5, 3.0}
+
+
+def test_a_model_with_a_sampling_callable_is_checked_in_requests():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+
+    class Denoiser(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([model])
+
+        def forward(self, x, timestep):
+            for b in self.blocks:
+                x = b(x) * (1 + timestep[:, None] / 1000)
+            return x
+
+    @torch.no_grad()          # as sampling runs (with grad enabled the cache stays off, and says so)
+    def sample(m, case: Case):
+        x = torch.randn(case.batch_size or 1, 4, generator=torch.Generator().manual_seed(case.seed))
+        for t in torch.linspace(999, 0, case.steps):
+            x = x - 0.01 * m(x, t.reshape(1).expand(x.shape[0]))
+        return x
+
+    r = check_cache(Denoiser(), FIXED, sample=sample, steps=(8, 12), batch_sizes=[1, 2], examples=3,
+                    tolerance=0.05)
+    r.assert_ok()
+    assert "sample(model, Case(" in r.rows[0].call
+
+
+# ---------------------------------------------------------------------------------- the faults
+def test_a_backend_that_never_forecasts_fails_the_forecast_check(tiny, monkeypatch):
+    monkeypatch.setattr(Schedule, "decide", lambda self, step, estimate=None: True)
+    r = _check(tiny, AutoPolicy(threshold=0.1))
+    assert "forecasts" in _failed(r)
+    assert r.shrunk.case.steps == 6                    # shrunk to the fewest steps
+
+
+_IN_RUNTIME = contextvars.ContextVar("in_runtime", default=False)
+
+
+def test_a_schedule_off_by_one_step_fails_the_schedule_check(tiny, monkeypatch):
+    """The runtime asks the policy about the step after the one it runs (the policy's own
+    compute_steps, which the check compares with, is left alone)."""
+    plan, decide = Generation.plan, Schedule.decide
+
+    def late_plan(self, *a, **k):
+        token = _IN_RUNTIME.set(True)
+        try:
+            return plan(self, *a, **k)
+        finally:
+            _IN_RUNTIME.reset(token)
+    monkeypatch.setattr(Generation, "plan", late_plan)
+    monkeypatch.setattr(Schedule, "decide", lambda self, step, estimate=None: decide(
+        self, step + 1 if _IN_RUNTIME.get() else step, estimate))
+    assert "schedule" in _failed(_check(tiny))
+
+
+def test_a_forecast_from_a_previous_generations_state_fails(tiny, monkeypatch):
+    """Every generation of a runtime gets the first one's state (its schedule and factors)."""
+    new, kept = Runtime._new_generation, {}
+    monkeypatch.setattr(Runtime, "_new_generation", lambda self, session: kept.setdefault(self, new(self, session)))
+    assert _failed(_check(tiny)) & {"error", "repeatable", "never"}
+
+
+def test_a_nan_forecast_fails_the_finite_check(tiny, monkeypatch):
+    _map_forecast(monkeypatch, lambda o: o * float("nan"))
+    assert "finite" in _failed(_check(tiny))
+
+
+def test_a_forecast_of_the_wrong_shape_fails(tiny, monkeypatch):
+    _map_forecast(monkeypatch, lambda o: o[..., :-1])
+    r = _check(tiny)
+    assert _failed(r) & {"error", "shape"}
+    assert "num_inference_steps=6" in r.shrunk.call
+
+
+def test_a_tolerance_exceeded_at_one_step_count_is_found_and_shrunk(tiny, monkeypatch):
+    """Forecasts are wrong only in 11-step runs: hypothesis finds that step count among 6..14 and
+    shrinks the rest of the case (the seed) to its smallest."""
+    steps = {}
+    cls = type(tiny[0])
+    call = cls.__call__
+
+    def remember(self, *a, **k):
+        steps["n"] = k.get("num_inference_steps")
+        return call(self, *a, **k)
+    monkeypatch.setattr(cls, "__call__", remember)
+    noise = lambda o: o + torch.randn(o.shape, generator=torch.Generator().manual_seed(0), dtype=o.dtype) * o.std()  # noqa: E731
+    _map_forecast(monkeypatch, lambda o: noise(o) if steps.get("n") == 11 else o)
+    r = _check(tiny, steps=(6, 14), examples=30)
+    assert _failed(r) == {"tolerance"}
+    assert r.shrunk.case.steps == 11 and r.shrunk.case.seed == 0
+    assert "num_inference_steps=11" in r.shrunk.call and "manual_seed(0)" in r.shrunk.call
+    assert all(row.ok for row in r.rows if row.case.steps != 11)
+
+
+# ------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("kw, match", [
+    (dict(tolerance=0), "tolerance"), (dict(examples=-1), "examples"), (dict(min_forecast=2), "min_forecast"),
+    (dict(steps="a:b"), "steps"), (dict(steps=(9, 3)), "steps"), (dict(batch_sizes=[0]), "batch_sizes"),
+    (dict(inputs=[]), "inputs"), (dict(vary=["x"]), "vary")])
+def test_bad_arguments_raise_a_value_error_naming_the_field(tiny, kw, match):
+    pipe, inputs = tiny
+    kw = {"inputs": inputs, **kw}
+    with pytest.raises(ValueError, match=match):
+        check_cache(pipe, FIXED, **kw)
+
+
+def test_a_compiled_pipeline_is_refused(tiny):
+    from taylorseer_fx import compile_pipeline
+
+    handle = compile_pipeline(tiny[0], policy=FIXED, inner="eager")
+    try:
+        with pytest.raises(ValueError, match="uncompiled"):
+            _check(tiny)
+    finally:
+        handle.remove()
