@@ -19,6 +19,7 @@ from taylorseer_fx import AutoPolicy, load_policy, taylorseer_backend
 from taylorseer_fx.policy import ACCUMULATE, ESTIMATORS
 from taylorseer_fx.presets import policy_from_dict
 from taylorseer_fx.report import decision_trace
+from taylorseer_fx.testing import strategies as S
 from taylorseer_fx.runtime import Runtime
 from taylorseer_fx.transform import RegionInfo
 
@@ -58,31 +59,12 @@ def computes(trace) -> list[int]:
     return [c["step"] for c in trace if c["decision"] == "compute"]
 
 
-@st.composite
-def trajectories(draw, n_min=4, n_max=30):
-    """A random-walk trajectory of [2, 3] outputs (smooth parts, kinks and jumps), n steps."""
-    n = draw(st.integers(n_min, n_max))
-    steps = draw(st.lists(st.floats(-0.3, 0.3, allow_nan=False, allow_infinity=False), min_size=n, max_size=n))
-    seed = draw(st.integers(0, 2 ** 16))
-    base = torch.randn(2, 3, generator=torch.Generator().manual_seed(seed))
-    out, level = [], 1.0
-    for d in steps:
-        level += d
-        out.append(base * level + 2.0)
-    return out
+trajectories = S.random_walks
 
 
-@st.composite
-def auto_policies(draw, n):
-    order = draw(st.integers(0, 3))
-    form = draw(st.sampled_from(["taylor", "newton"]))
-    warmup = draw(st.integers(order + 1, order + 4))
-    max_run = draw(st.one_of(st.none(), st.integers(1, 6)))
-    min_run = draw(st.integers(0, max_run if max_run is not None else 3))
-    return AutoPolicy(threshold=draw(st.floats(1e-4, 1.0)), order=order, form=form, warmup=warmup,
-                      cooldown=draw(st.integers(0, 4)), max_forecast_run=max_run, min_forecast_run=min_run,
-                      estimator=draw(st.sampled_from(ESTIMATORS)),
-                      accumulate=draw(st.sampled_from([False, True, *ACCUMULATE])))
+def auto_policies(n=None):
+    """Any AutoPolicy (``taylorseer_fx.testing.strategies.auto_policies``; ``n`` unused)."""
+    return S.auto_policies()
 
 
 @FAST

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from taylorseer_fx.forecast import FORMS, Forecaster
 from taylorseer_fx.forms import DIVIDED
+from taylorseer_fx.testing import strategies as S
 
 import form_refs
 
@@ -37,21 +38,7 @@ EPS = {torch.float32: torch.finfo(torch.float32).eps, torch.float64: torch.finfo
 
 
 # ----------------------------------------------------------------------------------------- helpers
-@st.composite
-def coordinates(draw, n: int):
-    """n distinct coordinates, gaps in [0.25, 1.5] (non-uniform), increasing, decreasing or shuffled."""
-    start = draw(st.floats(-3.0, 3.0))
-    gaps = draw(st.lists(st.floats(0.25, 1.5), min_size=n - 1, max_size=n - 1))
-    ts = [start]
-    for g in gaps:
-        ts.append(ts[-1] + g)
-    direction = draw(st.sampled_from(["increasing", "decreasing", "shuffled"]))
-    if direction == "decreasing":
-        ts = ts[::-1]
-    elif direction == "shuffled":
-        ts = draw(st.permutations(ts))
-    return ts
-
+coordinates = S.coordinates     # n distinct coordinates, gaps in [0.25, 1.5], increasing, decreasing or shuffled
 
 shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
 seeds = st.integers(0, 2**31 - 1)

@@ -14,17 +14,14 @@ from dit_plain import make_plain_dit, plain_dit_inputs
 from taylorseer_fx import AutoPolicy, FixedPolicy, taylorseer_backend
 from taylorseer_fx.forecast import Forecaster
 from taylorseer_fx.forms import FORMS, HERMITE_SCALE, coefficients
+from taylorseer_fx.testing import strategies as S
 
 _SETTINGS = settings(max_examples=50, deadline=None)
 
 
-@st.composite
-def monotone(draw, n: int):
+def monotone(n: int):
     """n coordinates with gaps in [0.25, 2] (non-uniform), increasing or decreasing."""
-    ts = [draw(st.floats(-5.0, 5.0))]
-    for g in draw(st.lists(st.floats(0.25, 2.0), min_size=n - 1, max_size=n - 1)):
-        ts.append(ts[-1] + g)
-    return ts[::-1] if draw(st.booleans()) else ts
+    return S.coordinates(n, max_gap=2.0, directions=("increasing", "decreasing"))
 
 
 def _points(draw, n, shape=(3, 2)):

@@ -14,10 +14,12 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from taylorseer_fx.policy import AutoPolicy, FixedPolicy, MaskPolicy, Policy
 from taylorseer_fx.presets import available_policies, load_policy, policy_from_dict
+
+from taylorseer_fx.testing import strategies as S
 
 from policy_helpers import forecast_runs
 
@@ -134,19 +136,7 @@ def test_anchor_fields():
 
 # ---- invariants of every fixed schedule ----
 
-@st.composite
-def fixed_policies(draw):
-    order = draw(st.integers(0, 3))
-    form = draw(st.sampled_from(["newton", "taylor"]))
-    interval = draw(st.integers(1, 8))
-    low = order + 1 if form == "newton" else 1
-    warmup = draw(st.one_of(st.none(), st.integers(low, low + 6)))
-    return FixedPolicy(
-        interval=interval, phase=draw(st.integers(0, interval - 1)), warmup=warmup,
-        cooldown=draw(st.integers(0, 4)), order=order, form=form,
-        max_forecast_run=draw(st.one_of(st.none(), st.integers(1, 6))),
-        compute_from=draw(st.one_of(st.none(), st.integers(0, 40))),
-    )
+fixed_policies = S.fixed_policies
 
 
 def _check_invariants(policy: FixedPolicy, n: int, steps: list[int]) -> None:

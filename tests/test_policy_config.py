@@ -6,13 +6,17 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, Forecast, MaskPolicy, load_policy, policy_to_toml
 from taylorseer_fx.policy import MAX_ORDER
 from taylorseer_fx.presets import policy_from_dict, policy_to_dict
+from taylorseer_fx.testing import strategies as S
 
 FAST = settings(max_examples=80, deadline=None, derandomize=True, database=None)
+
+
+policies_with_kwargs = S.policies_with_kwargs
 
 
 def _build(cls, kw):
@@ -21,40 +25,6 @@ def _build(cls, kw):
         return cls(**kw) if cls is not MaskPolicy else MaskPolicy(kw.pop("compute_steps"), **kw)
     except ValueError:
         return None
-
-
-how = st.fixed_dictionaries({}, optional={
-    "order": st.integers(0, 3), "form": st.sampled_from(["newton", "taylor"]),
-    "coordinate": st.sampled_from(["step", "timestep"]), "select_order": st.booleans(),
-    "max_order": st.integers(0, 4), "order_margin": st.sampled_from([0.5, 1.0])})
-when_common = st.fixed_dictionaries({}, optional={
-    "warmup": st.integers(1, 5), "cooldown": st.integers(0, 3), "max_forecast_run": st.integers(1, 4),
-    "num_steps": st.integers(8, 30), "derivatives_from": st.integers(0, 3)})
-
-
-@st.composite
-def policies_with_kwargs(draw):
-    """``(policy, the keyword arguments it was built from)``."""
-    kind = draw(st.sampled_from([FixedPolicy, MaskPolicy, AutoPolicy]))
-    kw = {**draw(how), **draw(when_common)}
-    if kind is FixedPolicy:
-        kw["interval"] = draw(st.integers(1, 6))
-        kw["phase"] = draw(st.integers(0, kw["interval"] - 1))
-        if draw(st.booleans()):
-            kw["compute_from"] = draw(st.integers(0, 20))
-    elif kind is AutoPolicy:
-        kw["threshold"] = draw(st.sampled_from([0.01, 0.1, 1]))
-        kw.update(draw(st.fixed_dictionaries({}, optional={
-            "estimator": st.sampled_from(["pair", "remainder"]), "min_forecast_run": st.integers(0, 2),
-            "accumulate": st.booleans(), "per_region": st.booleans()})))
-    else:
-        kw.pop("num_steps", None)
-        lead = draw(st.integers(1, 5))
-        kw["compute_steps"] = list(range(lead)) + sorted(draw(st.sets(st.integers(lead + 1, 20), max_size=4)))
-    p = _build(kind, dict(kw))
-    assume(p is not None)
-    return p, kw
-
 
 policies = policies_with_kwargs().map(lambda pk: pk[0])
 
