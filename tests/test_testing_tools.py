@@ -158,3 +158,15 @@ def test_the_command_checks_the_demo_flux_offline_and_names_the_shrunk_case(tmp_
     assert "smallest failing case: pipe(**inputs[0], num_inference_steps=8" in bad.stdout
     assert _command("--steps", "x", cwd=tmp_path).returncode != 0
     assert _command("--policy", "no-such-preset", cwd=tmp_path).returncode == 2
+
+
+def test_the_example_test_file_users_copy_passes(tmp_path):
+    """examples/test_my_cache.py (outside the default testpaths) runs as a user would run it."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(root / "examples" / "test_my_cache.py"), f"--taylorseer-baseline={tmp_path / 'b.json'}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "2 passed" in out.stdout and len(json.loads((tmp_path / "b.json").read_text())["entries"]) == 2
