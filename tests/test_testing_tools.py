@@ -170,3 +170,20 @@ def test_the_example_test_file_users_copy_passes(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:]
     assert "2 passed" in out.stdout and len(json.loads((tmp_path / "b.json").read_text())["entries"]) == 2
+
+
+def test_a_denoiser_joining_mid_run_is_held_to_the_schedule_from_its_first_step():
+    """Wan 2.2's second transformer takes steps 5..11: its decisions are counted from there, its
+    warm-up starts there, and the run has 12 steps."""
+    from taylorseer_fx.testing.check import _schedule
+    from taylorseer_fx.testing.targets import _rebased, decisions_of
+
+    rows = [{"step": s, "stream": 0, "decision": "compute"} for s in range(3, 8)]
+    rows2 = [{"step": s, "stream": st, "decision": "forecast" if s % 2 else "compute"}
+             for s in range(8, 15) for st in (0, 1)]
+    decisions, first = _rebased({"a": decisions_of(rows), "b": decisions_of(rows2), "unused": decisions_of([])})
+    assert decisions == {"a": "CCCCC", "b": "CFCFCFC"} and first == {"a": 0, "b": 5}
+    p = FixedPolicy(interval=3, cooldown=2)
+    assert _schedule(p, 12, 0) == p.compute_steps(12)
+    late = _schedule(p, 12, 5)
+    assert late[0] == 5 and {10, 11} <= set(late) and all(5 <= s < 12 for s in late)

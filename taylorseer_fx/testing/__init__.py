@@ -11,10 +11,10 @@
 - The command: ``python -m taylorseer_fx.check``.
 """
 
-try:
-    import hypothesis  # noqa: F401
-except ImportError as e:          # pragma: no cover - depends on the environment
-    raise ImportError('taylorseer_fx.testing needs hypothesis: pip install "taylorseer-fx[test]"') from e
+import importlib.util
+
+if importlib.util.find_spec("hypothesis") is None:      # pragma: no cover - depends on the environment
+    raise ImportError('taylorseer_fx.testing needs hypothesis: pip install "taylorseer-fx[test]"')
 
 from .baseline import Baseline
 from .cases import Case, CaseSpace

@@ -163,6 +163,14 @@ class CheckResult:
         return path
 
 
+def _schedule(policy, num_steps: int, first_step: int) -> list:
+    """The steps a fixed policy computes in a run of ``num_steps`` for a denoiser that joins at
+    ``first_step`` (its warm-up counted from there, the cooldown from the run's end), as the runtime
+    starts it; ``policy.compute_steps(num_steps)`` when it joins at 0."""
+    sched = policy.start(num_steps, first_step=first_step)
+    return [s for s in range(first_step, num_steps) if sched.decide(s)]
+
+
 def _same(a: torch.Tensor, b: torch.Tensor, exact: bool, tol: float) -> bool:
     if a.shape != b.shape:
         return False
@@ -203,9 +211,10 @@ class _Checker:
         if first.error:
             fail("error", f"the cached run raised {first.error}")
             return row
-        main = next(iter(first.decisions.values()), "")
         row.decisions = dict(first.decisions)
-        row.steps, row.computes, row.forecasts = len(main), main.count("C"), main.count("F")
+        row.steps = max((first.first_steps[n] + len(d) for n, d in first.decisions.items()), default=0)
+        row.computes = sum(d.count("C") for d in first.decisions.values())
+        row.forecasts = sum(d.count("F") for d in first.decisions.values())
         y = first.output
         if y.shape != ref.shape:
             fail("shape", f"output shape {tuple(y.shape)}, uncached {tuple(ref.shape)}")
@@ -225,14 +234,17 @@ class _Checker:
                 fail("metric", f"metric {row.metric:.4g} > metric_max {cfg['metric_max']:g}")
         if self.fixed:
             for name, d in first.decisions.items():
-                want = self.policy.compute_steps(len(d))
-                got = [i for i, c in enumerate(d) if c == "C"]
+                k = first.first_steps[name]
+                want = _schedule(self.policy, row.steps, k)
+                got = [k + i for i, c in enumerate(d) if c == "C"]
                 if got != want or "-" in d:
-                    fail("schedule", f"{name} computed steps {got} of {len(d)}, the policy's schedule is {want}")
-        share = row.forecasts / row.steps if row.steps else 0.0
+                    fail("schedule", f"{name} computed steps {got} of {row.steps} (from step {k}), the policy's "
+                                     f"schedule is {want}")
+        calls = row.computes + row.forecasts
+        share = row.forecasts / calls if calls else 0.0
         need = cfg["min_forecast"]
         if (need is None and row.forecasts == 0) or (need is not None and share < need):
-            fail("forecasts", f"forecast {row.forecasts} of {row.steps} steps (share {share:.2f}), "
+            fail("forecasts", f"forecast {row.forecasts} of {calls} steps (share {share:.2f}), "
                               f"{'at least one' if need is None else f'at least {need:g}'} required")
         if second.error or second.output is None or not _same(second.output, y, exact, tol) \
                 or second.decisions != first.decisions:

@@ -26,11 +26,13 @@ __all__ = ["Run", "PipelineTarget", "ModelTarget", "as_tensor", "decisions_of"]
 @dataclass
 class Run:
     """One cached run: ``output`` (None when it raised: ``error``), ``decisions`` ({denoiser: "CFCF.."},
-    one letter per step from the run's first step: C computed, F forecast), ``memory_bytes`` left
-    cached after the generation ended, ``wall_s``."""
+    one letter per step from the denoiser's first step: C computed, F forecast), ``first_steps``
+    ({denoiser: its first step, counted from the run's first step: 0 unless it joined mid-run}),
+    ``memory_bytes`` left cached after the generation ended, ``wall_s``."""
 
     output: torch.Tensor | None
     decisions: dict = field(default_factory=dict)
+    first_steps: dict = field(default_factory=dict)
     memory_bytes: int = 0
     wall_s: float = 0.0
     error: str | None = None
@@ -54,9 +56,9 @@ def as_tensor(out) -> torch.Tensor:
     return torch.from_numpy(np.asarray(out, dtype=np.float64))
 
 
-def decisions_of(rows: Sequence[dict]) -> str:
-    """``"CCFF.."`` over the steps of one run's trace rows (stream 0; a step is F when any graph of
-    it forecast), indexed from the run's first step; ``-`` for a step with no row."""
+def decisions_of(rows: Sequence[dict]) -> tuple:
+    """``(first step, "CCFF..")``: one run's trace rows (stream 0; a step is F when any graph of it
+    forecast) from its first step, ``-`` for a step with no row; ``(None, "")`` with no row."""
     steps: dict = {}
     for r in rows:
         if r.get("stream", 0) != 0:
@@ -64,9 +66,17 @@ def decisions_of(rows: Sequence[dict]) -> str:
         s = r["step"]
         steps[s] = "F" if r["decision"] == "forecast" or steps.get(s) == "F" else "C"
     if not steps:
-        return ""
+        return None, ""
     lo, hi = min(steps), max(steps)
-    return "".join(steps.get(s, "-") for s in range(lo, hi + 1))
+    return lo, "".join(steps.get(s, "-") for s in range(lo, hi + 1))
+
+
+def _rebased(found: dict) -> tuple:
+    """``({denoiser: decisions}, {denoiser: first step counted from the run's first step})`` from
+    ``{denoiser: decisions_of(...)}``; denoisers never called are left out."""
+    called = {n: v for n, v in found.items() if v[0] is not None}
+    base = min((v[0] for v in called.values()), default=0)
+    return {n: v[1] for n, v in called.items()}, {n: v[0] - base for n, v in called.items()}
 
 
 def _new_rows(backend, calls_before: int) -> list:
@@ -140,8 +150,8 @@ class PipelineTarget:
         except Exception as e:          # reported as a failure of the case, with the call to paste
             out, error = None, f"{type(e).__name__}: {e}"
         wall = time.perf_counter() - t0
-        decisions = {n: decisions_of(_new_rows(b, before[n])) for n, b in handle.backends.items()}
-        return Run(out, decisions, handle.memory_bytes(), wall, error)
+        decisions, first = _rebased({n: decisions_of(_new_rows(b, before[n])) for n, b in handle.backends.items()})
+        return Run(out, decisions, first, handle.memory_bytes(), wall, error)
 
 
 class ModelTarget:
@@ -182,5 +192,5 @@ class ModelTarget:
         finally:
             request.close()
         wall = time.perf_counter() - t0
-        rows = _new_rows(self.backend, before)
-        return Run(out, {"model": decisions_of(rows)}, self.backend.memory_bytes(), wall, error)
+        decisions, first = _rebased({"model": decisions_of(_new_rows(self.backend, before))})
+        return Run(out, decisions, first, self.backend.memory_bytes(), wall, error)
