@@ -193,3 +193,26 @@ def test_a_compiled_pipeline_is_refused(tiny):
             _check(tiny)
     finally:
         handle.remove()
+
+
+def test_img2img_strength_is_varied_and_the_schedule_counts_the_runs_own_steps():
+    """FluxImg2ImgPipeline (tiny VAE): at strength s a run takes the last N - int(N - N * s) steps
+    (Flux's rounding; SD's is int(N * s)); the fixed policy's schedule is checked over those, from the
+    run's first step."""
+    torch.manual_seed(0)
+    pipe, _ = _flux_pipe()
+    vae = diffusers.AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
+                                  layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False,
+                                  use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035).eval()
+    img2img = diffusers.FluxImg2ImgPipeline(scheduler=pipe.scheduler, vae=vae, text_encoder=None, tokenizer=None,
+                                            text_encoder_2=None, tokenizer_2=None, transformer=pipe.transformer)
+    img2img.set_progress_bar_config(disable=True)
+    cond, _ = _flux_embeds()
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    r = check_cache(img2img, FIXED, inputs=[dict(cond, image=image, height=32, width=32, output_type="latent")],
+                    steps=(8, 14), strengths=[0.5, 1.0], examples=4, tolerance=0.2)
+    r.assert_ok()
+    for row in r.rows:
+        n = row.case.steps
+        assert row.steps == n - int(n - n * row.case.strength)
+    assert {row.case.strength for row in r.rows} == {0.5, 1.0}

@@ -245,7 +245,8 @@ def heun_timesteps(draw, min_steps: int = 1, max_steps: int = 40) -> DrawnSchedu
 @st.composite
 def img2img(draw, base: st.SearchStrategy | None = None) -> DrawnSchedule:
     """An img2img run at ``strength`` in (0, 1]: the last ``int(N * strength)`` steps of a schedule
-    (diffusers' ``get_timesteps``); ``first_step`` says where it starts, ``num_steps`` what it runs."""
+    (diffusers' Stable Diffusion ``get_timesteps``; Flux's rounds ``N - N * strength`` down instead);
+    ``first_step`` says where it starts, ``num_steps`` what it runs."""
     full = draw(base if base is not None else st.one_of(flow_matching_sigmas(2), ddim_timesteps(2)))
     strength = draw(st.floats(0.05, 1.0))
     start = max(full.num_steps - min(int(full.num_steps * strength), full.num_steps), 0)
