@@ -47,7 +47,8 @@ from arena_peers import (Counter, UNIT_RE, cache_dit_settings, counting_inner, d
                          magcache_ratios)
 from common import ROOT, _json_default, machine, setup, table  # noqa: E402
 
-from taylorseer_fx import AutoPolicy, FixedPolicy, compile_pipeline, load_policy, metrics  # noqa: E402
+from taylorseer_fx import AutoPolicy, FixedPolicy, compile_pipeline, load_policy  # noqa: E402
+from taylorseer_fx.demo import metrics  # noqa: E402
 
 FAMILIES = ("taylorseer_fx", "diffusers", "cache-dit")
 TARGETS = (0.25, 0.35, 0.5)

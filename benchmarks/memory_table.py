@@ -49,7 +49,7 @@ def held_bytes(n: int, largest: int, factors: int, factor_bytes: int = 4) -> int
 
 
 def check() -> None:
-    from taylorseer_fx.forecast import Scratch
+    from taylorseer_fx.forecast.buffers import Scratch
     shapes = [(3, 5), (7, 2), (4,)]
     for order, select in ((1, None), (2, None), (2, 1)):
         scratch = Scratch()

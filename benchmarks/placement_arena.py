@@ -44,7 +44,8 @@ from arena import AUTO_MAX_RUN, AUTO_THRESHOLDS, CFG, TARGETS, Arena  # noqa: E4
 from arena_peers import Counter, counting_inner  # noqa: E402
 from common import ROOT, machine, setup, table, write_json  # noqa: E402
 
-from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy, compile_pipeline, metrics  # noqa: E402
+from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy, compile_pipeline  # noqa: E402
+from taylorseer_fx.demo import metrics  # noqa: E402
 
 
 class Runner:

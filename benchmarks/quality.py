@@ -5,7 +5,7 @@ noise (CFG 2, batched), the uncached reference and:
 
 * **fixed schedules** -- ``FixedPolicy(interval=N, warmup=w)`` for orders 1-3, forms ``taylor`` (step
   index) and ``newton`` (sigma), regions ``stack`` and ``modules``, and on ``stack`` ``heun`` order 2
-  and ``hermite`` orders 1-2 (:mod:`taylorseer_fx.forms`), at the intervals whose compute
+  and ``hermite`` orders 1-2 (:mod:`taylorseer_fx.forecast.forms`), at the intervals whose compute
   fractions are nearest 0.22 / 0.26 / 0.30 / 0.38, plus interval 2 (~0.5) for the Pareto front.
   (With uniform sigmas newton order 1 is taylor order 1 and is not run twice; newton order 3 needs a
   warm-up of 4 and is compared at the compute count it has.)
@@ -21,7 +21,7 @@ noise (CFG 2, batched), the uncached reference and:
   summed, taylor order 2).
 
 The error is the relative L2 distance of the final samples to the uncached ones
-(:func:`taylorseer_fx.metrics.relative_l2`). An auto result at ``k`` computes is compared with the best
+(:func:`taylorseer_fx.demo.metrics.relative_l2`). An auto result at ``k`` computes is compared with the best
 fixed schedule (any order, form, region) at the smallest fixed compute count ``>= k``; the target is
 auto / best fixed <= 0.8 as a geometric mean over the levels, per configuration.
 
@@ -51,8 +51,8 @@ from common import machine, parse_configs, setup, table, write_json  # noqa: E40
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, load_policy, taylorseer_backend  # noqa: E402
 from taylorseer_fx.demo import load_model, sample, sigmas  # noqa: E402
-from taylorseer_fx.forms import DIVIDED  # noqa: E402
-from taylorseer_fx.metrics import relative_l2  # noqa: E402
+from taylorseer_fx.forecast.forms import DIVIDED  # noqa: E402
+from taylorseer_fx.demo.metrics import relative_l2  # noqa: E402
 
 TARGET = 0.8
 FRACTIONS = (0.22, 0.26, 0.30, 0.38)

@@ -15,7 +15,7 @@ import torch
 
 from taylorseer_fx import load_policy, taylorseer_backend
 from taylorseer_fx.demo import load_model, sample, sigmas
-from taylorseer_fx.report import decision_trace, format_table, plot_trace
+from taylorseer_fx.runtime.report import decision_trace, format_table, plot_trace
 
 HERE = Path(__file__).resolve().parent
 

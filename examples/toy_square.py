@@ -4,7 +4,7 @@ With warm-up 4, a compute every 2nd step and first-order factors (the seed's def
 0, 1, 4, 9, 14, 25, 33, 49, 61, 81 -- each marked computed or forecast. With ``--form newton
 --order 2`` the forecasts are exact (t**2 is a polynomial of degree 2); ``--form heun --order 2``
 damps the quadratic term (exact for lines only: 0, 1, 4, 9, 15.25, 25, ...), ``--form hermite``
-contracts the series (taylorseer_fx/forms.py).
+contracts the series (taylorseer_fx/forecast/forms.py).
 
     python examples/toy_square.py
     python examples/toy_square.py --form newton --order 2
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from taylorseer_fx import taylor_seer
-from taylorseer_fx.forms import FORMS
+from taylorseer_fx.forecast.forms import FORMS
 
 
 def main() -> None:

@@ -19,12 +19,11 @@ Public API:
 __version__ = "0.1.0"
 
 from .forecast import Forecaster
-from .policy import AutoPolicy, FixedPolicy, Forecast, MaskPolicy, Policy
-from .presets import load_policy, policy_to_toml
-from .decorator import taylor_seer
-from .backend import TaylorSeerBackend, taylorseer_backend
-from .request import Request
-from .pipeline import CompiledPipeline, compile_pipeline
+from .policy import AutoPolicy, FixedPolicy, Forecast, MaskPolicy, Policy, load_policy, policy_to_toml
+from .integrations.decorator import taylor_seer
+from .graph.backend import TaylorSeerBackend, taylorseer_backend
+from .runtime.request import Request
+from .integrations.pipeline import CompiledPipeline, compile_pipeline
 
 __all__ = [
     "AutoPolicy",

@@ -12,8 +12,8 @@ shape ``(B,)`` (or a 0-dim tensor / Python float) in the scheduler's units (e.g.
 non-contiguous tensor (the same values with transposed strides), to test stride handling.
 
 :class:`HookReference` is the test oracle: the uncached model with forward hooks that replace region
-outputs by :class:`~taylorseer_fx.forecast.Forecaster` forecasts, following the runtime's rules
-(docs in ``taylorseer_fx/runtime.py``) written out independently: steps and streams from the
+outputs by :class:`~taylorseer_fx.forecast.forecaster.Forecaster` forecasts, following the runtime's rules
+(docs in ``taylorseer_fx/runtime/runtime.py``) written out independently: steps and streams from the
 timestep value, a new generation when the coordinate turns back or the input shapes change (a
 batch-only change at a new step keeps the step index and restarts the factors and the warm-up).
 """
@@ -174,7 +174,7 @@ class HookReference:
 
     def __init__(self, model: PlainDiT, policy, kind: str = "stack", num_steps: int | None = None):
         import copy
-        from taylorseer_fx.forecast import Forecaster
+        from taylorseer_fx.forecast.forecaster import Forecaster
         self._Forecaster = Forecaster
         model = copy.deepcopy(model)  # hooks on a copy: a compiled original never traces them
         self.model, self.policy, self.num_steps = model, policy, num_steps

@@ -1,4 +1,4 @@
-"""Float64 references of the forecast forms, written from their definitions (taylorseer_fx/forms.py)
+"""Float64 references of the forecast forms, written from their definitions (taylorseer_fx/forecast/forms.py)
 and not from the library's coefficients: the interpolant by Lagrange, slopes by solving the
 Vandermonde system, Hermite polynomials by numpy. Points are given oldest first (newest last)."""
 
@@ -9,7 +9,7 @@ import math
 import numpy as np
 from numpy.polynomial import hermite
 
-from taylorseer_fx.forms import HERMITE_SCALE
+from taylorseer_fx.forecast.forms import HERMITE_SCALE
 
 
 def interpolant(ts, ys, t, derivative: bool = False):

@@ -16,12 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taylorseer_fx import AutoPolicy, load_policy, taylorseer_backend
-from taylorseer_fx.policy import ACCUMULATE, ESTIMATORS
-from taylorseer_fx.presets import policy_from_dict
-from taylorseer_fx.report import decision_trace
+from taylorseer_fx.policy.policies import ACCUMULATE
+from taylorseer_fx.forecast.estimates import ESTIMATORS
+from taylorseer_fx.policy.presets import policy_from_dict
+from taylorseer_fx.runtime.report import decision_trace
 from taylorseer_fx.testing import strategies as S
-from taylorseer_fx.runtime import Runtime
-from taylorseer_fx.transform import RegionInfo
+from taylorseer_fx.runtime.runtime import Runtime
+from taylorseer_fx.graph.transform import RegionInfo
 
 from policy_helpers import forecast_runs
 

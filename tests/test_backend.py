@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dit_plain import HookReference, make_plain_dit, plain_dit_inputs
-from taylorseer_fx.backend import TaylorSeerBackend, default_backend, taylorseer_backend
-from taylorseer_fx.policy import FixedPolicy
+from taylorseer_fx.graph.backend import TaylorSeerBackend, default_backend, taylorseer_backend
+from taylorseer_fx.policy.policies import FixedPolicy
 
 torch.set_num_threads(1)
 
@@ -119,7 +119,7 @@ def test_aot_eager_inner_equals_reference():
 
 @pytest.mark.parametrize("regions", ["stack", "stack-residual", "modules"])
 def test_forecasts_keep_the_computed_strides(monkeypatch, regions):
-    from taylorseer_fx.runtime import GraphRuntime
+    from taylorseer_fx.runtime.graph_runtime import GraphRuntime
     model = make_plain_dit(transposed_out=True)
     x, y = plain_dit_inputs()
     seen = {}
@@ -307,7 +307,7 @@ def test_no_timestep_input_runs_uncached_with_a_warning_or_counts_in_a_session()
 
 def test_registered_by_name():
     from torch._dynamo.backends.registry import list_backends, lookup_backend
-    from taylorseer_fx.backend import _taylorseer_by_name
+    from taylorseer_fx.graph.backend import _taylorseer_by_name
     assert "taylorseer" in list_backends()
     assert lookup_backend("taylorseer") is _taylorseer_by_name
     assert isinstance(default_backend(), TaylorSeerBackend) and default_backend() is default_backend()
@@ -341,7 +341,7 @@ def test_policy_needing_num_steps_raises_at_first_call_unless_given():
 
 @pytest.mark.inductor
 def test_inductor_never_forecast_allclose_and_forecast_strides(monkeypatch):
-    from taylorseer_fx.runtime import GraphRuntime
+    from taylorseer_fx.runtime.graph_runtime import GraphRuntime
     model = make_plain_dit(transposed_out=True)
     x, y = plain_dit_inputs()
     ts = _timesteps(6)

@@ -49,13 +49,13 @@ def test_a_bare_preset_name_never_reads_another_distributions_policies_folder(tm
     import shutil
 
     import taylorseer_fx
-    from taylorseer_fx import presets
+    from taylorseer_fx.policy import presets
     site = tmp_path / "site-packages"
     pkg = site / "taylorseer_fx"
     shutil.copytree(taylorseer_fx.__path__[0], pkg, ignore=shutil.ignore_patterns("demo", "__pycache__"))
     (site / "policies").mkdir()
     (site / "policies" / "sneaky.toml").write_text('kind = "fixed"\ninterval = 1\n')
-    monkeypatch.setattr(presets, "__file__", str(pkg / "presets.py"))
+    monkeypatch.setattr(presets, "__file__", str(pkg / "policy" / "presets.py"))
     assert all(d.resolve() != (site / "policies").resolve() for d in presets._preset_dirs())
     with pytest.raises(ValueError, match="unknown policy preset 'sneaky'"):
         presets.load_policy("sneaky")

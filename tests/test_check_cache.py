@@ -16,10 +16,10 @@ pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 diffusers = pytest.importorskip("diffusers")
 
 from taylorseer_fx import AutoPolicy, FixedPolicy  # noqa: E402
-from taylorseer_fx.forecast import Forecaster  # noqa: E402
-from taylorseer_fx.policy_base import Schedule  # noqa: E402
-from taylorseer_fx.region_state import Generation  # noqa: E402
-from taylorseer_fx.runtime import Runtime  # noqa: E402
+from taylorseer_fx.forecast.forecaster import Forecaster  # noqa: E402
+from taylorseer_fx.policy.base import Schedule  # noqa: E402
+from taylorseer_fx.runtime.region_state import Generation  # noqa: E402
+from taylorseer_fx.runtime.runtime import Runtime  # noqa: E402
 from taylorseer_fx.testing import Case, check_cache  # noqa: E402
 
 from test_pipeline import _flux_embeds, _flux_pipe  # noqa: E402

@@ -328,5 +328,5 @@ _HOOKED_PATHS = {
 
 @pytest.mark.parametrize("raw, name", list(_HOOKED_PATHS.items()), ids=["flux", "wan"])
 def test_module_paths_under_the_cp_hooks(raw, name):
-    from taylorseer_fx.select import normalize_path
+    from taylorseer_fx.graph.select import normalize_path
     assert normalize_path(raw) == name

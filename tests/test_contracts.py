@@ -10,11 +10,11 @@ from hypothesis import given, strategies as st
 
 from dit_plain import make_plain_dit, plain_dit_inputs
 from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy, taylorseer_backend
-from taylorseer_fx.graph_record import GraphRecord
-from taylorseer_fx.forecast import Forecaster
-from taylorseer_fx.graph_runtime import RuntimeContext
-from taylorseer_fx.region_state import RegionState
-from taylorseer_fx.runtime import Runtime
+from taylorseer_fx.graph.graph_record import GraphRecord
+from taylorseer_fx.forecast.forecaster import Forecaster
+from taylorseer_fx.runtime.graph_runtime import RuntimeContext
+from taylorseer_fx.runtime.region_state import RegionState
+from taylorseer_fx.runtime.runtime import Runtime
 
 
 def test_the_runtime_is_what_a_graph_runtime_uses():

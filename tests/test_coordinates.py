@@ -12,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taylorseer_fx.forecast import NEAR, Forecaster
+from taylorseer_fx.forecast.coordinates import NEAR
+from taylorseer_fx.forecast.forecaster import Forecaster
 
 FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 

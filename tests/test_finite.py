@@ -10,8 +10,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from taylorseer_fx.forecast import Forecaster
-from taylorseer_fx.forms import DIVIDED, FORMS
+from taylorseer_fx.forecast.forecaster import Forecaster
+from taylorseer_fx.forecast.forms import DIVIDED, FORMS
 
 
 def _seq(values):
@@ -71,7 +71,7 @@ def test_float32_forecasts_are_not_clamped():
 
 def test_a_nan_estimate_makes_the_auto_policy_compute():
     from taylorseer_fx import AutoPolicy
-    from taylorseer_fx.region_state import Generation
+    from taylorseer_fx.runtime.region_state import Generation
     policy = AutoPolicy(threshold=10.0)
     gen = Generation(policy, lambda n, first: [policy.start(None, first)], torch.float32)
     st_ = gen.state(0, 0, 0)
@@ -81,7 +81,7 @@ def test_a_nan_estimate_makes_the_auto_policy_compute():
 
 
 def test_the_trace_is_bounded_and_holds_no_tensor_after_stats():
-    from taylorseer_fx.trace import Recorder
+    from taylorseer_fx.runtime.trace import Recorder
     rec = Recorder()
     rec.max_trace = 50
     rec.clear()
@@ -132,7 +132,7 @@ def test_coordinates_closer_than_the_dtype_resolves_are_a_clear_error_and_restar
     with pytest.raises(ValueError, match="resolves"):
         f.update(1.0 + 1e-9, torch.ones(3))
     assert not f.resolves(1.0 + 1e-9) and f.resolves(1.0 + 1e-3)
-    from taylorseer_fx.region_state import RegionState
+    from taylorseer_fx.runtime.region_state import RegionState
     st_ = RegionState(Forecaster(1, "newton"))
     st_.absorb((torch.ones(3),), (), {}, 1.0, True)
     st_.absorb((torch.full((3,), 2.0),), (), {}, 1.0 + 1e-9, True)      # restarts instead of raising
@@ -240,7 +240,7 @@ def test_forecasters_of_one_generation_share_one_pair_of_work_buffers():
     """Per cached output only the factors are held; the scratch is one pair per generation and device,
     as large as the largest output (not a pair per region)."""
     from taylorseer_fx import FixedPolicy
-    from taylorseer_fx.region_state import Generation
+    from taylorseer_fx.runtime.region_state import Generation
     policy = FixedPolicy(interval=2, order=1)
     gen = Generation(policy, lambda n, first: [policy.start(None, first)], torch.float32)
     shapes = [(64, 8), (16, 8), (100, 8), (3,)]

@@ -1,4 +1,4 @@
-"""Tests of taylorseer_fx.forecast (the math of DESIGN.md §2 and the contract in docs/interfaces.md).
+"""Tests of taylorseer_fx.forecast.forecaster (the math of DESIGN.md §2 and the contract in docs/interfaces.md).
 
 Property tests use hypothesis with ``@settings(max_examples=N, deadline=None)``; N is 40-60 per
 property (``_FAST``/``_MEDIUM`` below), tensors are tiny (at most 4x4x4), and no test is
@@ -22,8 +22,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taylorseer_fx.forecast import FORMS, Forecaster
-from taylorseer_fx.forms import DIVIDED
+from taylorseer_fx.forecast.forms import FORMS
+from taylorseer_fx.forecast.forecaster import Forecaster
+from taylorseer_fx.forecast.forms import DIVIDED
 from taylorseer_fx.testing import strategies as S
 
 import form_refs

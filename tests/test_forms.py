@@ -1,4 +1,4 @@
-"""The forecast forms beyond newton/taylor (taylorseer_fx/forms.py): each equals its definition
+"""The forecast forms beyond newton/taylor (taylorseer_fx/forecast/forms.py): each equals its definition
 (tests/form_refs.py, float64) and is exact where it claims to be; selectable per policy, fixed and
 auto, through the compile path."""
 
@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import form_refs
 from dit_plain import make_plain_dit, plain_dit_inputs
 from taylorseer_fx import AutoPolicy, FixedPolicy, taylorseer_backend
-from taylorseer_fx.forecast import Forecaster
-from taylorseer_fx.forms import FORMS, HERMITE_SCALE, coefficients
+from taylorseer_fx.forecast.forecaster import Forecaster
+from taylorseer_fx.forecast.forms import FORMS, HERMITE_SCALE, coefficients
 from taylorseer_fx.testing import strategies as S
 
 _SETTINGS = settings(max_examples=50, deadline=None)

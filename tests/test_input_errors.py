@@ -12,8 +12,8 @@ from hypothesis import given, settings, strategies as st
 
 import taylorseer_fx
 from taylorseer_fx import load_policy, taylorseer_backend
-from taylorseer_fx.policy import Policy
-from taylorseer_fx.presets import policy_from_dict
+from taylorseer_fx.policy.base import Policy
+from taylorseer_fx.policy.presets import policy_from_dict
 
 FIELDS = ["kind", "interval", "phase", "order", "form", "coordinate", "warmup", "cooldown", "num_steps",
           "threshold", "compute_steps", "mask", "estimator", "max_order", "select_order", "order_margin",

@@ -10,8 +10,8 @@ import torch
 
 from dit_plain import make_plain_dit, plain_dit_inputs
 from taylorseer_fx import FixedPolicy, taylorseer_backend
-from taylorseer_fx.graph_record import GraphRecord
-from taylorseer_fx.steps import MAX_STREAMS
+from taylorseer_fx.graph.graph_record import GraphRecord
+from taylorseer_fx.runtime.steps import MAX_STREAMS
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 

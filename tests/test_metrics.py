@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from taylorseer_fx.metrics import classifier_accuracy, frechet_distance, psnr, relative_l2
+from taylorseer_fx.demo.metrics import classifier_accuracy, frechet_distance, psnr, relative_l2
 
 
 class _Clf(torch.nn.Module):

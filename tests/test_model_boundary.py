@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 diffusers = pytest.importorskip("diffusers")
 
 from taylorseer_fx import FixedPolicy, taylorseer_backend  # noqa: E402
-from taylorseer_fx.pipeline import compile_pipeline  # noqa: E402
+from taylorseer_fx.integrations.pipeline import compile_pipeline  # noqa: E402
 from test_pipeline import _flux_pipe  # noqa: E402  (a tiny FluxPipeline and run(steps))
 
 FIXED = FixedPolicy(interval=3, warmup=2, order=1)

@@ -20,7 +20,7 @@ pytest.importorskip("diffusers")
 import torch  # noqa: E402
 
 from taylorseer_fx import FixedPolicy, taylorseer_backend  # noqa: E402
-from taylorseer_fx.select import select_regions  # noqa: E402
+from taylorseer_fx.graph.select import select_regions  # noqa: E402
 from tiny_models import FAMILIES, LATENT_SHAPE, TIMESTEP_RANGE  # noqa: E402
 
 KINDS = ("stack", "stack-residual", "modules", "output")

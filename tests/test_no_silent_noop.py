@@ -13,7 +13,7 @@ from hypothesis import given, strategies as st
 
 from dit_plain import make_plain_dit, plain_dit_inputs
 from taylorseer_fx import AutoPolicy, FixedPolicy, taylorseer_backend
-from taylorseer_fx.tally import CAUSES, Tally
+from taylorseer_fx.runtime.tally import CAUSES, Tally
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 SCHEDULE = [1000.0 - 90.0 * k for k in range(10)]
@@ -130,7 +130,7 @@ def test_a_pipeline_whose_calls_never_reach_the_backend_says_so():
     """Forcing the silent no-op of the 9th compile_pipeline (the denoiser runs uncompiled): the
     pipeline call warns that no call reached the backend; strict raises; a normal call says nothing."""
     from test_pipeline import _flux_pipe
-    from taylorseer_fx.pipeline import compile_pipeline
+    from taylorseer_fx.integrations.pipeline import compile_pipeline
     pipe, run = _flux_pipe()
     handle = compile_pipeline(pipe, policy=FixedPolicy(interval=3, order=1, warmup=2), inner="eager", strict=True)
     with warnings.catch_warnings():

@@ -15,8 +15,8 @@ import torch
 
 from dit_plain import make_plain_dit, plain_dit_inputs
 from taylorseer_fx import AutoPolicy, FixedPolicy, taylorseer_backend
-from taylorseer_fx.runtime import GraphRuntime
-from taylorseer_fx.steps import MAX_STREAMS
+from taylorseer_fx.runtime.graph_runtime import GraphRuntime
+from taylorseer_fx.runtime.steps import MAX_STREAMS
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 

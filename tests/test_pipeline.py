@@ -11,7 +11,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 diffusers = pytest.importorskip("diffusers")
 
 from taylorseer_fx import FixedPolicy, load_policy  # noqa: E402
-from taylorseer_fx.pipeline import compile_pipeline  # noqa: E402
+from taylorseer_fx.integrations.pipeline import compile_pipeline  # noqa: E402
 
 
 def _flux_embeds():

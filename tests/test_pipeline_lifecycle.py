@@ -10,7 +10,7 @@ import torch
 
 from test_pipeline import _flux_pipe
 from taylorseer_fx import FixedPolicy
-from taylorseer_fx.pipeline import compile_pipeline
+from taylorseer_fx.integrations.pipeline import compile_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 diffusers = pytest.importorskip("diffusers")

@@ -1,4 +1,4 @@
-"""Tests of taylorseer_fx.policy: reference schedules, schedule invariants, AutoPolicy, presets, validation.
+"""Tests of taylorseer_fx.policy.policies: reference schedules, schedule invariants, AutoPolicy, presets, validation.
 
 Hypothesis settings (profile below, applied to every property test of this module): ``max_examples=60``,
 ``deadline=None``, ``derandomize=True`` (the same examples on every run, so CI is reproducible), no
@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from taylorseer_fx.policy import AutoPolicy, FixedPolicy, MaskPolicy, Policy
-from taylorseer_fx.presets import available_policies, load_policy, policy_from_dict
+from taylorseer_fx.policy.policies import AutoPolicy, FixedPolicy, MaskPolicy
+from taylorseer_fx.policy.base import Policy
+from taylorseer_fx.policy.presets import available_policies, load_policy, policy_from_dict
 
 from taylorseer_fx.testing import strategies as S
 

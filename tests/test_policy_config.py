@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, Forecast, MaskPolicy, load_policy, policy_to_toml
-from taylorseer_fx.policy import MAX_ORDER
-from taylorseer_fx.presets import policy_from_dict, policy_to_dict
+from taylorseer_fx.policy.base import MAX_ORDER
+from taylorseer_fx.policy.presets import policy_from_dict, policy_to_dict
 from taylorseer_fx.testing import strategies as S
 
 FAST = settings(max_examples=80, deadline=None, derandomize=True, database=None)
@@ -86,7 +86,7 @@ def test_forecast_validates_like_the_policies():
 
 def test_the_shipped_auto_presets_pin_every_field_they_rely_on():
     """Changing a default (AutoPolicy's form, its coordinate, the order choice) never changes a preset."""
-    from taylorseer_fx.presets import _preset_dirs
+    from taylorseer_fx.policy.presets import _preset_dirs
     for d in _preset_dirs():
         for path in d.glob("auto-*.toml"):
             text = path.read_text()

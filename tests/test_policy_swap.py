@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from taylorseer_fx import FixedPolicy, taylorseer_backend
-from taylorseer_fx.region_state import Owner
+from taylorseer_fx.runtime.region_state import Owner
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from taylorseer_fx import FixedPolicy, taylorseer_backend
-from taylorseer_fx.report import decision_trace, format_table, plot_trace, stats_table
+from taylorseer_fx.runtime.report import decision_trace, format_table, plot_trace, stats_table
 
 
 class _Block(torch.nn.Module):

@@ -14,12 +14,13 @@ from hypothesis import assume, HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dit_plain import HookReference, make_plain_dit, plain_dit_inputs
-from taylorseer_fx.backend import taylorseer_backend
-from taylorseer_fx.forecast import Forecaster
-from taylorseer_fx.policy import AutoPolicy, FixedPolicy
-from taylorseer_fx.region_state import Generation
-from taylorseer_fx.runtime import GraphRuntime, Runtime
-from taylorseer_fx.transform import RegionInfo
+from taylorseer_fx.graph.backend import taylorseer_backend
+from taylorseer_fx.forecast.forecaster import Forecaster
+from taylorseer_fx.policy.policies import AutoPolicy, FixedPolicy
+from taylorseer_fx.runtime.region_state import Generation
+from taylorseer_fx.runtime.graph_runtime import GraphRuntime
+from taylorseer_fx.runtime.runtime import Runtime
+from taylorseer_fx.graph.transform import RegionInfo
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from taylorseer_fx import FixedPolicy, taylorseer_backend
-from taylorseer_fx.select import MODULE_NAMES, is_module_name, select_regions, warn_unpaired_residual
-from taylorseer_fx.transform import split
+from taylorseer_fx.graph.module_names import MODULE_NAMES, is_module_name
+from taylorseer_fx.graph.select import select_regions, warn_unpaired_residual
+from taylorseer_fx.graph.transform import split
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 

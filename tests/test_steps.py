@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taylorseer_fx.steps import MAX_STREAMS, StepTracker, batch_only_change
+from taylorseer_fx.runtime.steps import MAX_STREAMS, StepTracker, batch_only_change
 
 SIG2 = ((1, (2, 3), "f32", "cpu"),)
 SIG1 = ((1, (1, 3), "f32", "cpu"),)

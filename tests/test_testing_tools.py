@@ -9,10 +9,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, Forecast
-from taylorseer_fx.forecast import Forecaster
+from taylorseer_fx.forecast.forecaster import Forecaster
 from taylorseer_fx.testing import Baseline, Case, CheckResult, Row, check_affine_invariance, check_polynomial_exactness
 
 

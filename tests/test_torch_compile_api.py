@@ -12,9 +12,9 @@ import torch
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 
 from dit_plain import make_plain_dit, plain_dit_inputs
-from taylorseer_fx import backend as backend_module
-from taylorseer_fx.backend import default_backend, taylorseer_backend
-from taylorseer_fx.policy import FixedPolicy
+from taylorseer_fx.graph import backend as backend_module
+from taylorseer_fx.graph.backend import default_backend, taylorseer_backend
+from taylorseer_fx.policy.policies import FixedPolicy
 
 
 def _run(fn, x, y, n):
@@ -44,7 +44,7 @@ def test_entry_point_registers_the_backend_without_importing_the_package():
             "print(fn.__module__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "taylorseer_fx.backend"
+    assert out.stdout.strip() == "taylorseer_fx.graph.backend"
 
 
 def test_mode_with_a_non_inductor_inner_is_a_value_error_that_says_what_to_do():

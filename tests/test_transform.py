@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dit_plain import make_plain_dit, plain_dit_inputs
-from taylorseer_fx.select import (NoRegionError, block_lists, find_timestep, node_module_paths, normalize_path,
-                                  select_regions)
-from taylorseer_fx.transform import plan_partitions, split
+from taylorseer_fx.graph.select import NoRegionError, block_lists, node_module_paths, normalize_path, select_regions
+from taylorseer_fx.graph.placeholders import find_timestep
+from taylorseer_fx.graph.transform import plan_partitions, split
 
 torch.set_num_threads(1)
 

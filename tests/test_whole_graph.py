@@ -10,8 +10,8 @@ import torch
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_dynamo")
 
 from dit_plain import make_plain_dit, plain_dit_inputs
-from taylorseer_fx.backend import taylorseer_backend
-from taylorseer_fx.policy import FixedPolicy
+from taylorseer_fx.graph.backend import taylorseer_backend
+from taylorseer_fx.policy.policies import FixedPolicy
 
 torch.set_num_threads(1)
 
@@ -103,7 +103,7 @@ def test_never_compiles_only_the_compute_version():
 
 
 def test_mixed_decisions_compile_the_pieces_at_the_first_call_that_needs_them(monkeypatch):
-    from taylorseer_fx.graph_runtime import GraphRuntime
+    from taylorseer_fx.runtime.graph_runtime import GraphRuntime
     model = make_plain_dit()
     x, y = plain_dit_inputs()
     ts = _timesteps(8)
@@ -224,7 +224,7 @@ def test_whole_inductor_matches_split_eager_demo_model(regions):
 def test_lazy_pieces_and_forecast_version_compile_with_inductor_at_run_time(monkeypatch):
     """The versions compiled after the backend call (at the first call that needs them) give what the
     split path compiled at once gives."""
-    from taylorseer_fx.graph_runtime import GraphRuntime
+    from taylorseer_fx.runtime.graph_runtime import GraphRuntime
     model = make_plain_dit()
     x, y = plain_dit_inputs()
     ts = _timesteps(9)

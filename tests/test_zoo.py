@@ -52,7 +52,7 @@ pytest.importorskip("diffusers")
 import torch  # noqa: E402
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, taylorseer_backend  # noqa: E402
-from taylorseer_fx.select import node_module_paths, select_regions  # noqa: E402
+from taylorseer_fx.graph.select import node_module_paths, select_regions  # noqa: E402
 from tiny_zoo import ZOO  # noqa: E402
 
 NUM_STEPS = 12

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import torch
 
-from .. import metrics, report
-from ..backend import taylorseer_backend
-from ..policy import AutoPolicy, FixedPolicy
-from ..presets import load_policy
+from ..runtime import report
+from . import metrics
+from ..graph.backend import taylorseer_backend
+from ..policy.policies import AutoPolicy, FixedPolicy
+from ..policy.presets import load_policy
 from .sampling import load_classifier, load_model, sample
 
 #: the flux path: name -> (preset, description); all with regions="stack" through compile_pipeline
@@ -137,7 +138,7 @@ def run_flux(args) -> list[dict]:
     """The flux path: FluxPipeline, uncached vs each policy through compile_pipeline."""
     import copy
 
-    from ..pipeline import compile_pipeline
+    from ..integrations.pipeline import compile_pipeline
     from .flux_model import load_label_table, load_transformer
     from .flux_pipeline import FLUX_SCHEDULER_CONFIG, build_pipeline, initial_noise
     from .flux_pipeline import sample as flux_sample

@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..presets import policy_to_dict
+from ..policy.presets import policy_to_dict
 from .cases import Case
 
 __all__ = ["Baseline"]

@@ -31,9 +31,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
 
-from ..policy import AutoPolicy
-from ..presets import load_policy, policy_to_dict
-from ..report import format_table
+from ..policy.policies import AutoPolicy
+from ..policy.presets import load_policy, policy_to_dict
+from ..runtime.report import format_table
 from .cases import Case, CaseSpace
 from .targets import ModelTarget, PipelineTarget
 

@@ -5,7 +5,7 @@
 * :func:`check_affine_invariance` -- forecasting ``a * y + b`` gives ``a * forecast(y) + b``
   (``values``), and coordinates ``a * t + c`` give the forecast at ``a * t + c`` (``coordinates``).
 
-``what``: a form name (``"newton"``, ``"taylor"``, ...), a :class:`~taylorseer_fx.policy_base.Forecast`,
+``what``: a form name (``"newton"``, ``"taylor"``, ...), a :class:`~taylorseer_fx.policy.base.Forecast`,
 a Policy (its forecast), or a zero-argument callable returning an object with ``update(t, y)`` and
 ``forecast(t)`` (``t`` a float coordinate, ``y`` a tensor). Both raise AssertionError naming the
 smallest counterexample hypothesis found; float64 throughout.
@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 from hypothesis import HealthCheck, Verbosity, given, settings, strategies as st
 
-from ..forecast import Forecaster
-from ..policy_base import Forecast, Policy
+from ..forecast.forecaster import Forecaster
+from ..policy.base import Forecast, Policy
 from . import strategies as S
 
 __all__ = ["check_polynomial_exactness", "check_affine_invariance"]

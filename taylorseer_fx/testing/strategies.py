@@ -24,9 +24,11 @@ from typing import Callable, Sequence
 import torch
 from hypothesis import assume, strategies as st
 
-from ..policy import ACCUMULATE, ESTIMATORS, AutoPolicy, FixedPolicy, MaskPolicy
-from ..policy_base import COORDINATES, FORMS, MAX_ORDER, Forecast
-from ..presets import available_policies, load_policy
+from ..forecast.estimates import ESTIMATORS
+from ..forecast.forms import FORMS
+from ..policy.base import COORDINATES, MAX_ORDER, Forecast
+from ..policy.policies import ACCUMULATE, AutoPolicy, FixedPolicy, MaskPolicy
+from ..policy.presets import available_policies, load_policy
 
 __all__ = [
     "CfgLayout", "DrawnSchedule", "PolynomialTrajectory", "auto_policies", "cfg_layouts", "coordinates",

@@ -15,9 +15,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..backend import taylorseer_backend
-from ..pipeline import DENOISERS, compile_pipeline
-from ..request import Request
+from ..graph.backend import taylorseer_backend
+from ..integrations.pipeline import DENOISERS, compile_pipeline
+from ..runtime.request import Request
 from .cases import Case
 
 __all__ = ["Run", "PipelineTarget", "ModelTarget", "as_tensor", "decisions_of"]
@@ -157,7 +157,7 @@ class PipelineTarget:
 class ModelTarget:
     """A model and the user's ``sample(model, case) -> output``: the uncached runs get the model itself,
     the cached runs ``torch.compile(model, backend=taylorseer_backend(...))``, each run one
-    :class:`~taylorseer_fx.request.Request` with ``num_steps=case.steps`` (closed when it returns).
+    :class:`~taylorseer_fx.runtime.request.Request` with ``num_steps=case.steps`` (closed when it returns).
     ``inputs`` reach ``sample`` as ``case.input`` (an index) -- read them from your own list."""
 
     def __init__(self, model: torch.nn.Module, sample: Callable, *, inner="eager", regions="stack",

@@ -1,7 +1,7 @@
 """The forecast forms: which factors a stream stores, and the coordinate coefficient of each.
 
 Every form forecasts ``sum_j c_j(t) * F_j`` over the stored factors ``F_0 .. F_k`` of a stream
-(:class:`~taylorseer_fx.forecast.Forecaster`); a form is the pair (how the factors are formed, the
+(:class:`~taylorseer_fx.forecast.forecaster.Forecaster`); a form is the pair (how the factors are formed, the
 coefficients ``c_j``). Coefficients are Python floats computed from the coordinates, so nothing here
 touches a tensor. Units: ``t`` and the nodes are in the forecaster's coordinate (timestep, sigma or
 step index for the divided-difference forms; the step index for the recursion forms); ``nodes`` are

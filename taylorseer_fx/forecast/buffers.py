@@ -1,6 +1,6 @@
 """Tensor plumbing of the forecast math: output strides, the residual add-back and shared work buffers.
 
-Knows nothing of forecasting: ``forecast.py`` (and ``whole_graph.py`` / ``region_state.py`` through it)
+Knows nothing of forecasting: ``forecaster.py`` (and ``whole_graph.py`` / ``region_state.py`` through it)
 use these so that a forecast has the computed output's layout and its scratch is shared.
 """
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from .torch_internals import fake_mode_for, is_fake, to_fake, tracing, tracing_context
+from ..torch_internals import fake_mode_for, is_fake, to_fake, tracing, tracing_context
 
 __all__ = ["LazyCompile", "has_symbolic_inputs", "fake_inputs"]
 

@@ -4,12 +4,12 @@ A diffusers pipeline's components are shared objects: ``from_pipe`` makes a seco
 same transformer and scheduler, and two pipelines can be built around one transformer. So everything
 installed on a component is **held** by the handles that use it and undone when the last one lets go:
 
-* **Pipeline requests.** Each call of a compiled pipeline is one :class:`~taylorseer_fx.request.Request`,
+* **Pipeline requests.** Each call of a compiled pipeline is one :class:`~taylorseer_fx.runtime.request.Request`,
   registered here with its pipeline (:func:`open_request`); :func:`pipeline_request` says whether the
   request in force is one, and of which pipeline.
 * **The scheduler's ``set_timesteps``** is wrapped on the instance (one wrapper, whatever the number of
   handles): inside a pipeline request whose pipeline runs this scheduler, the request takes the schedule
-  and is told its steps by a :class:`~taylorseer_fx.scheduler_teller.SchedulerTeller`. Outside one, a
+  and is told its steps by a :class:`~taylorseer_fx.integrations.scheduler_teller.SchedulerTeller`. Outside one, a
   compiled denoiser's calls are placed by inference only, and the holders are told once (a
   ``from_pipe`` pipeline that was not compiled itself).
 * **The denoiser's ``cache_context``** (diffusers' ``CacheMixin``) is wrapped on the instance: inside a
@@ -29,7 +29,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .request import Request, Told, active, check_values
+from ..runtime.request import Request, Told, active, check_values
 from .scheduler_teller import SchedulerTeller
 
 __all__ = ["open_request", "pipeline_request", "hold_scheduler", "release_scheduler", "hold_cache_context",

@@ -35,10 +35,10 @@ from typing import Any, Callable
 
 import torch
 
-from .graph_runtime import GraphRuntime
+from ..runtime.graph_runtime import GraphRuntime
 from .placeholders import TIMESTEP_NAMES
-from .region_state import weights_fingerprint
-from .torch_internals import pytree as _pytree
+from ..runtime.region_state import weights_fingerprint
+from ..torch_internals import pytree as _pytree
 
 pytree = _pytree()
 
@@ -57,7 +57,7 @@ class _Region:
 
 def timestep_parameter(forward: Callable, timestep_arg: str | None = None) -> tuple[str | None, int | None]:
     """``(name, position)`` of the forward's step-coordinate argument: ``timestep_arg`` when given,
-    else the first of :data:`~taylorseer_fx.placeholders.TIMESTEP_NAMES` it takes; ``position`` is
+    else the first of :data:`~taylorseer_fx.graph.placeholders.TIMESTEP_NAMES` it takes; ``position`` is
     its index among the positional parameters (None: keyword only). ``(None, None)``: none found.
     Follows ``__wrapped__`` (accelerate's offload hooks keep the model's own signature there).
 
@@ -123,7 +123,7 @@ class InstanceTensors:
 
 
 class BoundaryRuntime(GraphRuntime):
-    """The :class:`~taylorseer_fx.graph_runtime.GraphRuntime` of a model call made at its boundary.
+    """The :class:`~taylorseer_fx.runtime.graph_runtime.GraphRuntime` of a model call made at its boundary.
     Its "graph inputs" are ``(timestep, signature, instance tensors, compute)``: the coordinate
     value (tensor or number, None), the call's signature (a tuple), the model's parameters and
     buffers, and a callable that runs the compiled model and returns its flattened output
@@ -172,7 +172,7 @@ def _run_region(graph: BoundaryRuntime):
 
 class ModelBoundary:
     """``module``'s compiled call, cached at its boundary by ``runtime`` (a backend's
-    :class:`~taylorseer_fx.runtime.Runtime`). Installed as ``module._compiled_call_impl``; ``compiled``
+    :class:`~taylorseer_fx.runtime.runtime.Runtime`). Installed as ``module._compiled_call_impl``; ``compiled``
     is the call it replaces (``torch.compile(module._call_impl, backend=...)``).
 
     ``active``: True, the boundary decides every call; False, every call goes straight to ``compiled``

@@ -27,7 +27,7 @@ count) and never forecasts more than ``max_forecast_run`` steps in a row.
   current forecast run (embedded pair; combined as the root of their sum of squares by default,
   ``accumulate``) stay <= ``threshold``.
 
-Presets (``policies/*.toml``) load by name with :func:`taylorseer_fx.presets.load_policy`.
+Presets (``policies/*.toml``) load by name with :func:`taylorseer_fx.policy.presets.load_policy`.
 """
 
 from __future__ import annotations
@@ -35,14 +35,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from .forms import DIVIDED
-from .policy_base import (COORDINATES, ESTIMATORS, FORMS, MAX_ORDER, Forecast, Policy, Schedule,  # noqa: F401
-                          _check_int)
+from ..forecast.forms import DIVIDED
+from ..forecast.estimates import ESTIMATORS
+from .base import Policy, Schedule, _check_int
 
-__all__ = [
-    "FORMS", "COORDINATES", "ESTIMATORS", "ACCUMULATE", "MAX_ORDER", "Forecast", "Policy", "Schedule",
-    "FixedPolicy", "MaskPolicy", "AutoPolicy",
-]
+__all__ = ["ACCUMULATE", "ANCHOR_OVERRIDES", "FixedPolicy", "MaskPolicy", "AutoPolicy"]
 
 #: how AutoPolicy combines the estimates of one forecast run (``accumulate``)
 ACCUMULATE = ("step", "sum", "rss")
@@ -314,7 +311,7 @@ class AutoPolicy(Policy):
     ``order``. The choice stays on the device (no host read). Default form: ``heun`` in the step
     index (newton's divided differences through the newest computes, whatever their spacing, with
     the quadratic term of a BDF2 predictor / Heun corrector: exact for lines, a damped quadratic;
-    :mod:`taylorseer_fx.forms`). It won over ``newton`` on both shipped models (docs/auto.md).
+    :mod:`taylorseer_fx.forecast.forms`). It won over ``newton`` on both shipped models (docs/auto.md).
 
     Warm-up (default ``max(order + 1, 3)``), cooldown and ``max_forecast_run`` force computes; after a
     compute at least ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator,

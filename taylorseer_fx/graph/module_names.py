@@ -1,4 +1,4 @@
-"""Names of modules that the region kinds of :mod:`taylorseer_fx.select` look for: block lists, the
+"""Names of modules that the region kinds of :mod:`taylorseer_fx.graph.select` look for: block lists, the
 attention / feed-forward children of a block (the ``modules`` kind), conditioning and embedding modules."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The backend's shared state: policy and options, the scopes that own cached state, sessions, stats.
 
 Knows nothing of FX. One :class:`Runtime` per backend object; it makes one
-:class:`~taylorseer_fx.graph_runtime.GraphRuntime` per compiled graph (graph breaks and recompiles
+:class:`~taylorseer_fx.runtime.graph_runtime.GraphRuntime` per compiled graph (graph breaks and recompiles
 give several). Cached state is never kept per graph: it belongs to a :class:`Scope` -- the request in
 force (``request.py``: a ``Request``, a ``session``, a ``compile_pipeline`` call), else the asyncio
 task, else the thread -- and within it to an **owner**: one model instance (the identity of all the
@@ -35,7 +35,7 @@ from .request import SCHEDULE_SCALES, Request, Told, active, current_task, neare
 from .tally import Shortfall, Tally
 from .trace import Recorder
 
-__all__ = ["Runtime", "GraphRuntime", "Scope", "Session"]
+__all__ = ["Runtime", "Scope", "Session"]
 
 #: per thread: exceptions raised inside a model call of any backend (an owner that saw fewer ends its
 #: generation at its next call: Wan 2.2's two denoisers have one backend each)
@@ -345,7 +345,7 @@ class Runtime:
 
     def session(self, timesteps=None, num_steps: int | None = None, streams: int = 1, schedule=None) -> Request:
         """One generation with a caller-given schedule, for this backend's calls made inside
-        ``with backend.session(...):`` (a :class:`~taylorseer_fx.request.Request` that is closed at
+        ``with backend.session(...):`` (a :class:`~taylorseer_fx.runtime.request.Request` that is closed at
         the end of the ``with``; other backends and other threads, tasks and requests are not affected).
 
         ``timesteps``: the scheduler's timesteps (1-D tensor or sequence of finite numbers, in the units
@@ -397,5 +397,5 @@ class Runtime:
                           "error", stacklevel=3)
 
     def stats(self) -> dict:
-        """See :meth:`taylorseer_fx.trace.Recorder.stats`."""
+        """See :meth:`taylorseer_fx.runtime.trace.Recorder.stats`."""
         return self.recorder.stats()

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import fx
 
-from .forecast import add_back, out_strides
+from ..forecast.buffers import add_back, out_strides
 from .lazy_compile import LazyCompile
 
 __all__ = ["WholeGraph", "compute_graph", "forecast_graph"]
@@ -111,7 +111,7 @@ def forecast_graph(gm: fx.GraphModule, infos: Sequence) -> fx.GraphModule:
 
 def _forecast_layouts(gm: fx.GraphModule, infos: Sequence) -> list:
     """Per forecast input: ``(shape, stride, dtype)`` the forecast graph is compiled for (stride by
-    :func:`~taylorseer_fx.forecast.out_strides`, the rule the forecaster's buffers follow), whether
+    :func:`~taylorseer_fx.forecast.forecaster.out_strides`, the rule the forecaster's buffers follow), whether
     it is static (symbolic shapes: no layout check at run time) and the device."""
     node = {n.name: n for n in gm.graph.nodes}
     out = []

@@ -43,7 +43,7 @@ def relative_l2(images: Tensor, reference: Tensor) -> float:
 def _classifier(classifier):
     if classifier is not None:
         return classifier
-    from .demo.sampling import load_classifier
+    from .sampling import load_classifier
 
     return load_classifier()
 

@@ -1,7 +1,7 @@
 """The forecast math: factor update and polynomial extrapolation of one region output stream.
 
 Knows nothing of graphs, policies or steps. The forms (docs/interfaces.md, DESIGN.md §2; the two
-multistep / basis variants ``heun`` and ``hermite``: :mod:`taylorseer_fx.forms`):
+multistep / basis variants ``heun`` and ``hermite``: :mod:`taylorseer_fx.forecast.forms`):
 
 * ``newton`` -- backward divided differences anchored at the newest node. The coordinate ``t`` is any
   real float (timestep, sigma or step index; distinct values, increasing or decreasing). Polynomials of
@@ -23,32 +23,14 @@ import numbers
 
 import torch
 
-from .buffers import CLAMPED, Scratch, add_back, out_strides
+from .buffers import CLAMPED, Scratch, out_strides
+from .coordinates import NEAR, as_coordinate, unit_for
+from .estimates import EPS, ErrorEstimates
 from .forms import DIVIDED, FORMS, coefficients
 
-__all__ = ["FORMS", "ESTIMATORS", "NORM_EPS", "Forecaster", "Scratch", "out_strides", "add_back"]
-
-ESTIMATORS = ("remainder", "pair")
+__all__ = ["Forecaster"]
 
 _CLAMPED = CLAMPED   # output dtypes whose forecasts are clamped to the finite range (buffers.CLAMPED)
-_EPS = 1e-30  # added to ||D_0|| so an all-zero output gives r = 0 instead of nan
-NORM_EPS = _EPS     # the same, for whoever forms an estimate from Forecaster.error_terms
-#: a node closer to the newest one than this fraction of the run's own spacing (the gap before it, or
-#: the gap to the new coordinate) is merged with it: the newer value replaces the older (KDPM2's two
-#: stages, 1e-5 apart on a spacing of ~35, would make a divided difference of garbage). Small enough
-#: that no real schedule's uneven computes (warm-up steps, then an interval of 64 on 1000 steps) merge
-NEAR = 1.0 / 1024
-_UNIT_RANGE = (2.0 ** -20, 2.0 ** 20)   # first gaps outside it set a power-of-two coordinate unit
-
-
-def _unit_for(gap: float) -> float:
-    """The coordinate unit for a table whose first gap is ``gap``: 1, or for a gap outside
-    ``_UNIT_RANGE`` (coordinates near the denormal range, or huge) the power of two nearest it, so that
-    the divided differences stay in float32's range. A power of two scales exactly: within the range
-    nothing changes."""
-    if gap == 0 or not math.isfinite(gap) or _UNIT_RANGE[0] <= gap <= _UNIT_RANGE[1]:
-        return 1.0
-    return 2.0 ** round(math.log2(gap))
 
 
 def _flatten(outputs, name: str = "outputs"):
@@ -67,15 +49,8 @@ def _flatten(outputs, name: str = "outputs"):
     return tensors, single
 
 
-def _coord(t) -> float:
-    """The coordinate as a Python float; ValueError naming ``t`` for anything else (tensors included:
-    converting one would sync with the host)."""
-    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t):
-        raise ValueError(f"coordinate t must be a finite Python float, got {t!r}")
-    return float(t)
 
-
-class Forecaster:
+class Forecaster(ErrorEstimates):
     """Factors of ONE region output stream (a tensor or a flat tuple/list of tensors).
 
     The coordinate ``t`` is a Python float: for ``form="newton"`` any real coordinate (timestep, sigma
@@ -140,7 +115,7 @@ class Forecaster:
         """Forget all points (buffers are kept and reused if the next outputs have the same shapes)."""
         self.num_points = 0
         self.nodes: list[float] = []
-        self._unit = 1.0                        # coordinate unit of the divided differences (``_unit_for``)
+        self._unit = 1.0                        # coordinate unit of the divided differences (``unit_for``)
         self._r: torch.Tensor | None = None
         self._num_sq: torch.Tensor | None = None  # ||D_{order+1}||^2 of the last update (+inf: not enough finite points)
         self._den_sq: torch.Tensor | None = None  # ||D_0||^2 (or of the reference) at the last update
@@ -201,7 +176,7 @@ class Forecaster:
         used in a difference, and (naming ``outputs``) for outputs that are not floating tensors or do
         not match the stored points' shapes/dtypes/devices (call :meth:`reset` first).
         """
-        t = _coord(t)
+        t = as_coordinate(t)
         tensors, single = _flatten(outputs)
         meta = [(x.shape, x.dtype, x.device) for x in tensors]
         if self.num_points > 0 and (meta != self._meta or single != self._single):
@@ -221,7 +196,7 @@ class Forecaster:
                              f"form={self.form!r} needs distinct step indices (d != 0)")
         if divided:
             if old == 1 or old == 0:                 # a table of one value: any unit (D_0 has none)
-                self._unit = _unit_for(abs(t - self.nodes[0])) if old else 1.0
+                self._unit = unit_for(abs(t - self.nodes[0])) if old else 1.0
             coeffs = [self._unit / (t - n) for n in self.nodes[:old]]
         else:
             coeffs = [1.0 / (t - self.nodes[0])] * old if old else []
@@ -266,7 +241,7 @@ class Forecaster:
             for j in range(1, top + 1):
                 factors[j].masked_fill_(self._run <= j, 0)
         self._den_sq = den_sq
-        self._den = den_sq.sqrt() + _EPS if den_sq is not None else None
+        self._den = den_sq.sqrt() + EPS if den_sq is not None else None
         self._num_sq = self._finite_since(self.order + 2, num_sq) if extra else None
         self._r = (self._finite_since(self.order + 2, (num_sq.sqrt() / self._den).to(torch.float32))
                    if extra else None)
@@ -313,7 +288,7 @@ class Forecaster:
 
     def _terms(self, t: float, k: int) -> list[float]:
         """Signed coordinate coefficients of the series terms 0..k at ``t`` for the stored nodes
-        (:func:`taylorseer_fx.forms.coefficients`; newton: prod_{i<j} (t - n_i), taylor: x^j / j!)."""
+        (:func:`taylorseer_fx.forecast.forms.coefficients`; newton: prod_{i<j} (t - n_i), taylor: x^j / j!)."""
         u = self._unit
         if u == 1.0:
             return coefficients(self.form, t, self.nodes, k)
@@ -345,7 +320,7 @@ class Forecaster:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # context parallelism: each rank holds a shard of the output; the choice is the whole output's
             torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
-        err = sums[:-1].sqrt() / (sums[-1].sqrt() + _EPS)
+        err = sums[:-1].sqrt() / (sums[-1].sqrt() + EPS)
         err = torch.nan_to_num(err, nan=math.inf)      # a non-finite back-test is never the best
         best = err.argmin()
         keep = err.min() >= self.select_margin * err[pref]
@@ -373,7 +348,7 @@ class Forecaster:
         a fresh tensor with that output's shape, dtype, device and strides. Never syncs with the host.
         """
         self._check_ready("forecast")
-        t = _coord(t)
+        t = as_coordinate(t)
         k = len(self.nodes) - 1  # degree of the stored polynomial
         w = self._weights
         if self.select is not None and w is None:
@@ -424,93 +399,6 @@ class Forecaster:
                 b.masked_fill_(w[j] <= 0, 0)     # exactly nothing, also where the factor is not finite
                 a.add_(b, alpha=coeffs[j])
         return a
-
-    def remainder(self) -> torch.Tensor | None:
-        """``r = ||D_{order+1}|| / ||D_0||`` from the last update (0-dim float32 tensor on the device);
-        None while fewer than ``order + 2`` points (with derivatives) have been absorbed."""
-        return self._r
-
-    def top_ratio(self, degree: int | None = None) -> torch.Tensor | None:
-        """``||D_k|| / ||D_0||`` for the stored factor ``k = min(degree, len(nodes) - 1)`` (default: the
-        highest; 0-dim float32 tensor on the device); None while only one point is stored."""
-        top = len(self.nodes) - 1
-        if top < 1 or self._den is None:
-            return None
-        k = top if degree is None else max(1, min(int(degree), top))
-        if k not in self._ratios:   # on the device, no sync; the factors stay as they are until the next update
-            sq = sum(self._norm_sq(f[k]) for f in self._factors)
-            self._ratios[k] = (self._finite_since(k + 1, sq),
-                               self._finite_since(k + 1, (sq.sqrt() / self._den).to(torch.float32)))
-        return self._ratios[k][1]
-
-    def chosen_order(self) -> torch.Tensor | None:
-        """With ``select``: the degree the forecasts use, chosen at the last update (0-dim int64 tensor
-        on the device); None before the first choice (the preferred degree is used)."""
-        return self._chosen
-
-    def backtest(self) -> torch.Tensor | None:
-        """With ``select``: the relative errors ``||p_j(t) - y(t)|| / ||y(t)||`` of the degree-j forecasts
-        from the points before the last update, j = 0, 1, ... (float32 tensor on the device)."""
-        return self._backtest
-
-    def _scale(self, t: float, k: int) -> float:
-        """The coordinate factor of the degree-``k`` term at ``t``: newton ``prod_{i<k} |t - n_i|``,
-        taylor ``|x|^k / k!``."""
-        return abs(self._terms(t, k)[k])
-
-    def error_estimate(self, t: float, method: str = "remainder",
-                       degree: int | None = None) -> torch.Tensor | None:
-        """Estimated relative error ``||forecast(t) - y(t)|| / ||y(t_newest)||`` (0-dim float32 tensor on
-        the device, no sync; None when the method has nothing to go on; +inf on the device while fewer
-        finite computes in a row are stored than the method needs).
-
-        ``method="remainder"``: the next term of the series, from the unstored ``(order+1)``-th factor
-        of the last update: newton ``r * prod_{i=0..order} |t - n_i|``, taylor
-        ``r * |x|^(order+1) / (order+1)!`` with ``x = t - last node``; None before ``order + 2`` points.
-
-        ``method="pair"`` (embedded pair, as adaptive ODE solvers do): the difference between the
-        forecast of the stored degree ``k`` and that of degree ``k - 1`` -- exactly the last term,
-        ``||D_k|| / ||D_0|| * prod_{i<k} |t - n_i|`` (newton) or ``||F_k|| / ||F_0|| * |x|^k / k!``
-        (taylor). It estimates the error of the lower-order forecast, so it is an upper-side estimate
-        for the forecast actually returned; it needs only ``k + 1 >= 2`` points and reacts one compute
-        earlier than the remainder. None while one point is stored. For ``order=0`` the only pair is
-        orders 1 and 0, which is the remainder. ``degree`` caps ``k`` for the pair (e.g. the preferred
-        degree of an order-selecting forecaster, whose stored degree is higher).
-        """
-        self._check_ready("error_estimate")
-        if method == "remainder":
-            r, k = self._r, self.order + 1
-        elif method == "pair":
-            k = len(self.nodes) - 1 if degree is None else min(max(int(degree), 1), len(self.nodes) - 1)
-            r = self.top_ratio(k) if k >= 1 else None
-            if self.order == 0:  # the only pair of an order-0 forecast is (1, 0): the remainder
-                r, k = self._r, 1
-        else:
-            raise ValueError(f"method must be one of {ESTIMATORS}, got {method!r}")
-        if r is None:
-            return None
-        return r * self._scale(_coord(t), k)
-
-    def error_terms(self, t: float, method: str = "remainder",
-                    degree: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
-        """What :meth:`error_estimate` is made of: ``(num_sq, den_sq, scale)`` with the estimate
-        ``sqrt(num_sq) / (sqrt(den_sq) + eps) * scale`` -- the squared norms of the difference and of
-        the newest output (0-dim device tensors; ``num_sq`` +inf while too few finite computes are
-        stored) and the coordinate factor. Under context parallelism each rank holds a shard of the
-        output: the sums of ``num_sq`` and ``den_sq`` over the ranks give the whole output's estimate
-        (a maximum of per-shard ratios would be another, larger number). None where
-        :meth:`error_estimate` is None."""
-        self._check_ready("error_terms")
-        if method not in ESTIMATORS:
-            raise ValueError(f"method must be one of {ESTIMATORS}, got {method!r}")
-        if method == "remainder" or self.order == 0:
-            num, k = self._num_sq, self.order + 1
-        else:
-            k = len(self.nodes) - 1 if degree is None else min(max(int(degree), 1), len(self.nodes) - 1)
-            num = self._ratios[k][0] if k >= 1 and self.top_ratio(k) is not None else None
-        if num is None or self._den_sq is None:
-            return None
-        return num, self._den_sq, self._scale(_coord(t), k)
 
     def __repr__(self) -> str:
         return (f"Forecaster(order={self.order}, form={self.form!r}, factor_dtype={self.factor_dtype}, "

@@ -14,8 +14,10 @@ from typing import Sequence
 
 import torch
 
-from .forecast import NORM_EPS, Forecaster, Scratch, add_back, out_strides
-from .forms import DIVIDED
+from ..forecast.estimates import NORM_EPS
+from ..forecast.forecaster import Forecaster
+from ..forecast.buffers import Scratch, add_back, out_strides
+from ..forecast.forms import DIVIDED
 from .steps import Position, StepTracker
 
 __all__ = ["RegionState", "Generation", "StepPlan", "Owner", "weights_fingerprint"]

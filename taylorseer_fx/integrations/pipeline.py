@@ -15,7 +15,7 @@ What it does, with the backend's public API only (``backend.py``):
   their graphs' regions (``"stack"`` by default); UNets, and transformers none of whose graphs holds a
   region, cache their whole output at the model boundary (``boundary.py``; :attr:`CompiledPipeline.kinds`).
 * **One request per pipeline call.** The pipeline's class is swapped for a subclass whose ``__call__``
-  makes the call one :class:`~taylorseer_fx.request.Request`, closed when the call returns or raises.
+  makes the call one :class:`~taylorseer_fx.runtime.request.Request`, closed when the call returns or raises.
   The scheduler's ``set_timesteps`` and the denoisers' ``cache_context`` are wrapped on the instances
   (``pipeline_hooks.py``, shared with other handles that hold them) so that the request is told the
   step count, each call's step, stage and branch. So every preset works at any step count, call after
@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .backend import TaylorSeerBackend, taylorseer_backend
+from ..graph.backend import TaylorSeerBackend, taylorseer_backend
 from .pipeline_hooks import (HOLDERS, hold_cache_context, hold_scheduler, open_request, release_cache_context,
                              release_scheduler)
 
@@ -64,7 +64,7 @@ class CompiledPipeline:
 
     # ------------------------------------------------------------ one generation per call
     def _call(self, call, *args, **kwargs):
-        """One pipeline call as one :class:`~taylorseer_fx.request.Request`: every model call inside
+        """One pipeline call as one :class:`~taylorseer_fx.runtime.request.Request`: every model call inside
         belongs to it (whatever thread, task or generator the pipeline runs in), and it is closed,
         its cached state dropped, when the call returns or raises."""
         scheduler = getattr(self.pipe, "scheduler", None)
@@ -239,7 +239,7 @@ def _kind_for(name: str, regions) -> tuple[Any, bool]:
 
 def compile_pipeline(pipe, policy=None, regions=None, inner="inductor", **options) -> CompiledPipeline:
     """Compile every denoiser of a diffusers pipeline in place, each with its own
-    :func:`~taylorseer_fx.backend.taylorseer_backend` (``policy``, ``regions``, ``inner`` and
+    :func:`~taylorseer_fx.graph.backend.taylorseer_backend` (``policy``, ``regions``, ``inner`` and
     ``options`` as there), and make each pipeline call one generation (see the module docstring).
 
     ``regions``: None (default) is ``"stack"`` for transformers and ``"model"`` (the whole output,

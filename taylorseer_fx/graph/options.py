@@ -8,10 +8,10 @@ import os
 import re
 from typing import Callable
 
-from .policy import Policy
-from .presets import load_policy
+from ..policy.base import Policy
+from ..policy.presets import load_policy
 from .select import ALIASES, KINDS
-from .torch_internals import backend_registry
+from ..torch_internals import backend_registry
 
 __all__ = ["DEFAULT_POLICY", "OPTIONS", "BOUNDARY_KINDS", "resolve_policy", "resolve_inner", "check_regions"]
 

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from .graph_runtime import read_coordinate
-from .runtime import Runtime
+from ..runtime.graph_runtime import read_coordinate
+from ..runtime.runtime import Runtime
 
 __all__ = ["Graph", "Plain", "Publishing"]
 

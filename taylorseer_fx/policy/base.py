@@ -1,7 +1,7 @@
 """The base of every policy: :class:`Policy` (the fields common to all, validation, resolved values),
 its per-generation :class:`Schedule`, and :class:`Forecast` (the *how*: form, order, coordinate, order
-choice). The concrete policies (``FixedPolicy``, ``MaskPolicy``, ``AutoPolicy``) are in ``policy.py``,
-which re-exports everything here; import from there. Knows nothing of graphs or tensors.
+choice). The concrete policies (``FixedPolicy``, ``MaskPolicy``, ``AutoPolicy``) are in ``policies.py``;
+``taylorseer_fx.policy`` names both. Knows nothing of graphs or tensors.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
-from .forecast import ESTIMATORS
-from .forms import DIVIDED, FORMS
+from ..forecast.forms import DIVIDED, FORMS
 
-__all__ = ["FORMS", "COORDINATES", "ESTIMATORS", "MAX_ORDER", "Forecast", "Policy", "Schedule"]
+__all__ = ["COORDINATES", "MAX_ORDER", "Forecast", "Policy", "Schedule"]
 
 COORDINATES = ("timestep", "step")
 #: the largest forecast order (and max_order) a policy accepts: (order + 1) stored factors per output
@@ -38,7 +37,7 @@ class Forecast:
     ``form``: ``"newton"`` (divided differences, exact for polynomials of degree <= order on any
     spacing), ``"taylor"`` (the paper's recursion in the step index), ``"heun"`` (a FoCa-like
     predictor-corrector on divided differences) or ``"hermite"`` (HiCache's scaled
-    Hermite basis on the taylor recursion); :mod:`taylorseer_fx.forms`. ``order``: the polynomial
+    Hermite basis on the taylor recursion); :mod:`taylorseer_fx.forecast.forms`. ``order``: the polynomial
     degree. ``coordinate``: what the forecaster extrapolates in, ``"timestep"`` (the model's timestep
     value) or ``"step"`` (the step index). ``select_order``: choose the degree per forecast run among
     ``0..max_order`` by back-test (``order_margin``: how much better another degree must be)."""
@@ -69,7 +68,7 @@ class Forecast:
             raise ValueError(f"{n}: order_margin must be a number in (0, 1], got {m!r}")
 
     def forecaster_options(self) -> dict:
-        """Keyword arguments of the :class:`~taylorseer_fx.forecast.Forecaster` of each region."""
+        """Keyword arguments of the :class:`~taylorseer_fx.forecast.forecaster.Forecaster` of each region."""
         if not self.select_order or self.max_order == self.order:
             return {"order": self.order, "form": self.form}
         return {"order": self.max_order, "form": self.form, "select": self.order,
@@ -194,7 +193,7 @@ class Policy:
         return self.cooldown > 0
 
     def forecaster_options(self) -> dict:
-        """Keyword arguments of the :class:`~taylorseer_fx.forecast.Forecaster` of each region."""
+        """Keyword arguments of the :class:`~taylorseer_fx.forecast.forecaster.Forecaster` of each region."""
         return self.forecast.forecaster_options()
 
     def start(self, num_steps: int | None = None, first_step: int = 0) -> "Schedule":

@@ -22,10 +22,10 @@ from typing import Any, Callable
 import torch
 from torch import fx
 
-from .backend_options import (BOUNDARY_KINDS, DEFAULT_POLICY, OPTIONS, _RENAMED, check_regions, resolve_inner,
+from .options import (BOUNDARY_KINDS, DEFAULT_POLICY, OPTIONS, _RENAMED, check_regions, resolve_inner,
                               resolve_policy)
-from .policy import Policy
-from .runtime import Runtime
+from ..policy.base import Policy
+from ..runtime.runtime import Runtime
 from .placeholders import find_timestep, is_static_placeholder
 from .select import ALIASES, NoRegionError, describe_graph, select_regions, warn_unpaired_residual
 from .graph_record import GraphRecord
@@ -33,7 +33,7 @@ from .boundary import ModelBoundary
 from .graph_callables import Graph, Plain, Publishing
 from .lazy_compile import LazyCompile, has_symbolic_inputs
 from .transform import CacheNode, compile_pieces, split
-from .torch_internals import backend_registry, inductor_wrapper
+from ..torch_internals import backend_registry, inductor_wrapper
 from .whole_graph import WholeGraph
 
 __all__ = ["TaylorSeerBackend", "taylorseer_backend", "default_backend", "DEFAULT_POLICY"]
@@ -209,7 +209,7 @@ class TaylorSeerBackend:
     # ------------------------------------------------------------ the model boundary
     def compile_module(self, module: torch.nn.Module, announce: bool = False) -> ModelBoundary:
         """Compile ``module`` in place with this backend (``module.compile(backend=self)``) and put a
-        :class:`~taylorseer_fx.boundary.ModelBoundary` in front of the compiled call (:meth:`boundary`).
+        :class:`~taylorseer_fx.graph.boundary.ModelBoundary` in front of the compiled call (:meth:`boundary`).
         Undo it with ``module._compiled_call_impl = None`` (or what was there before)."""
         previous = vars(module).get("_compiled_call_impl")
         module.compile(backend=self)
@@ -221,7 +221,7 @@ class TaylorSeerBackend:
         return module._compiled_call_impl
 
     def boundary(self, module: torch.nn.Module, compiled: Callable, announce: bool = False) -> ModelBoundary:
-        """A :class:`~taylorseer_fx.boundary.ModelBoundary` for ``compiled``, ``module``'s call compiled
+        """A :class:`~taylorseer_fx.graph.boundary.ModelBoundary` for ``compiled``, ``module``'s call compiled
         with this backend. It caches the model's whole output when the region kind is ``"model"``, or when
         no graph this backend compiled holds a region (graph breaks inside every block): then from the
         call after the first one, and ``announce`` says so with a warning (else a log line). Otherwise
@@ -266,7 +266,7 @@ class TaylorSeerBackend:
 
     # ------------------------------------------------------------ state
     def stats(self) -> dict:
-        """See :meth:`taylorseer_fx.runtime.Runtime.stats`."""
+        """See :meth:`taylorseer_fx.runtime.runtime.Runtime.stats`."""
         return self.runtime.stats()
 
     def reset(self) -> None:
@@ -275,13 +275,13 @@ class TaylorSeerBackend:
 
     def memory_bytes(self) -> int:
         """Bytes this backend holds in cached state (factors, scratch, held outputs), over every
-        thread and model instance. See :meth:`taylorseer_fx.runtime.Runtime.memory_bytes`."""
+        thread and model instance. See :meth:`taylorseer_fx.runtime.runtime.Runtime.memory_bytes`."""
         return self.runtime.memory_bytes()
 
     def session(self, timesteps=None, num_steps: int | None = None, streams: int = 1, schedule=None):
         """Context manager: one generation with caller-given boundaries: ``timesteps`` (calls counted,
         sync-free) or ``schedule`` (each call placed at its timestep's index), ``num_steps``.
-        See :meth:`taylorseer_fx.runtime.Runtime.session`."""
+        See :meth:`taylorseer_fx.runtime.runtime.Runtime.session`."""
         return self.runtime.session(timesteps=timesteps, num_steps=num_steps, streams=streams, schedule=schedule)
 
 
@@ -292,7 +292,7 @@ def taylorseer_backend(policy=None, regions="stack", inner="inductor", *, timest
     """A torch.compile backend that forecasts regions of a diffusion transformer instead of computing them.
 
     Args:
-        policy: a :class:`~taylorseer_fx.policy.Policy`, a preset name (``"official-flux"``, ``"never"``,
+        policy: a :class:`~taylorseer_fx.policy.policies.Policy`, a preset name (``"official-flux"``, ``"never"``,
             ``"auto-balanced"`` ...) or a TOML path. Default :data:`DEFAULT_POLICY`.
         regions: ``"stack"`` (the block stack's outputs, cheapest), ``"stack-residual"`` (forecast
             output - input of the stack), ``"output"`` (alias ``"lite"``: everything from the first block

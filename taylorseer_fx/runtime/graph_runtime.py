@@ -1,6 +1,6 @@
 """One model call of one compiled graph: coordinate, owner, placement, then the regions.
 
-:class:`GraphRuntime` is what a compiled graph calls (``backend.py`` hands dynamo a callable that
+:class:`GraphRuntime` is what a compiled graph calls (``graph/backend.py`` hands dynamo a callable that
 goes through it; every region piece is a ``CacheNode`` that calls :meth:`GraphRuntime.run_region`).
 Per call (``__call__``):
 
@@ -48,7 +48,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from .forms import DIVIDED
+from ..forecast.forms import DIVIDED
 from .region_state import Generation, StepPlan
 
 __all__ = ["GraphRuntime", "RuntimeContext", "read_coordinate"]
@@ -129,7 +129,7 @@ class GraphRuntime:
     ``timestep_index``: graph input holding the coordinate (None: none found); ``dynamic_indices``:
     inputs that are not parameters/buffers (the call's signature); ``instance_indices``: parameter
     inputs whose identity tells model instances apart. ``whole``: the graph's
-    :class:`~taylorseer_fx.whole_graph.WholeGraph` (None: split pieces only); ``pieces``: a callable
+    :class:`~taylorseer_fx.graph.whole_graph.WholeGraph` (None: split pieces only); ``pieces``: a callable
     running the split graph, whose region pieces call :meth:`run_region` (compiled at its first call);
     ``compile_order``: the graph's position among all the backend compiled (default ``index``)."""
 

@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .policy import ANCHOR_OVERRIDES, AutoPolicy, FixedPolicy, MaskPolicy, Policy
+from .policies import ANCHOR_OVERRIDES, AutoPolicy, FixedPolicy, MaskPolicy
+from .base import Policy
 
 __all__ = ["load_policy", "policy_from_dict", "policy_to_dict", "policy_to_toml", "available_policies"]
 
@@ -29,7 +30,7 @@ _KINDS: dict[str, Callable[..., Policy]] = {
 
 def _fields_of(factory: Callable[..., Policy]) -> set[str]:
     """The keys a preset of this kind may hold: a policy class's fields (MaskPolicy: and
-    compute_steps), an anchor's own parameters plus :data:`~taylorseer_fx.policy.ANCHOR_OVERRIDES`."""
+    compute_steps), an anchor's own parameters plus :data:`~taylorseer_fx.policy.policies.ANCHOR_OVERRIDES`."""
     if isinstance(factory, type):
         names = {f.name for f in dataclasses.fields(factory)}
         return names | ({"compute_steps"} if factory is MaskPolicy else set())
@@ -108,7 +109,7 @@ def _preset_dirs() -> list[Path]:
     """The package's own presets (installed: ``taylorseer_fx/policies``), then, in a source checkout
     only (a ``pyproject.toml`` of this project beside the package), the repository's ``policies/``:
     never the ``policies/`` folder of another distribution installed beside this one."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent          # the taylorseer_fx package
     dirs = [here / "policies"]
     project = here.parent / "pyproject.toml"
     try:

@@ -3,9 +3,9 @@
 This is the seed API, kept for users who do not want a compiler pass. Each call of the decorated
 module's ``forward`` is one denoising step. The module's output is either computed (the original
 forward runs and the stored factors are updated) or forecast from the stored factors, as a
-:class:`~taylorseer_fx.policy.FixedPolicy` built by :meth:`FixedPolicy.seed` decides.
+:class:`~taylorseer_fx.policy.policies.FixedPolicy` built by :meth:`FixedPolicy.seed` decides.
 
-It is a thin layer over :mod:`taylorseer_fx.forecast` and :mod:`taylorseer_fx.policy`; it holds no
+It is a thin layer over :mod:`taylorseer_fx.forecast.forecaster` and :mod:`taylorseer_fx.policy.policies`; it holds no
 math of its own.
 
 Coordinates:
@@ -16,7 +16,7 @@ Coordinates:
   polynomials of degree <= ``n_derivatives`` are forecast exactly.
 
 Runs and shapes, as the backend places calls (``steps.py``): the timestep input's value (one host read
-per call) and the shapes of the tensor arguments go through a :class:`~taylorseer_fx.steps.StepTracker`,
+per call) and the shapes of the tensor arguments go through a :class:`~taylorseer_fx.runtime.steps.StepTracker`,
 so a new run (the timestep moves against the run's direction, or comes back to its first value) and a
 change of input shape start over by themselves -- ``reset_cache()`` is only needed for a run that
 cannot be told apart. Several calls at one timestep are streams, each with its own factors. The
@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .forecast import Forecaster
-from .forms import DIVIDED
-from .graph_runtime import read_coordinate
-from .policy import FixedPolicy
-from .steps import StepTracker
+from ..forecast.forecaster import Forecaster
+from ..forecast.forms import DIVIDED
+from ..runtime.graph_runtime import read_coordinate
+from ..policy.policies import FixedPolicy
+from ..runtime.steps import StepTracker
 
 __all__ = ["taylor_seer"]
 
@@ -148,7 +148,7 @@ def taylor_seer(
         n_derivatives: the order of the forecast polynomial.
         form: ``"taylor"`` (the paper's recursion in step index, the seed's behaviour) or ``"newton"``
             (divided differences in the timestep input's value); ``"hermite"`` / ``"heun"`` are their
-            variants in the same coordinate (:mod:`taylorseer_fx.forms`).
+            variants in the same coordinate (:mod:`taylorseer_fx.forecast.forms`).
 
     The decorated class gains ``reset_cache(warmup_steps=None, skip_interval_steps=None,
     n_derivatives=None)`` (forget the factors, restart at step 0, optionally with new settings) and

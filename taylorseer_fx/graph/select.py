@@ -17,7 +17,7 @@ Region kinds (see :func:`select_regions`):
 ``modules``
     Per block, the outputs of its attention and feed-forward children (``attn``, ``attn1``,
     ``self_attention``, ``audio_attn1``, ``ff``, ``ff_context``, ``txt_ff``, ``ffn``, ``mlp``, ``img_mlp``,
-    ``proj_mlp``, ``down_proj`` ...: :data:`~taylorseer_fx.module_names.MODULE_NAMES`). Norms,
+    ``proj_mlp``, ``down_proj`` ...: :data:`~taylorseer_fx.graph.module_names.MODULE_NAMES`). Norms,
     modulation gates, activations and residual adds stay outside.
 a regex string or a ``callable(path) -> bool``
     Every call of a module whose normalised path matches (``re.fullmatch``; the shallowest match
@@ -37,13 +37,11 @@ from typing import Callable, Sequence
 
 from torch import fx
 
-from .module_names import BLOCK_LIST_NAME, CONDITIONING, EMBEDDING, MODULE_NAMES, is_module_name  # noqa: F401
-from .placeholders import TIMESTEP_NAMES, find_timestep, is_static_placeholder  # noqa: F401
+from .module_names import BLOCK_LIST_NAME, CONDITIONING, EMBEDDING, is_module_name
 
 __all__ = [
     "KINDS", "ALIASES", "Region", "NoRegionError", "normalize_path", "node_module_paths", "block_lists",
-    "select_regions", "find_timestep", "is_static_placeholder", "TIMESTEP_NAMES", "warn_unpaired_residual",
-    "is_module_name", "MODULE_NAMES",
+    "select_regions", "warn_unpaired_residual",
 ]
 
 KINDS = ("stack", "stack-residual", "modules", "output")

@@ -1,7 +1,7 @@
 """Where a pipeline's model call stands, told by its diffusers scheduler.
 
 :class:`SchedulerTeller` turns a scheduler's own state (``step_index``, ``begin_index``, ``order``,
-``state_in_first_order``, ``timesteps``) into a :class:`~taylorseer_fx.request.Told`: the step index
+``state_in_first_order``, ``timesteps``) into a :class:`~taylorseer_fx.runtime.request.Told`: the step index
 (scheduler steps, not model calls), the stage of a two-evaluation step (Heun, KDPM2) and the
 coordinate (the schedule's value, in the scheduler's units). Knows nothing of backends or pipelines.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .request import Told, nearest_index
+from ..runtime.request import Told, nearest_index
 
 __all__ = ["SchedulerTeller"]
 

@@ -35,7 +35,7 @@ from torch.fx.passes.split_module import split_module
 
 from .placeholders import is_static_placeholder
 from .select import Region
-from .torch_internals import (aot_compiles, deepcopy_to_fake, fake_mode_for, global_state_targets, is_fake,
+from ..torch_internals import (aot_compiles, deepcopy_to_fake, fake_mode_for, global_state_targets, is_fake,
                               saved_tensors_hooks_guard, to_fake, tracing_context)
 
 __all__ = ["RegionInfo", "CacheNode", "plan_partitions", "split", "compile_pieces", "call_compiled"]
