@@ -67,6 +67,8 @@ def _policies() -> dict:
         "auto": AutoPolicy(threshold=0.06, select_order=False),
         # the default: the forecast order is chosen by a back-test (its sums all-reduced over the ranks)
         "auto_select": AutoPolicy(threshold=0.05),
+        # a budget: exactly half the steps computed, placed by the all-reduced estimates
+        "auto_budget": AutoPolicy(budget=0.5, select_order=False, num_steps=STEPS),
     }
 
 
@@ -271,6 +273,15 @@ def test_auto_policy_every_rank_takes_the_same_decisions(runs, mode):
         torch.testing.assert_close(r[mode]["auto"]["outputs"], want["outputs"], **TOL)
     assert torch.equal(a["outputs"], b["outputs"])
     assert _max_diff(want["outputs"], single["eager"]) > 1000 * TOL["atol"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_budget_is_spent_exactly_and_identically_on_every_rank(runs, mode):
+    single, (r0, r1) = runs
+    a, b = r0[mode]["auto_budget"], r1[mode]["auto_budget"]
+    assert [(c["decision"], c["estimate"]) for c in a["trace"]] == [(c["decision"], c["estimate"]) for c in b["trace"]]
+    assert _decisions(a).count("c") == STEPS // 2 == _decisions(single["auto_budget"]).count("c")
+    assert _decisions(a) == _decisions(single["auto_budget"])
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -206,8 +206,8 @@ class Policy:
         n = self.num_steps if num_steps is None else num_steps
         _check_int(type(self).__name__, "num_steps", n, 1, optional=True)
         if n is None and self.needs_num_steps():
-            raise ValueError(f"{self!r} needs num_steps (cooldown counts from the end): pass "
-                             "start(num_steps=...) or set num_steps")
+            raise ValueError(f"{self!r} needs num_steps (a cooldown counts from the end, a budget over the "
+                             "run's steps): pass start(num_steps=...) or set num_steps")
         end = None if n is None or self.cooldown == 0 else n - self.cooldown
         sched = self._schedule(n, end)
         sched.first_step = first_step

@@ -38,6 +38,7 @@ from dataclasses import dataclass, fields
 from ..forecast.forms import DIVIDED
 from ..forecast.estimates import ESTIMATORS
 from .base import Policy, Schedule, _check_int
+from .budget import Pacer, budget_fraction, computes_needed, least_computes, longest_run, target_computes
 
 __all__ = ["ACCUMULATE", "ANCHOR_OVERRIDES", "FixedPolicy", "MaskPolicy", "AutoPolicy"]
 
@@ -241,11 +242,27 @@ class _AutoSchedule(Schedule):
         super().__init__(policy, num_steps, end)
         self.rule = policy.rule
         self.total = 0.0  # over the current forecast run: the sum of the estimates ("sum") or of their squares ("rss")
+        self.target = None   # a budget's computes over the steps from first_step (set at the first decision)
+        self.spent = 0
+        self.pacer = None
+        self.soft = None     # the run bound the budget reserves computes for (longest_run), when it can
 
     def _add(self, value: float) -> float:
         return self.total + (value * value if self.rule == "rss" else value)
 
+    def _combined(self, value: float) -> float:
+        """The estimate of the forecast run so far with this step's ``value`` (the rule's combination)."""
+        if self.rule == "step":
+            return value
+        total = self._add(value)
+        return math.sqrt(total) if self.rule == "rss" else total
+
     def _decide(self, step, estimate):
+        decision = self._budgeted(step, estimate) if self.policy.budget is not None else self._threshold(step, estimate)
+        self.spent += decision
+        return decision
+
+    def _threshold(self, step, estimate):
         p = self.policy
         if self._forced(step):
             self.total = 0.0
@@ -275,6 +292,55 @@ class _AutoSchedule(Schedule):
             return False
         self.total = 0.0
         return True
+
+    def _budgeted(self, step, estimate):
+        """Exactly ``target`` computes over steps first_step..num_steps-1: forced steps compute; a free
+        step computes when the budget left must be spent on every free step left, forecasts when none
+        is left (or a compute now would leave too few for the run bound), computes when a forecast
+        would leave too few, else when the run's estimate reaches the pacer's level. The run bound is
+        ``max_forecast_run`` and, where the budget can afford it, :func:`longest_run` (twice the
+        budget's mean spacing)."""
+        p = self.policy
+        if self.target is None:
+            steps = self.num_steps - self.first_step
+            self.target = target_computes(budget_fraction(p.budget), steps, p.warmup_steps, p.cooldown,
+                                          p.max_forecast_run)
+            self.pacer = Pacer(self.rule, p.threshold)
+            longest = longest_run(steps, self.target)
+            soft = longest if p.max_forecast_run is None else min(longest, p.max_forecast_run)
+            # the budget's longest run is reserved for like max_forecast_run where the budget allows it
+            self.soft = soft if least_computes(steps, p.warmup_steps, p.cooldown, soft) <= self.target else None
+        if self._forced(step):
+            self.total = 0.0
+            return True
+        end = self.end if self.end is not None else self.num_steps
+        free_left = end - step                       # this step and the free ones after it
+        free_budget = self.target - self.spent - (self.num_steps - end)   # the cooldown is reserved
+        run = step - self.last_compute - 1
+        m = p.max_forecast_run if self.soft is None else self.soft
+        can_forecast = (free_budget <= free_left - 1 and (m is None or run + 1 <= m)
+                        and free_budget >= computes_needed(free_left - 1, run + 1, m))
+        can_compute = free_budget >= 1 and free_budget - 1 >= computes_needed(free_left - 1, 0, m)
+        if can_forecast != can_compute:
+            must = can_compute
+        elif not can_compute:            # only where the soft bound cannot be kept: spend what is left
+            must = free_budget > 0
+        elif run < p.min_forecast_run:
+            must = False
+        else:
+            value = None if estimate is None else estimate()
+            value = math.nan if value is None else float(value)
+            compute = self.pacer.decide(self._combined(value) if not math.isnan(value) else value,
+                                        free_budget / free_left, run + 1)
+            self.total = 0.0 if compute else self._add(value)
+            return compute
+        if not must:
+            value = None if estimate is None else estimate()
+            if value is not None and not math.isnan(float(value)):
+                self.total = self._add(float(value))
+        else:
+            self.total = 0.0
+        return must
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -313,13 +379,22 @@ class AutoPolicy(Policy):
     the quadratic term of a BDF2 predictor / Heun corrector: exact for lines, a damped quadratic;
     :mod:`taylorseer_fx.forecast.forms`). It won over ``newton`` on both shipped models (docs/auto.md).
 
+    ``budget`` (instead of, or with, ``threshold``): a fraction of the run's steps in (0, 1] or a
+    speed-up ``"4x"``. The run computes exactly ``round(budget * N)`` of its N steps (counted from the
+    schedule's first step; raised to what warm-up, cooldown and ``max_forecast_run`` force), so N must
+    be known (``num_steps``; the runtime is told it by ``compile_pipeline`` and sessions). Free steps
+    are placed by :class:`~taylorseer_fx.policy.budget.Pacer`: runs as long as the remaining budget
+    affords where the estimate grows at its usual rate, shorter where faster; with a ``threshold``
+    too, an estimate reaching it also computes (the count stays exact).
+
     Warm-up (default ``max(order + 1, 3)``), cooldown and ``max_forecast_run`` force computes; after a
     compute at least ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator,
     or an estimate of None/NaN, computes. ``per_region``: the runtime keeps one schedule per region
     instead of one shared.
     """
 
-    threshold: float
+    threshold: float | None = None
+    budget: float | str | None = None
     form: str = "heun"
     estimator: str = "pair"
     min_forecast_run: int = 0
@@ -353,8 +428,17 @@ class AutoPolicy(Policy):
             raise ValueError(f"{n}: estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         super()._validate()
         t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        if t is None and self.budget is None:
+            raise ValueError(f"{n}: give a threshold (the largest estimated error of a forecast run) or a "
+                             "budget (a fraction of the steps to compute, e.g. 0.25, or a speed-up '4x')")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                              or t <= 0):
             raise ValueError(f"{n}: threshold must be a finite number > 0, got {t!r}")
+        if self.budget is not None:
+            try:
+                budget_fraction(self.budget)
+            except ValueError as e:
+                raise ValueError(f"{n}: {e}") from None
         _check_int(n, "min_forecast_run", self.min_forecast_run, 0)
         if self.max_forecast_run is not None and self.min_forecast_run > self.max_forecast_run:
             raise ValueError(f"{n}: min_forecast_run ({self.min_forecast_run}) must be <= "
@@ -365,6 +449,15 @@ class AutoPolicy(Policy):
                              f"got {a!r}")
         if not isinstance(self.per_region, bool):
             raise ValueError(f"{n}: per_region must be a bool, got {self.per_region!r}")
+
+    def needs_num_steps(self) -> bool:
+        return self.cooldown > 0 or self.budget is not None
+
+    @property
+    def compute_fraction(self) -> float | None:
+        """The share of a run's steps a budget computes (``budget`` resolved: ``"4x"`` is 0.25), or None
+        without a budget."""
+        return None if self.budget is None else budget_fraction(self.budget)
 
     @property
     def rule(self) -> str:

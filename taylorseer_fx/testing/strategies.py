@@ -5,8 +5,8 @@ generation's steps; a *timestep* is the model's timestep value (``scheduler.time
 the schedulers here); a *sigma* is the noise level (flow matching: the interpolation weight of the
 noise, 1 = pure noise; Karras: the EDM sigma). Schedules are lists of Python floats, noisiest first.
 
-Policies: :func:`fixed_policies`, :func:`mask_policies`, :func:`auto_policies`, :func:`presets`,
-:func:`policies` (any of them) and :func:`policies_with_kwargs` (with the keyword arguments each was
+Policies: :func:`fixed_policies`, :func:`mask_policies`, :func:`auto_policies`, :func:`budget_policies`,
+:func:`presets`, :func:`policies` (any of them) and :func:`policies_with_kwargs` (with the keyword arguments each was
 built from). Schedules: :func:`flow_matching_sigmas` (shift and dynamic shifting),
 :func:`ddim_timesteps` (DDIM / DDPM spacings), :func:`karras_sigmas`, :func:`custom_sigmas`,
 :func:`heun_timesteps` (every inner timestep twice), :func:`img2img` (a strength's tail of a
@@ -31,7 +31,8 @@ from ..policy.policies import ACCUMULATE, AutoPolicy, FixedPolicy, MaskPolicy
 from ..policy.presets import available_policies, load_policy
 
 __all__ = [
-    "CfgLayout", "DrawnSchedule", "PolynomialTrajectory", "auto_policies", "cfg_layouts", "coordinates",
+    "CfgLayout", "DrawnSchedule", "PolynomialTrajectory", "auto_policies", "budget_policies", "cfg_layouts",
+    "coordinates",
     "custom_sigmas", "ddim_timesteps", "fixed_policies", "flow_matching_sigmas", "forecasts",
     "heun_timesteps", "img2img", "karras_sigmas", "mask_policies", "policies", "policies_with_kwargs",
     "polynomial_trajectories", "presets", "random_walks", "schedules", "seeds", "step_counts",
@@ -101,6 +102,21 @@ def auto_policies(draw, max_order: int = 3) -> AutoPolicy:
                       accumulate=draw(st.sampled_from([False, True, *ACCUMULATE])))
 
 
+@st.composite
+def budget_policies(draw, max_order: int = 2) -> AutoPolicy:
+    """An :class:`AutoPolicy` with a budget: a fraction in [0.05, 1] or a speed-up ``"<k>x"`` (k in 1..6),
+    with any warm-up, cooldown, max_forecast_run, min_forecast_run, accumulate rule and starting
+    threshold."""
+    order = draw(st.integers(0, max_order))
+    budget = draw(st.one_of(st.floats(0.05, 1.0), st.integers(1, 6).map(lambda k: f"{k}x")))
+    max_run = draw(st.one_of(st.none(), st.integers(1, 8)))
+    return AutoPolicy(budget=budget, threshold=draw(st.one_of(st.none(), st.floats(1e-4, 1.0))), order=order,
+                      form=draw(st.sampled_from(["heun", "newton", "taylor"])),
+                      warmup=draw(st.integers(order + 1, order + 4)), cooldown=draw(st.integers(0, 4)),
+                      max_forecast_run=max_run, min_forecast_run=draw(st.integers(0, max_run if max_run else 3)),
+                      accumulate=draw(st.sampled_from(ACCUMULATE)))
+
+
 def presets() -> st.SearchStrategy:
     """Every shipped preset (``policies/*.toml``), loaded."""
     return st.sampled_from(sorted(available_policies())).map(load_policy)
@@ -149,7 +165,7 @@ def policies_with_kwargs(draw) -> tuple:
 
 def policies() -> st.SearchStrategy:
     """Any policy: drawn fixed, mask and auto policies, and every shipped preset."""
-    return st.one_of(fixed_policies(), mask_policies(), auto_policies(), presets(),
+    return st.one_of(fixed_policies(), mask_policies(), auto_policies(), budget_policies(), presets(),
                      policies_with_kwargs().map(lambda pk: pk[0]))
 
 

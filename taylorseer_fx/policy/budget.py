@@ -1,0 +1,111 @@
+"""A compute budget: how many of a run's steps compute, and the pacing that places them.
+
+Pure arithmetic on step counts (no policies, no tensors). Units: steps are 0-based indices of a
+generation; a budget is a fraction of the run's steps in (0, 1] (``0.25``) or a speed-up ``"4x"``
+(a fraction of 1/4).
+
+:func:`target_computes` is ``round(fraction * steps)``, raised to :func:`least_computes` (what warm-up,
+cooldown and ``max_forecast_run`` force) when the budget is below it. :func:`computes_needed` says how
+many computes a stretch of steps needs at least under ``max_forecast_run``; the budgeted schedule
+(``AutoPolicy(budget=...)``) uses it to stay feasible, so the count is met exactly. :class:`Pacer`
+places the free computes: a run lasts the spacing the remaining budget affords where the estimate
+grows at its usual rate, ends early where it grows faster, lasts longer where it grows slower.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+__all__ = ["GROWTH", "Pacer", "budget_fraction", "computes_needed", "least_computes", "longest_run",
+           "target_computes"]
+
+def budget_fraction(budget) -> float:
+    """The fraction of steps a budget computes: a number in (0, 1], or a string ``"<k>x"`` with
+    k >= 1 (a speed-up: 1/k). Raises ValueError naming ``budget`` for anything else."""
+    if isinstance(budget, str):
+        text = budget.strip().lower()
+        try:
+            k = float(text[:-1]) if text.endswith("x") else math.nan
+        except ValueError:
+            k = math.nan
+        if not math.isfinite(k) or k < 1:
+            raise ValueError(f"budget must be a fraction in (0, 1] or a speed-up '<k>x' with k >= 1 "
+                             f"(e.g. 0.25 or '4x'), got {budget!r}")
+        return 1.0 / k
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0 < budget <= 1:
+        raise ValueError(f"budget must be a fraction in (0, 1] or a speed-up '<k>x' with k >= 1 "
+                         f"(e.g. 0.25 or '4x'), got {budget!r}")
+    return float(budget)
+
+
+def computes_needed(steps: int, run: int, max_run: int | None) -> int:
+    """The fewest computes among ``steps`` coming steps so that no forecast run exceeds ``max_run``,
+    when ``run`` forecasts are already in a row (0 right after a compute)."""
+    if max_run is None or steps <= 0:
+        return 0
+    slack = max_run - run                  # forecasts still allowed before a compute must come
+    if steps <= slack:
+        return 0
+    return 1 + (steps - max(slack, 0) - 1) // (max_run + 1)
+
+
+def least_computes(steps: int, warmup: int, cooldown: int, max_run: int | None) -> int:
+    """The computes a run of ``steps`` cannot avoid: the warm-up (at least step 0), the cooldown, and
+    what ``max_run`` needs between them."""
+    lead = min(max(warmup, 1), steps)
+    tail = min(cooldown, steps - lead)
+    return lead + tail + computes_needed(steps - lead - tail, 0, max_run)
+
+
+def target_computes(fraction: float, steps: int, warmup: int, cooldown: int, max_run: int | None) -> int:
+    """``round(fraction * steps)`` computes for a run of ``steps``, at least :func:`least_computes` and
+    at most ``steps``."""
+    want = int(math.floor(fraction * steps + 0.5))
+    return min(steps, max(want, least_computes(steps, warmup, cooldown, max_run)))
+
+
+def longest_run(steps: int, computes: int) -> int:
+    """The longest forecast run a budget allows where it can: twice the mean spacing of ``computes``
+    over ``steps`` (``2 * steps / computes - 1`` forecasts, rounded up). It keeps an estimate that is
+    small early from saving the whole budget for the end, and one that is large early from spending
+    it all there: where the estimate grows fastest runs are shorter, never longer than this."""
+    return max(1, math.ceil(2 * steps / max(computes, 1)) - 1)
+
+
+#: how the combined estimate of a forecast run grows with its length k when each step's own estimate
+#: grows like k (the pair estimate of order 1): k ("step"), k^1.5 (root of the sum of squares), k^2 (sum)
+GROWTH = {"step": 1.0, "rss": 1.5, "sum": 2.0}
+
+
+class Pacer:
+    """Where a budget's free computes go: runs as long as the budget's spacing where the estimate grows
+    at its usual rate, shorter where it grows faster, longer where slower.
+
+    Each free step's combined estimate ``value`` of the run (``run`` forecasts with this step) gives a
+    growth rate ``a = value / run ** g`` (``g`` = ``GROWTH[rule]``). With ``ā`` the geometric mean of
+    the rates seen so far in the generation and ``L`` the forecasts per compute the budget left
+    affords (``1 / pace - 1``), the step computes when ``run > L * (ā / a) ** (1 / g)``: every run ends
+    at about the same estimated error, the one that spends the budget. Scale-free (no level to
+    guess); ``threshold`` (optional) also computes a step whose estimate reaches it. NaN computes."""
+
+    def __init__(self, rule: str = "rss", threshold: float | None = None):
+        self.growth = GROWTH[rule]
+        self.threshold = threshold
+        self._log_sum, self._n = 0.0, 0
+
+    def decide(self, value: float, pace: float, run: int) -> bool:
+        """``value``: the combined estimate with this step forecast (``run`` >= 1 forecasts in a row);
+        ``pace``: the remaining free computes per remaining free step."""
+        if math.isnan(value):
+            return True
+        if self.threshold is not None and value >= self.threshold:
+            return True
+        if value <= 0:
+            return False
+        a = value / run ** self.growth
+        self._log_sum += math.log(a)
+        self._n += 1
+        usual = math.exp(self._log_sum / self._n)
+        forecasts = 1.0 / max(pace, 1e-12) - 1.0           # per compute, what the budget affords
+        return run > forecasts * (usual / a) ** (1.0 / self.growth)

@@ -1,0 +1,118 @@
+"""``AutoPolicy(budget=...)``: exactly ``round(budget * N)`` computes whenever N is known (raised to what
+warm-up, cooldown and max_forecast_run force), spent where the estimate grows fastest, a clear error
+without N, presets that round-trip."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from taylorseer_fx import AutoPolicy, load_policy, policy_to_toml
+from taylorseer_fx.policy.budget import (budget_fraction, computes_needed, least_computes, longest_run,
+                                         target_computes)
+from taylorseer_fx.policy.presets import policy_from_dict, policy_to_dict
+from taylorseer_fx.testing import strategies as S
+
+from policy_helpers import forecast_runs
+
+FAST = settings(max_examples=300, deadline=None, derandomize=True, database=None)
+
+
+def _estimates(draw, n):
+    """An estimate per (step, steps since the compute): random, with NaN (no estimate) now and then."""
+    values = draw(st.lists(st.one_of(st.floats(0, 2), st.just(math.nan)), min_size=n, max_size=n))
+    return lambda s, k: values[s] * k
+
+
+@FAST
+@given(S.budget_policies(), st.integers(1, 80), st.data())
+def test_the_budget_is_met_exactly_for_every_step_count(policy, n, data):
+    steps = policy.compute_steps(n, _estimates(data.draw, n))
+    frac = policy.compute_fraction
+    least = least_computes(n, policy.warmup_steps, policy.cooldown, policy.max_forecast_run)
+    want = int(math.floor(frac * n + 0.5))
+    assert len(steps) == max(want, least) == target_computes(frac, n, policy.warmup_steps, policy.cooldown,
+                                                               policy.max_forecast_run)
+    assert set(range(min(policy.warmup_steps, n))) <= set(steps)                 # warm-up
+    assert set(range(max(n - policy.cooldown, 0), n)) <= set(steps)              # cooldown
+    if policy.max_forecast_run is not None:
+        assert all(r <= policy.max_forecast_run for r in forecast_runs(steps, n))
+
+
+@FAST
+@given(S.budget_policies(), st.integers(2, 60), st.integers(0, 20), st.data())
+def test_a_schedule_starting_mid_run_spends_the_budget_over_its_own_steps(policy, n, first, data):
+    first = min(first, n - 1)
+    est = _estimates(data.draw, n)
+    sched = policy.start(n, first_step=first)
+    got = []
+    for s in range(first, n):
+        k = s - sched.last_compute if sched.last_compute is not None else 0
+        if sched.decide(s, lambda s=s, k=k: est(s, k)):
+            got.append(s)
+    assert len(got) == target_computes(policy.compute_fraction, n - first, policy.warmup_steps, policy.cooldown,
+                                       policy.max_forecast_run)
+
+
+def test_computes_go_where_the_estimate_grows_fastest():
+    """The same budget on 40 steps: an estimate growing 10x faster in steps 14..23 than elsewhere gets
+    more computes there than in the ten steps before or after; one growing faster in the first half
+    gets most of them there; the counts are exact, and no forecast run is longer than twice the
+    budget's mean spacing."""
+    p = AutoPolicy(budget=0.3, warmup=2, select_order=False)
+    burst = p.compute_steps(40, lambda s, k: k * (0.1 if 14 <= s < 24 else 0.01))
+    early = p.compute_steps(40, lambda s, k: k * (0.1 if s < 20 else 0.01))
+    assert len(burst) == len(early) == 12
+    inside = sum(14 <= s < 24 for s in burst)
+    assert inside > sum(4 <= s < 14 for s in burst) and inside > sum(24 <= s < 34 for s in burst)
+    assert sum(s < 20 for s in early) > sum(s >= 20 for s in early)
+    longest = longest_run(40, 12)
+    assert longest == 6 and max(forecast_runs(burst, 40)) <= longest and max(forecast_runs(early, 40)) <= longest
+
+
+def test_the_budget_needs_the_step_count_and_says_so():
+    p = AutoPolicy(budget="3x")
+    with pytest.raises(ValueError, match="num_steps"):
+        p.start()
+    assert len(AutoPolicy(budget="3x", num_steps=30).compute_steps(30)) == 10
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.1, "0.5x", "fast", True, math.nan, "x"])
+def test_a_bad_budget_is_a_value_error_naming_it(bad):
+    with pytest.raises(ValueError, match="budget"):
+        AutoPolicy(budget=bad)
+
+
+def test_a_threshold_or_a_budget_is_required():
+    with pytest.raises(ValueError, match="threshold.*budget"):
+        AutoPolicy()
+    assert AutoPolicy(budget=0.25).compute_fraction == 0.25 and budget_fraction("4x") == 0.25
+
+
+def test_computes_needed_is_the_fewest_that_keep_every_run_short():
+    for m in range(1, 6):
+        for steps in range(0, 30):
+            for run in range(0, m + 1):
+                # brute force: compute as late as allowed
+                need, r = 0, run
+                for _ in range(steps):
+                    if r == m:
+                        need, r = need + 1, 0
+                    else:
+                        r += 1
+                assert computes_needed(steps, run, m) == need, (steps, run, m)
+    assert computes_needed(100, 0, None) == 0
+
+
+@pytest.mark.parametrize("name, fraction", [("auto-2x", 0.5), ("auto-3x", 1 / 3), ("auto-4x", 0.25)])
+def test_the_budget_presets_load_and_round_trip(name, fraction, tmp_path):
+    p = load_policy(name)
+    assert isinstance(p, AutoPolicy) and p.compute_fraction == pytest.approx(fraction)
+    assert policy_from_dict(policy_to_dict(p)) == p
+    path = tmp_path / "p.toml"
+    path.write_text(policy_to_toml(p))
+    assert load_policy(str(path)) == p
+    assert len(p.compute_steps(28)) == target_computes(p.compute_fraction, 28, p.warmup_steps, p.cooldown,
+                                                       p.max_forecast_run)
