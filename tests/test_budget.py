@@ -116,3 +116,10 @@ def test_the_budget_presets_load_and_round_trip(name, fraction, tmp_path):
     assert load_policy(str(path)) == p
     assert len(p.compute_steps(28)) == target_computes(p.compute_fraction, 28, p.warmup_steps, p.cooldown,
                                                        p.max_forecast_run)
+
+
+def test_steps_past_the_told_run_compute():
+    """A run longer than its num_steps (a pipeline told the wrong count): the extra steps compute."""
+    sched = AutoPolicy(budget=0.5).start(6)
+    decisions = [sched.decide(s, lambda: 0.001) for s in range(9)]
+    assert decisions[6:] == [True, True, True] and sum(decisions[:6]) == 3

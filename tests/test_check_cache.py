@@ -195,10 +195,7 @@ def test_a_compiled_pipeline_is_refused(tiny):
         handle.remove()
 
 
-def test_img2img_strength_is_varied_and_the_schedule_counts_the_runs_own_steps():
-    """FluxImg2ImgPipeline (tiny VAE): at strength s a run takes the last N - int(N - N * s) steps
-    (Flux's rounding; SD's is int(N * s)); the fixed policy's schedule is checked over those, from the
-    run's first step."""
+def _tiny_img2img():
     torch.manual_seed(0)
     pipe, _ = _flux_pipe()
     vae = diffusers.AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
@@ -209,8 +206,30 @@ def test_img2img_strength_is_varied_and_the_schedule_counts_the_runs_own_steps()
     img2img.set_progress_bar_config(disable=True)
     cond, _ = _flux_embeds()
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    r = check_cache(img2img, FIXED, inputs=[dict(cond, image=image, height=32, width=32, output_type="latent")],
-                    steps=(8, 14), strengths=[0.5, 1.0], examples=4, tolerance=0.2)
+    return img2img, dict(cond, image=image, height=32, width=32, output_type="latent")
+
+
+def test_a_budget_counts_the_steps_an_img2img_run_takes():
+    """16 steps at strength 0.5 run steps 8..15: a budget of one half computes 4 of those 8."""
+    from taylorseer_fx import compile_pipeline
+
+    img2img, kw = _tiny_img2img()
+    handle = compile_pipeline(img2img, policy=AutoPolicy(budget=0.5), inner="eager")
+    try:
+        img2img(**kw, num_inference_steps=16, strength=0.5, generator=torch.Generator().manual_seed(0))
+        rows = [r for r in handle.stats()["transformer"]["trace"] if r["stream"] == 0]
+    finally:
+        handle.remove()
+    assert [r["step"] for r in rows] == list(range(8, 16))
+    assert sum(r["decision"] == "compute" for r in rows) == 4
+
+
+def test_img2img_strength_is_varied_and_the_schedule_counts_the_runs_own_steps():
+    """FluxImg2ImgPipeline (tiny VAE): at strength s a run takes the last N - int(N - N * s) steps
+    (Flux's rounding; SD's is int(N * s)); the fixed policy's schedule is checked over those, from the
+    run's first step."""
+    img2img, kw = _tiny_img2img()
+    r = check_cache(img2img, FIXED, inputs=[kw], steps=(8, 14), strengths=[0.5, 1.0], examples=4, tolerance=0.2)
     r.assert_ok()
     for row in r.rows:
         n = row.case.steps

@@ -315,6 +315,9 @@ class _AutoSchedule(Schedule):
             return True
         end = self.end if self.end is not None else self.num_steps
         free_left = end - step                       # this step and the free ones after it
+        if free_left <= 0:                           # past the run it was told: when in doubt, compute
+            self.total = 0.0
+            return True
         free_budget = self.target - self.spent - (self.num_steps - end)   # the cooldown is reserved
         run = step - self.last_compute - 1
         m = p.max_forecast_run if self.soft is None else self.soft
