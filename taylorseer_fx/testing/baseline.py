@@ -3,8 +3,9 @@
 ``Baseline(path)`` loads the file if it exists. For a key (a test's node id), :func:`check_cache`
 re-runs the recorded cases first (hypothesis' explicit examples), then compares: a case whose
 decisions changed, or whose relative L2 error grew beyond ``error * (1 + margin) + atol``, is a
-problem; a policy that changed is one too. Keys not in the file are recorded; ``bless=True``
-records every key afresh (after an upgrade you accept). The file is written when an entry changes.
+problem; a policy that changed is one too. Keys not in the file are recorded (when the check
+passed); ``bless=True`` records every key afresh (after an upgrade you accept). The file is written
+when an entry changes.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class Baseline:
         return problems
 
     def record(self, key: str, result) -> bool:
-        """Record ``result``'s passing cases under ``key`` when blessing or new; returns whether it did."""
+        """Record ``result``'s passing cases under ``key`` when blessing or new; returns whether it did
+        (``check_cache`` records only a result that passed)."""
         if not self.bless and key in self.entries:
             return False
         cases = {}

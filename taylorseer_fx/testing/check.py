@@ -285,8 +285,11 @@ def check_cache(target, policy, *, inputs: Sequence | None = None, sample: Calla
     for name, v in (("tolerance", tolerance), ("examples", examples)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise ValueError(f"check_cache: {name} must be a number > 0, got {v!r}")
-    if min_forecast is not None and not 0 <= min_forecast <= 1:
+    if min_forecast is not None and (isinstance(min_forecast, bool) or not isinstance(min_forecast, (int, float))
+                                     or not 0 <= min_forecast <= 1):
         raise ValueError(f"check_cache: min_forecast must be None or a share in [0, 1], got {min_forecast!r}")
+    if baseline is not None and not isinstance(baseline_key, str):
+        raise ValueError(f"check_cache: a baseline needs baseline_key, a str naming this check, got {baseline_key!r}")
     if sample is not None:
         runner = ModelTarget(target, sample, inner=inner, regions=regions or "stack", options=options)
         n_inputs = len(inputs) if inputs is not None else 1
@@ -329,7 +332,8 @@ def check_cache(target, policy, *, inputs: Sequence | None = None, sample: Calla
         result.shrunk = e.row
     if baseline is not None:
         result.baseline_problems = baseline.compare(baseline_key, result)
-        baseline.record(baseline_key, result)
+        if result.ok:                  # a failing check is never what later runs are held to
+            baseline.record(baseline_key, result)
     return result
 
 
