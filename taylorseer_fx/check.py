@@ -31,14 +31,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _steps(text: str):
-    lo, sep, hi = text.partition(":")
-    try:
-        return (int(lo), int(hi)) if sep else int(text)
-    except ValueError:
-        raise SystemExit(f"--steps must be an int or lo:hi (e.g. 20:50), got {text!r}") from None
-
-
 def _load(args):
     if args.path is None:
         from .demo.flux_model import PIXEL_SIZE
@@ -73,13 +65,12 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from .testing import check_cache
 
-    steps = _steps(args.steps)
     batch = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None
     try:
         pipe, inputs, name = _load(args)
         print(f"checking {args.policy} on {name}: {args.examples} cases, steps {args.steps}, tolerance "
               f"{args.tolerance:g}, inner {args.inner}", file=sys.stderr)
-        result = check_cache(pipe, args.policy, inputs=inputs, steps=steps, batch_sizes=batch,
+        result = check_cache(pipe, args.policy, inputs=inputs, steps=args.steps, batch_sizes=batch,
                              examples=args.examples, tolerance=args.tolerance, min_psnr=args.min_psnr,
                              min_forecast=args.min_forecast, inner=args.inner, progress=_Progress(args.examples))
     except ValueError as e:

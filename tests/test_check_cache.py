@@ -175,7 +175,7 @@ def test_a_tolerance_exceeded_at_one_step_count_is_found_and_shrunk(tiny, monkey
 # ------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("kw, match", [
     (dict(tolerance=0), "tolerance"), (dict(examples=-1), "examples"), (dict(min_forecast=2), "min_forecast"),
-    (dict(steps="a:b"), "steps"), (dict(steps=(9, 3)), "steps"), (dict(batch_sizes=[0]), "batch_sizes"),
+    (dict(steps="a:b"), "steps"), (dict(steps=(9, 3)), "steps"), (dict(steps="0:5"), "steps"), (dict(batch_sizes=[0]), "batch_sizes"),
     (dict(inputs=[]), "inputs"), (dict(vary=["x"]), "vary"), (dict(min_forecast="half"), "min_forecast"),
     (dict(baseline=object()), "baseline_key")])
 def test_bad_arguments_raise_a_value_error_naming_the_field(tiny, kw, match):

@@ -282,11 +282,8 @@ class _AutoSchedule(Schedule):
         """The decision: compute when the estimated error of this step ("step"), the sum over the
         forecast run ("sum") or the root of the sum of squares over the run ("rss") exceeds the
         threshold. NaN (no estimate available) computes."""
-        if self.rule == "step":
-            total = bound = value
-        else:
-            total = self._add(value)
-            bound = math.sqrt(total) if self.rule == "rss" else total
+        total = value if self.rule == "step" else self._add(value)
+        bound = self._combined(value)
         if bound <= self.policy.threshold:
             self.total = total
             return False

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from hypothesis import strategies as st
 
-__all__ = ["Case", "CaseSpace", "dimension"]
+__all__ = ["Case", "CaseSpace", "dimension", "int_range"]
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,8 @@ def dimension(value, name: str, *, ints: bool = False) -> st.SearchStrategy:
         return st.none()
     if isinstance(value, st.SearchStrategy):
         return value
-    if ints and isinstance(value, str):
-        lo, sep, hi = value.partition(":")
-        try:
-            value = (int(lo), int(hi)) if sep else int(value)
-        except ValueError:
-            raise ValueError(f"{name} must be an int or 'lo:hi' (e.g. '20:50'), got {value!r}") from None
+    if ints:
+        value = int_range(value, name)
     if ints and isinstance(value, tuple):
         if len(value) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value) \
                 or value[0] > value[1]:
@@ -90,6 +86,18 @@ def dimension(value, name: str, *, ints: bool = False) -> st.SearchStrategy:
             raise ValueError(f"{name}: the list of values is empty")
         return st.sampled_from(values)
     return st.just(value)
+
+
+def int_range(value, name: str):
+    """``"lo:hi"`` as the tuple ``(lo, hi)`` and ``"n"`` as the int ``n``; anything else unchanged.
+    Raises ValueError naming ``name`` for a string that is neither."""
+    if not isinstance(value, str):
+        return value
+    lo, sep, hi = value.partition(":")
+    try:
+        return (int(lo), int(hi)) if sep else int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an int or 'lo:hi' (e.g. '20:50'), got {value!r}") from None
 
 
 def _check_positive(values, name: str) -> None:
@@ -117,7 +125,9 @@ class CaseSpace:
     vary: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        _check_positive(self.steps if not isinstance(self.steps, str) else [], "steps")
+        self.steps, self.seeds = int_range(self.steps, "steps"), int_range(self.seeds, "seeds")
+        self.batch_sizes = int_range(self.batch_sizes, "batch_sizes")
+        _check_positive(self.steps, "steps")
         _check_positive(self.batch_sizes if self.batch_sizes is not None else [], "batch_sizes")
         if not isinstance(self.vary, Mapping) or not all(isinstance(k, str) for k in self.vary):
             raise ValueError(f"vary must be a dict of keyword name -> values, got {self.vary!r}")
