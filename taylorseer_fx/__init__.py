@@ -10,6 +10,8 @@ Public API:
 - :class:`Request` -- one generation, explicit: its state reaches no other request; ``context(...)``
   tells the step and branch of the calls inside.
 - :func:`taylor_seer` -- the seed decorator for one module with a single tensor output.
+- :func:`tune` -- where a compute budget's computes go on your model, found by search and written as a
+  preset (``python -m taylorseer_fx.tuning``).
 - :class:`Forecaster` -- the forecast math (``newton`` and ``taylor`` forms).
 - For annotations and subclasses: :class:`Policy` (the base of every policy), :class:`TaylorSeerBackend`
   (what :func:`taylorseer_backend` returns), :class:`CompiledPipeline` (what :func:`compile_pipeline`
@@ -24,6 +26,7 @@ from .integrations.decorator import taylor_seer
 from .graph.backend import TaylorSeerBackend, taylorseer_backend
 from .runtime.request import Request
 from .integrations.pipeline import CompiledPipeline, compile_pipeline
+from .tuning.tuner import tune
 
 __all__ = [
     "AutoPolicy",
@@ -40,4 +43,5 @@ __all__ = [
     "policy_to_toml",
     "taylor_seer",
     "taylorseer_backend",
+    "tune",
 ]

@@ -175,7 +175,7 @@ def test_a_denoiser_joining_mid_run_is_held_to_the_schedule_from_its_first_step(
     """Wan 2.2's second transformer takes steps 5..11: its decisions are counted from there, its
     warm-up starts there, and the run has 12 steps."""
     from taylorseer_fx.testing.check import _schedule
-    from taylorseer_fx.testing.targets import _rebased, decisions_of
+    from taylorseer_fx.integrations.targets import _rebased, decisions_of
 
     rows = [{"step": s, "stream": 0, "decision": "compute"} for s in range(3, 8)]
     rows2 = [{"step": s, "stream": st, "decision": "forecast" if s % 2 else "compute"}

@@ -33,6 +33,7 @@ Presets (``policies/*.toml``) load by name with :func:`taylorseer_fx.policy.pres
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields
 
 from ..forecast.forms import DIVIDED
@@ -246,6 +247,7 @@ class _AutoSchedule(Schedule):
         self.spent = 0
         self.pacer = None
         self.soft = None     # the run bound the budget reserves computes for (longest_run), when it can
+        self.placed = None   # a tuned placement for this run's step count: its compute steps from first_step
 
     def _add(self, value: float) -> float:
         return self.total + (value * value if self.rule == "rss" else value)
@@ -258,9 +260,30 @@ class _AutoSchedule(Schedule):
         return math.sqrt(total) if self.rule == "rss" else total
 
     def _decide(self, step, estimate):
-        decision = self._budgeted(step, estimate) if self.policy.budget is not None else self._threshold(step, estimate)
+        if self._step is None and self.policy.placements:
+            self.placed = self._placement()
+        if self.placed is not None:             # a tuned placement: no estimate read at all
+            decision = self._forced(step) or step - self.first_step in self.placed \
+                or step - self.first_step >= self.num_steps - self.first_step
+        elif self.policy.budget is not None:
+            decision = self._budgeted(step, estimate)
+        else:
+            decision = self._threshold(step, estimate)
         self.spent += decision
         return decision
+
+    def _placement(self):
+        """The tuned compute steps for this run's length (counted from first_step), or None with a
+        warning naming what decides instead (once per step count)."""
+        p = self.policy
+        steps = None if self.num_steps is None else self.num_steps - self.first_step
+        found = dict(p.placements).get(steps)
+        if found is None:
+            rule = "the budget places the computes" if p.budget is not None else "the threshold rule decides"
+            warnings.warn(f"AutoPolicy: no tuned placement for a run of {steps} steps (tuned: "
+                          f"{sorted(dict(p.placements))}); {rule}", UserWarning, stacklevel=2)
+            return None
+        return frozenset(found)
 
     def _threshold(self, step, estimate):
         p = self.policy
@@ -387,6 +410,14 @@ class AutoPolicy(Policy):
     affords where the estimate grows at its usual rate, shorter where faster; with a ``threshold``
     too, an estimate reaching it also computes (the count stays exact).
 
+    ``placements`` (what :func:`taylorseer_fx.tune` writes): ``{N: [compute steps]}``, the tuned
+    placement of a run of N steps (steps counted from the schedule's first step; every warm-up and
+    cooldown step included, no forecast run longer than ``max_forecast_run``, exactly the budget's
+    count with a budget). A run of a tuned length computes exactly those steps and reads no estimate;
+    any other length is decided by the budget (or threshold), with a warning naming the length once.
+    A TOML table ``[placements]`` with keys ``28 = [0, 1, 2, ...]``. Stored as sorted ``(N, steps)``
+    pairs (hashable).
+
     Warm-up (default ``max(order + 1, 3)``), cooldown and ``max_forecast_run`` force computes; after a
     compute at least ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator,
     or an estimate of None/NaN, computes. ``per_region``: the runtime keeps one schedule per region
@@ -395,6 +426,7 @@ class AutoPolicy(Policy):
 
     threshold: float | None = None
     budget: float | str | None = None
+    placements: tuple | None = None
     form: str = "heun"
     estimator: str = "pair"
     min_forecast_run: int = 0
@@ -449,9 +481,52 @@ class AutoPolicy(Policy):
                              f"got {a!r}")
         if not isinstance(self.per_region, bool):
             raise ValueError(f"{n}: per_region must be a bool, got {self.per_region!r}")
+        if self.placements is not None:
+            object.__setattr__(self, "placements", self._checked_placements())
+
+    def _checked_placements(self) -> tuple:
+        """``placements`` as sorted ``((N, (steps...)), ...)``; ValueError naming ``placements[N]``."""
+        n, given = type(self).__name__, self.placements
+        items = given.items() if hasattr(given, "items") else given
+        try:
+            items = [(k, v) for k, v in items]
+        except (TypeError, ValueError):
+            raise ValueError(f"{n}: placements must be a mapping {{num_steps: [compute steps]}}, got {given!r}") from None
+        out = {}
+        for key, steps in items:
+            N = int(key) if isinstance(key, str) and key.strip().isdigit() else key
+            if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+                raise ValueError(f"{n}: placements keys must be step counts (ints >= 1), got {key!r}")
+            where = f"{n}: placements[{N}]"
+            if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
+                raise ValueError(f"{where} must be a list of compute steps, got {steps!r}")
+            steps = tuple(steps)
+            if (not steps or any(isinstance(i, bool) or not isinstance(i, int) for i in steps)
+                    or list(steps) != sorted(set(steps)) or steps[0] != 0 or steps[-1] >= N):
+                raise ValueError(f"{where} must be increasing ints in [0, {N}) starting at 0, got {list(steps)!r}")
+            must = set(range(min(self.warmup_steps, N))) | set(range(max(N - self.cooldown, 0), N))
+            if not must <= set(steps):
+                raise ValueError(f"{where} must compute every warm-up and cooldown step: misses "
+                                 f"{sorted(must - set(steps))}")
+            gaps = [b - a - 1 for a, b in zip(steps, steps[1:] + (N,))]
+            if self.max_forecast_run is not None and max(gaps) > self.max_forecast_run:
+                raise ValueError(f"{where} forecasts {max(gaps)} steps in a row; max_forecast_run is "
+                                 f"{self.max_forecast_run}")
+            if self.budget is not None:
+                want = target_computes(budget_fraction(self.budget), N, self.warmup_steps, self.cooldown,
+                                       self.max_forecast_run)
+                if len(steps) != want:
+                    raise ValueError(f"{where} computes {len(steps)} steps; the budget {self.budget!r} "
+                                     f"computes {want} of {N}")
+            if N in out:
+                raise ValueError(f"{n}: placements has {N} twice")
+            out[N] = steps
+        if not out:
+            raise ValueError(f"{n}: placements is empty (leave it out, or give {{num_steps: [compute steps]}})")
+        return tuple(sorted(out.items()))
 
     def needs_num_steps(self) -> bool:
-        return self.cooldown > 0 or self.budget is not None
+        return self.cooldown > 0 or self.budget is not None or self.placements is not None
 
     @property
     def compute_fraction(self) -> float | None:

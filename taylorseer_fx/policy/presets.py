@@ -55,7 +55,10 @@ def policy_to_dict(policy: Policy) -> dict:
         v = resolved.get(f.name, getattr(policy, f.name))
         if v is None:
             continue
-        out[f.name] = list(v) if isinstance(v, tuple) else v
+        if f.name == "placements":               # {"N": [steps]}: TOML keys are strings
+            out[f.name] = {str(n): list(steps) for n, steps in v}
+        else:
+            out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
 
 
@@ -76,7 +79,10 @@ def policy_to_toml(policy: Policy, description: str | None = None) -> str:
     back to a policy that decides and forecasts the same)."""
     spec = policy_to_dict(policy)
     lines = [f"description = {_toml_value(description)}"] if description else []
-    lines += [f"{k} = {_toml_value(v)}" for k, v in spec.items()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in spec.items() if not isinstance(v, dict)]
+    for k, table in spec.items():              # tables (placements) after every plain field
+        if isinstance(table, dict):
+            lines += ["", f"[{k}]"] + [f"{key} = {_toml_value(v)}" for key, v in table.items()]
     return "\n".join(lines) + "\n"
 
 

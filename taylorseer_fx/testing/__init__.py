@@ -17,8 +17,10 @@ if importlib.util.find_spec("hypothesis") is None:      # pragma: no cover - dep
     raise ImportError('taylorseer_fx.testing needs hypothesis: pip install "taylorseer-fx[test]"')
 
 from .baseline import Baseline
-from .cases import Case, CaseSpace
-from .check import CheckResult, Row, check_cache, psnr, relative_l2
+from ..integrations.measures import psnr, relative_l2
+from ..integrations.targets import Case
+from .cases import CaseSpace
+from .check import CheckResult, Row, check_cache
 from .math_checks import check_affine_invariance, check_polynomial_exactness
 
 __all__ = ["Baseline", "Case", "CaseSpace", "CheckResult", "Row", "check_affine_invariance", "check_cache",

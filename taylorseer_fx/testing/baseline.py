@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from ..policy.presets import policy_to_dict
-from .cases import Case
+from ..integrations.targets import Case
 
 __all__ = ["Baseline"]
 

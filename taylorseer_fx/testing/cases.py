@@ -1,6 +1,6 @@
-"""One case of a cache check (what a pipeline call varies) and the space hypothesis draws cases from.
+"""The space hypothesis draws the cases of a cache check from.
 
-A :class:`Case` names a run: ``steps`` (``num_inference_steps``), ``seed`` (the generator's), which
+A :class:`~taylorseer_fx.integrations.targets.Case` names a run: ``steps`` (``num_inference_steps``), ``seed`` (the generator's), which
 of the user's ``inputs`` (an index), and the optional ``batch_size`` (``num_images_per_prompt``),
 ``resolution`` ((height, width) in pixels), ``strength`` (img2img), ``guidance`` and ``params`` (any
 other keyword the user varies). None means "the pipeline's default" and is not passed.
@@ -8,61 +8,15 @@ other keyword the user varies). None means "the pipeline's default" and is not p
 
 from __future__ import annotations
 
-import json
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from hypothesis import strategies as st
 
-__all__ = ["Case", "CaseSpace", "dimension", "int_range"]
+from ..integrations.targets import Case
 
-
-@dataclass(frozen=True)
-class Case:
-    """One run of the target. Every field but ``steps`` and ``seed`` is optional (None: not varied)."""
-
-    steps: int
-    seed: int = 0
-    input: int = 0
-    batch_size: int | None = None
-    resolution: tuple | None = None
-    strength: float | None = None
-    guidance: float | None = None
-    params: tuple = field(default=())      # ((name, value), ...) sorted by name
-
-    @property
-    def extra(self) -> dict:
-        """``params`` as a dict."""
-        return dict(self.params)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["resolution"] = list(self.resolution) if self.resolution is not None else None
-        d["params"] = {k: v for k, v in self.params}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Case":
-        d = dict(d)
-        if d.get("resolution") is not None:
-            d["resolution"] = tuple(d["resolution"])
-        d["params"] = tuple(sorted(dict(d.get("params") or {}).items()))
-        return cls(**d)
-
-    def key(self) -> str:
-        """A stable text key (baselines are keyed by it)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    def short(self) -> str:
-        """``steps=7 seed=3 batch=2 ...``: the fields that are set."""
-        parts = [f"steps={self.steps}", f"seed={self.seed}", f"input={self.input}"]
-        for name, v in (("batch", self.batch_size), ("resolution", self.resolution), ("strength", self.strength),
-                        ("guidance", self.guidance)):
-            if v is not None:
-                parts.append(f"{name}={'x'.join(map(str, v)) if name == 'resolution' else v}")
-        parts += [f"{k}={v!r}" for k, v in self.params]
-        return " ".join(parts)
+__all__ = ["CaseSpace", "dimension", "int_range"]
 
 
 def dimension(value, name: str, *, ints: bool = False) -> st.SearchStrategy:

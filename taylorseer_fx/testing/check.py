@@ -34,8 +34,10 @@ from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
 from ..policy.policies import AutoPolicy
 from ..policy.presets import load_policy, policy_to_dict
 from ..runtime.report import format_table
-from .cases import Case, CaseSpace
-from .targets import ModelTarget, PipelineTarget
+from ..integrations.targets import Case
+from .cases import CaseSpace
+from ..integrations.measures import psnr, relative_l2
+from ..integrations.targets import make_target
 
 __all__ = ["CheckResult", "Row", "check_cache", "relative_l2", "psnr"]
 
@@ -45,23 +47,6 @@ CHECKS = ("never", "error", "shape", "finite", "tolerance", "metric", "schedule"
 #: relative L2 allowed between a never-forecast run and the uncached run with a non-eager inner
 #: backend (reordered reductions), by output dtype of the model
 NEVER_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.float16: 5e-3, torch.bfloat16: 3e-2}
-
-
-def relative_l2(y: torch.Tensor, ref: torch.Tensor) -> float:
-    """``||y - ref|| / ||ref||`` in float64 (``||y||`` when ``ref`` is zero)."""
-    y, ref = y.double(), ref.double()
-    den = float(ref.norm()) or 1.0
-    return float((y - ref).norm()) / den
-
-
-def psnr(y: torch.Tensor, ref: torch.Tensor) -> float:
-    """PSNR in dB with the reference's value range ``max - min`` as the peak (inf when equal)."""
-    y, ref = y.double(), ref.double()
-    mse = float(((y - ref) ** 2).mean())
-    peak = float(ref.max() - ref.min()) if ref.numel() else 0.0
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(max(peak, 1e-12) ** 2 / mse) if math.isfinite(mse) else -math.inf
 
 
 @dataclass
@@ -290,19 +275,8 @@ def check_cache(target, policy, *, inputs: Sequence | None = None, sample: Calla
         raise ValueError(f"check_cache: min_forecast must be None or a share in [0, 1], got {min_forecast!r}")
     if baseline is not None and not isinstance(baseline_key, str):
         raise ValueError(f"check_cache: a baseline needs baseline_key, a str naming this check, got {baseline_key!r}")
-    if sample is not None:
-        runner = ModelTarget(target, sample, inner=inner, regions=regions or "stack", options=options)
-        n_inputs = len(inputs) if inputs is not None else 1
-    else:
-        if not hasattr(target, "scheduler"):
-            raise ValueError("check_cache: target must be a diffusers pipeline, or a model with "
-                             "sample=callable(model, case)")
-        inputs = inputs if inputs is not None else [{"prompt": "a photograph of an astronaut riding a horse"}]
-        if not inputs or not all(isinstance(i, Mapping) for i in inputs):
-            raise ValueError("check_cache: inputs must be a non-empty list of keyword dicts for the pipeline")
-        runner = PipelineTarget(target, inputs, guidance_arg=guidance_arg, inner=inner, regions=regions,
-                                options=options)
-        n_inputs = len(inputs)
+    runner, n_inputs = make_target(target, inputs, sample, who="check_cache", guidance_arg=guidance_arg,
+                                   inner=inner, regions=regions, options=options)
     space = CaseSpace(steps, seeds, n_inputs, batch_sizes, resolutions, strengths, guidance, vary or {})
     dtype = next((p.dtype for p in _module_of(target).parameters()), torch.float32)
     cfg = dict(inner=inner if isinstance(inner, str) else "custom", tolerance=float(tolerance), min_psnr=min_psnr,

@@ -1,7 +1,12 @@
-"""What :func:`~taylorseer_fx.testing.check_cache` runs: a diffusers pipeline, or a model with the
-user's sampling callable, uncached and through the cache.
+"""What :func:`~taylorseer_fx.testing.check_cache` and :func:`~taylorseer_fx.tune` run: a diffusers
+pipeline, or a model with the user's sampling callable, uncached and through the cache.
 
-Each target gives, for one :class:`~taylorseer_fx.testing.cases.Case`: the uncached output
+A :class:`Case` names a run: ``steps`` (``num_inference_steps``), ``seed`` (the generator's), which
+of the user's ``inputs`` (an index), and the optional ``batch_size`` (``num_images_per_prompt``),
+``resolution`` ((height, width) in pixels), ``strength`` (img2img), ``guidance`` and ``params`` (any
+other keyword the user varies). None means "the pipeline's default" and is not passed.
+
+Each target gives, for one :class:`Case`: the uncached output
 (:meth:`plain`), the cached runs under a policy (:meth:`cached`: output, per-step decisions, bytes
 still cached after the generation ended, wall time) and the call to paste (:meth:`call_text`).
 Outputs are float64 CPU tensors (PIL images and numpy arrays converted, values unchanged).
@@ -9,18 +14,66 @@ Outputs are float64 CPU tensors (PIL images and numpy arrays converted, values u
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from ..graph.backend import taylorseer_backend
-from ..integrations.pipeline import DENOISERS, compile_pipeline
+from .pipeline import DENOISERS, compile_pipeline
 from ..runtime.request import Request
-from .cases import Case
 
-__all__ = ["Run", "PipelineTarget", "ModelTarget", "as_tensor", "decisions_of"]
+__all__ = ["Case", "Run", "PipelineTarget", "ModelTarget", "as_tensor", "decisions_of", "make_target"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One run of the target. Every field but ``steps`` and ``seed`` is optional (None: not varied)."""
+
+    steps: int
+    seed: int = 0
+    input: int = 0
+    batch_size: int | None = None
+    resolution: tuple | None = None
+    strength: float | None = None
+    guidance: float | None = None
+    params: tuple = field(default=())      # ((name, value), ...) sorted by name
+
+    @property
+    def extra(self) -> dict:
+        """``params`` as a dict."""
+        return dict(self.params)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["resolution"] = list(self.resolution) if self.resolution is not None else None
+        d["params"] = {k: v for k, v in self.params}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Case":
+        d = dict(d)
+        if d.get("resolution") is not None:
+            d["resolution"] = tuple(d["resolution"])
+        d["params"] = tuple(sorted(dict(d.get("params") or {}).items()))
+        return cls(**d)
+
+    def key(self) -> str:
+        """A stable text key (baselines are keyed by it)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def short(self) -> str:
+        """``steps=7 seed=3 batch=2 ...``: the fields that are set."""
+        parts = [f"steps={self.steps}", f"seed={self.seed}", f"input={self.input}"]
+        for name, v in (("batch", self.batch_size), ("resolution", self.resolution), ("strength", self.strength),
+                        ("guidance", self.guidance)):
+            if v is not None:
+                parts.append(f"{name}={'x'.join(map(str, v)) if name == 'resolution' else v}")
+        parts += [f"{k}={v!r}" for k, v in self.params]
+        return " ".join(parts)
 
 
 @dataclass
@@ -135,9 +188,23 @@ class PipelineTarget:
         return as_tensor(self.pipe(**self.call_kwargs(case)))
 
     def cached(self, case: Case, policy, repeat: int = 1) -> list:
+        with self.open(policy) as run:
+            return [run(case) for _ in range(repeat)]
+
+    @contextmanager
+    def open(self, policy):
+        """The pipeline compiled once (restored on exit): yields ``run(case, policy=None) -> Run``, each
+        run one generation under ``policy`` or the one given (the backends' policy swapped, the same
+        compiled graphs)."""
         handle = compile_pipeline(self.pipe, policy=policy, regions=self.regions, inner=self.inner, **self.options)
+
+        def run(case: Case, policy=None) -> Run:
+            if policy is not None:
+                for b in handle.backends.values():
+                    b.policy = policy
+            return self._run(handle, case)
         try:
-            return [self._run(handle, case) for _ in range(repeat)]
+            yield run
         finally:
             handle.remove()
 
@@ -176,8 +243,19 @@ class ModelTarget:
         return as_tensor(self.sample(self.model, case))
 
     def cached(self, case: Case, policy, repeat: int = 1) -> list:
+        with self.open(policy) as run:
+            return [run(case) for _ in range(repeat)]
+
+    @contextmanager
+    def open(self, policy):
+        """Yields ``run(case, policy=None) -> Run`` (the compiled model, its backend's policy swapped)."""
         self.backend.policy = policy
-        return [self._run(case) for _ in range(repeat)]
+
+        def run(case: Case, policy=None) -> Run:
+            if policy is not None:
+                self.backend.policy = policy
+            return self._run(case)
+        yield run
 
     def _run(self, case: Case) -> Run:
         before = self.backend.stats()["calls"]
@@ -194,3 +272,21 @@ class ModelTarget:
         wall = time.perf_counter() - t0
         decisions, first = _rebased({"model": decisions_of(_new_rows(self.backend, before))})
         return Run(out, decisions, first, self.backend.memory_bytes(), wall, error)
+
+
+def make_target(target, inputs, sample, *, who: str, guidance_arg: str = "guidance_scale", inner="eager",
+                regions=None, options: Mapping | None = None) -> tuple:
+    """``(runner, number of inputs)`` for ``who`` (``check_cache``, ``tune``): a :class:`ModelTarget`
+    when ``sample`` is given (``inputs``: anything, default one), else a :class:`PipelineTarget`
+    (``inputs``: keyword dicts, default one prompt). ValueError naming ``who`` otherwise."""
+    if sample is not None:
+        runner = ModelTarget(target, sample, inner=inner, regions=regions or "stack", options=options)
+        return runner, (len(inputs) if inputs is not None else 1)
+    if not hasattr(target, "scheduler"):
+        raise ValueError(f"{who}: target must be a diffusers pipeline, or a model with "
+                         "sample=callable(model, case)")
+    inputs = inputs if inputs is not None else [{"prompt": "a photograph of an astronaut riding a horse"}]
+    if not inputs or not all(isinstance(i, Mapping) for i in inputs):
+        raise ValueError(f"{who}: inputs must be a non-empty list of keyword dicts for the pipeline")
+    return PipelineTarget(target, inputs, guidance_arg=guidance_arg, inner=inner, regions=regions,
+                          options=options), len(inputs)

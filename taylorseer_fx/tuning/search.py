@@ -1,0 +1,81 @@
+"""Where a run's computes go: placements and the local search over them. Pure arithmetic on step indices
+(no models, no tensors).
+
+A *placement* is the sorted tuple of a run's compute steps (0-based, counted from the run's first step).
+Its *pinned* steps (the warm-up and the cooldown) never move; the others move one at a time
+(:func:`descend`), never past a neighbour, never leaving a forecast run longer than ``max_run``, so the
+number of computes never changes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+__all__ = ["descend", "even_placement", "feasible", "pinned_steps"]
+
+
+def pinned_steps(steps: int, warmup: int, cooldown: int) -> frozenset:
+    """The steps every placement of a run of ``steps`` computes: the warm-up (at least step 0) and
+    the cooldown."""
+    return frozenset(range(min(max(warmup, 1), steps))) | frozenset(range(max(steps - cooldown, 0), steps))
+
+
+def feasible(placement: Iterable[int], steps: int, max_run: int | None) -> bool:
+    """True when ``placement`` starts at step 0, increases, stays below ``steps`` and forecasts at most
+    ``max_run`` steps in a row (None: no bound), the steps after its last compute included."""
+    p = list(placement)
+    if not p or p[0] != 0 or p[-1] >= steps or any(b <= a for a, b in zip(p, p[1:])):
+        return False
+    return max_run is None or all(b - a - 1 <= max_run for a, b in zip(p, p[1:] + [steps]))
+
+
+def even_placement(steps: int, computes: int, warmup: int, cooldown: int, max_run: int | None) -> tuple:
+    """``computes`` compute steps of a run of ``steps``: the pinned ones, the rest spread evenly over the
+    steps between warm-up and cooldown (each forecast run as long as the others, within one). ValueError
+    when ``computes`` is fewer than the pinned steps need or more than ``steps``, or cannot keep
+    ``max_run``."""
+    pinned = pinned_steps(steps, warmup, cooldown)
+    lead = min(max(warmup, 1), steps)
+    free = [s for s in range(lead, steps) if s not in pinned]
+    k = computes - len(pinned)
+    if k < 0 or k > len(free):
+        raise ValueError(f"even_placement: {computes} computes of {steps} steps; the warm-up and cooldown "
+                         f"need {len(pinned)}, at most {steps}")
+    # k computes split the free stretch (and the forecast run after it) into k + 1 runs of equal length
+    span = len(free) + 1
+    chosen = {free[(i + 1) * span // (k + 1) - 1] for i in range(k)}
+    out = tuple(sorted(pinned | chosen))
+    if not feasible(out, steps, max_run):
+        raise ValueError(f"even_placement: {computes} computes of {steps} steps cannot keep forecast runs "
+                         f"<= max_forecast_run={max_run}")
+    return out
+
+
+def descend(evaluate: Callable[[tuple], float], start: tuple, steps: int, *, pinned: frozenset,
+            max_run: int | None, reach: int = 2, sweeps: int = 2) -> tuple:
+    """Coordinate descent from ``start``: each compute not in ``pinned`` in turn moves to the step
+    within ``reach`` (between its neighbours, keeping ``max_run``) where ``evaluate`` is lowest, if that
+    is lower than where it is; at most ``sweeps`` sweeps, stopping early when a sweep moves nothing.
+    Returns ``(placement, its value)``: a local optimum, never worse than ``start``. ``evaluate`` is
+    called on tuples; it should memoise (the same placement is asked again across sweeps)."""
+    best = tuple(start)
+    best_value = evaluate(best)
+    for _ in range(sweeps):
+        moved = False
+        for i in range(len(best)):
+            if best[i] in pinned:
+                continue
+            lo = best[i - 1] + 1 if i > 0 else 0
+            hi = best[i + 1] - 1 if i + 1 < len(best) else steps - 1
+            for p in range(max(lo, best[i] - reach), min(hi, best[i] + reach) + 1):
+                if p == best[i] or p in pinned:
+                    continue
+                cand = best[:i] + (p,) + best[i + 1:]
+                if not feasible(cand, steps, max_run):
+                    continue
+                value = evaluate(cand)
+                if value < best_value:
+                    best, best_value, moved = cand, value, True
+        if not moved:
+            break
+    return best, best_value

@@ -1,0 +1,249 @@
+"""``tune``: find where a compute budget's computes go on *your* model, and write it as a preset.
+
+For each step count N the budget fixes how many steps compute (``round(budget * N)``, raised to what
+warm-up and cooldown force). The tuner searches *which* ones, on a few calibration inputs:
+
+1. the uncached outputs of the calibration cases (inputs x ``seeds``) are the references;
+2. two starts are measured -- the budget-auto policy's own placement (its decisions on the first
+   calibration case) and the even spacing -- and the better one is kept;
+3. coordinate descent (:func:`~taylorseer_fx.tuning.search.descend`) moves one compute at a time
+   while the mean relative L2 error over the calibration cases drops;
+4. the placement found is validated on held-out inputs and on the calibration inputs with fresh
+   noise (``fresh_seeds``), beside the budget-auto policy on the same cases.
+
+Every candidate runs with exactly the forecaster of the preset written (an ``AutoPolicy`` whose
+``placements`` hold it), so what was measured is what ships. Step counts not tuned fall back to the
+budget's own placement (the policy warns once per count). Units: steps are 0-based step indices of a
+run, counted from its first step; errors are relative L2 over the whole output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Callable, Sequence
+
+from ..policy.budget import budget_fraction, target_computes
+from ..policy.policies import AutoPolicy
+from ..policy.presets import load_policy, policy_to_dict, policy_to_toml
+from ..runtime.report import format_table
+from ..integrations.measures import relative_l2
+from ..integrations.targets import Case, make_target
+from .checkpoint import Checkpoint, fingerprint
+from .search import descend, even_placement, pinned_steps
+
+__all__ = ["TuneResult", "tune"]
+
+
+@dataclasses.dataclass
+class TuneResult:
+    """What :func:`tune` found: ``policy`` (an AutoPolicy with the budget and the tuned ``placements``),
+    ``cells`` (one dict per step count: the placement, its error on the calibration, held-out and
+    fresh-noise cases beside the budget-auto policy's, the evaluations run) and ``seconds``."""
+
+    policy: AutoPolicy
+    cells: list
+    target: str
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        """Per step count: the placement, and the tuned vs the budget-auto error on the calibration,
+        held-out and fresh-noise cases."""
+        rows = [{"steps": c["steps"], "computes": f"{c['computes']} ({c['computes'] / c['steps']:.2f})",
+                 "placement": ",".join(map(str, c["placement"])),
+                 "calibration": f"{c['calibration']:.4g} ({c['calibration_budget_auto']:.4g})",
+                 "held-out": "-" if c["heldout"] is None else f"{c['heldout']:.4g} ({c['heldout_budget_auto']:.4g})",
+                 "fresh noise": f"{c['fresh']:.4g} ({c['fresh_budget_auto']:.4g})",
+                 "fresh / calibration": c["fresh_over_calibration"], "runs": c["evaluations"]} for c in self.cells]
+        cols = ["steps", "computes", "placement", "calibration", "held-out", "fresh noise", "fresh / calibration",
+                "runs"]
+        return (f"Tuned placements on {self.target}: mean relative L2 to the uncached output, tuned "
+                f"(budget-auto in brackets)\n" + format_table(rows, cols))
+
+    def description(self) -> str:
+        parts = [f"{c['steps']} steps: calibration {c['calibration']:.4g} (budget-auto "
+                 f"{c['calibration_budget_auto']:.4g}), fresh noise {c['fresh']:.4g} ({c['fresh_budget_auto']:.4g})"
+                 + ("" if c["heldout"] is None else f", held-out {c['heldout']:.4g} ({c['heldout_budget_auto']:.4g})")
+                 for c in self.cells]
+        return (f"Tuned by taylorseer_fx.tune on {self.target}: budget {self.policy.budget!r}, placements for "
+                f"{[c['steps'] for c in self.cells]} steps (others: the budget's own placement); mean relative "
+                f"L2 to the uncached output: " + "; ".join(parts))
+
+    def to_toml(self) -> str:
+        """The preset's text (:func:`~taylorseer_fx.policy.presets.load_policy` reads it back)."""
+        return policy_to_toml(self.policy, self.description())
+
+    def write(self, path) -> str:
+        """Write the preset TOML to ``path``; returns the path."""
+        with open(path, "w") as fh:
+            fh.write(self.to_toml())
+        return str(path)
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "policy": policy_to_dict(self.policy), "cells": self.cells,
+                "seconds": self.seconds}
+
+
+def _say(progress) -> Callable[[str], None]:
+    if progress is True:
+        return lambda msg: print(msg, file=sys.stderr, flush=True)
+    if callable(progress):
+        return progress
+    if progress in (False, None):
+        return lambda msg: None
+    raise ValueError(f"tune: progress must be True, False or a callable(str), got {progress!r}")
+
+
+def _ints(name: str, value, low: int) -> tuple:
+    vals = (value,) if isinstance(value, int) else tuple(value) if hasattr(value, "__iter__") else None
+    if not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in vals):
+        raise ValueError(f"tune: {name} must be an int >= {low} or a non-empty list of them, got {value!r}")
+    return vals
+
+
+def _base_policy(policy, budget) -> AutoPolicy:
+    base = AutoPolicy(budget=budget) if policy is None else load_policy(policy)
+    if not isinstance(base, AutoPolicy):
+        raise ValueError(f"tune: policy must be an AutoPolicy (or its preset), the forecaster the placement is "
+                         f"tuned for, got {base!r}")
+    return dataclasses.replace(base, budget=budget, placements=None)
+
+
+class _Search:
+    """The runs of one step count: references, the evaluation of a placement, the validation."""
+
+    def __init__(self, run, refs: dict, base: AutoPolicy, steps: int, store: Checkpoint, say):
+        self.run, self.refs, self.base, self.steps, self.store, self.say = run, refs, base, steps, store, say
+
+    def policy(self, placement: tuple) -> AutoPolicy:
+        return dataclasses.replace(self.base, placements={self.steps: list(placement)})
+
+    def error(self, case: Case, policy) -> tuple:
+        """``(relative L2 of the cached run, its compute steps)``; inf for a non-finite output."""
+        r = self.run(case, policy)
+        if r.error is not None:
+            raise RuntimeError(f"tune: the cached run {case.short()} raised {r.error}")
+        decisions = next(iter(r.decisions.values()), "")
+        placement = tuple(i for i, d in enumerate(decisions) if d == "C")
+        err = relative_l2(r.output, self.refs[case])
+        return (err if math.isfinite(err) else math.inf), placement
+
+    def mean(self, cases: Sequence[Case], policy) -> float:
+        return sum(self.error(c, policy)[0] for c in cases) / len(cases)
+
+    def evaluate(self, cases: Sequence[Case]) -> Callable[[tuple], float]:
+        def value(placement: tuple) -> float:
+            got = self.store.get(self.steps, placement)
+            if got is not None:
+                return got
+            errs = []
+            for c in cases:
+                err, ran = self.error(c, self.policy(placement))
+                if ran != placement:
+                    raise RuntimeError(f"tune: the run {c.short()} computed steps {list(ran)}, not the placement "
+                                       f"{list(placement)} it was given (a denoiser joining mid-run?)")
+                errs.append(err)
+            mean = sum(errs) / len(errs)
+            self.store.put(self.steps, placement, mean)
+            self.say(f"[tune {self.steps} steps] run {len(self.store.values[self.steps])}: "
+                     f"{','.join(map(str, placement))} -> {mean:.4g}")
+            return mean
+        return value
+
+
+def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Callable | None = None,
+         holdout: int | None = None, seeds=(0,), fresh_seeds=None, policy=None, reach: int = 2,
+         sweeps: int = 2, inner="eager", regions=None, guidance_arg: str = "guidance_scale",
+         checkpoint=None, progress=True, **options) -> TuneResult:
+    """Search the placement of a compute ``budget`` (a fraction in (0, 1] or ``"4x"``) for each step
+    count in ``steps``; returns a :class:`TuneResult` (``.policy``, ``.write(path)`` for the preset).
+
+    ``target``: a diffusers pipeline (uncompiled; ``inputs`` are keyword dicts for it) or a model
+    with ``sample(model, case) -> output`` (``case.steps``, ``case.seed``, ``case.input``). The last
+    ``holdout`` inputs (default a third, none with fewer than 3) are held out: they validate, never
+    search. ``seeds``: the noise seeds of the calibration cases; ``fresh_seeds`` (default seed + 1000)
+    the fresh noise of the validation. ``policy``: the AutoPolicy (or preset) whose forecaster and
+    warm-up/cooldown/max_forecast_run the placement is tuned for (default ``AutoPolicy(budget=...)``).
+    ``reach``/``sweeps``: the descent's moves (steps) and passes. ``checkpoint``: a JSON path; every
+    run is recorded there and an interrupted tuning called again resumes (a file of another tuning is
+    refused). ``progress``: True (lines on stderr), False, or ``callable(str)``. ``inner``,
+    ``regions`` and ``options`` go to the backend, as in :func:`~taylorseer_fx.testing.check_cache`."""
+    fraction = budget_fraction(budget)
+    step_counts = _ints("steps", steps, 2)
+    seeds, reach, sweeps = _ints("seeds", seeds, 0), _ints("reach", reach, 1)[0], _ints("sweeps", sweeps, 1)[0]
+    fresh = tuple(s + 1000 for s in seeds) if fresh_seeds is None else _ints("fresh_seeds", fresh_seeds, 0)
+    base = _base_policy(policy, budget)
+    say = _say(progress)
+    runner, n_inputs = make_target(target, inputs, sample, who="tune", guidance_arg=guidance_arg, inner=inner,
+                                   regions=regions, options=options)
+    held = (n_inputs // 3 if n_inputs >= 3 else 0) if holdout is None else _ints("holdout", holdout, 0)[0]
+    if held >= n_inputs:
+        raise ValueError(f"tune: holdout ({held}) must leave at least one of the {n_inputs} inputs to calibrate on")
+    calib_inputs, held_inputs = range(n_inputs - held), range(n_inputs - held, n_inputs)
+    store = Checkpoint(checkpoint, fingerprint(
+        target=runner.name, inputs=list(inputs) if inputs is not None else None, n_inputs=n_inputs, holdout=held,
+        seeds=seeds, fresh=fresh, fraction=fraction, policy=policy_to_dict(base), reach=reach, sweeps=sweeps,
+        inner=inner if isinstance(inner, str) else repr(inner), regions=repr(regions), options=repr(options)))
+    if store.resumed:
+        say(f"[tune] resuming from {checkpoint}: {store.resumed} runs already measured")
+    t0, cells = time.perf_counter(), []
+    try:
+        for n in step_counts:
+            cells.append(_tune_steps(runner, base, n, fraction, calib_inputs, held_inputs, seeds, fresh,
+                                     reach, sweeps, store, say))
+    except KeyboardInterrupt:
+        where = (f"call tune again with checkpoint={str(checkpoint)!r} to resume" if checkpoint is not None
+                 else "pass checkpoint=PATH to be able to resume")
+        say(f"[tune] interrupted: {store.resumed} placements measured; {where}")
+        raise
+    placements = {c["steps"]: c["placement"] for c in cells}
+    return TuneResult(dataclasses.replace(base, placements=placements), cells, runner.name,
+                      time.perf_counter() - t0)
+
+
+def _tune_steps(runner, base, n, fraction, calib_inputs, held_inputs, seeds, fresh, reach, sweeps, store,
+                say) -> dict:
+    """The search and validation for runs of ``n`` steps (see the module docstring)."""
+    w, cooldown, max_run = base.warmup_steps, base.cooldown, base.max_forecast_run
+    count = target_computes(fraction, n, w, cooldown, max_run)
+    pinned = pinned_steps(n, w, cooldown)
+    calib = [Case(steps=n, seed=s, input=i) for i in calib_inputs for s in seeds]
+    held = [Case(steps=n, seed=s, input=i) for i in held_inputs for s in seeds]
+    fresh_cases = [Case(steps=n, seed=s, input=i) for i in calib_inputs for s in fresh]
+    refs = {c: runner.plain(c) for c in calib + held + fresh_cases}
+    say(f"[tune {n} steps] {count} of {n} steps compute ({count / n:.2f}); {len(calib)} calibration, "
+        f"{len(held)} held-out and {len(fresh_cases)} fresh-noise cases")
+    with runner.open(base) as run:
+        s = _Search(run, refs, base, n, store, say)
+        evaluate = s.evaluate(calib)
+        auto_err, auto_placement = s.error(calib[0], base)
+        auto_calib = (auto_err + sum(s.error(c, base)[0] for c in calib[1:])) / len(calib)
+        if count >= n or count == len(pinned):
+            start, how = even_placement(n, count, w, cooldown, max_run), "forced"
+            say(f"[tune {n} steps] nothing to place: warm-up, cooldown and the budget fix every compute")
+            best, best_err = start, evaluate(start)
+        else:
+            starts = {"even": even_placement(n, count, w, cooldown, max_run)}
+            if len(auto_placement) == count and auto_placement[0] == 0:
+                starts["budget-auto"] = auto_placement
+            how = min(starts, key=lambda k: evaluate(starts[k]))
+            start = starts[how]
+            say(f"[tune {n} steps] start from the {how} placement ({evaluate(start):.4g}; budget-auto itself "
+                f"{auto_calib:.4g})")
+            best, best_err = descend(evaluate, start, n, pinned=pinned, max_run=max_run, reach=reach, sweeps=sweeps)
+        tuned = s.policy(best)
+        heldout = s.mean(held, tuned) if held else None
+        heldout_auto = s.mean(held, base) if held else None
+        fresh_err, fresh_auto = s.mean(fresh_cases, tuned), s.mean(fresh_cases, base)
+    cell = {"steps": n, "computes": count, "placement": list(best), "start": how, "start_placement": list(start),
+            "calibration": best_err, "calibration_start": store.get(n, start),
+            "calibration_budget_auto": auto_calib, "heldout": heldout, "heldout_budget_auto": heldout_auto,
+            "fresh": fresh_err, "fresh_budget_auto": fresh_auto,
+            "fresh_over_calibration": fresh_err / best_err if best_err > 0 else None,
+            "evaluations": len(store.values.get(n, {})), "cases": len(calib)}
+    say(f"[tune {n} steps] tuned {best_err:.4g} on calibration (budget-auto {auto_calib:.4g}); fresh noise "
+        f"{fresh_err:.4g} (budget-auto {fresh_auto:.4g})"
+        + ("" if heldout is None else f"; held-out {heldout:.4g} (budget-auto {heldout_auto:.4g})"))
+    return cell
