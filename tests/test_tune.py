@@ -1,0 +1,245 @@
+"""The tuner (``taylorseer_fx.tune``): the placement search keeps the budget's count and never ends
+worse than where it started; a tuned placement is what the policy then computes, exactly; the preset
+round-trips through ``load_policy``; an interrupted tuning resumes from its checkpoint without
+repeating a run, and a checkpoint of another tuning is refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from hypothesis import assume, given, settings, strategies as st
+
+from taylorseer_fx import AutoPolicy, load_policy, policy_to_toml, tune
+from taylorseer_fx.integrations.targets import Case
+from taylorseer_fx.policy.budget import target_computes
+from taylorseer_fx.policy.presets import policy_to_dict
+from taylorseer_fx.tuning.search import descend, even_placement, feasible, pinned_steps
+
+runs = st.tuples(st.integers(2, 80), st.integers(2, 5), st.integers(0, 3), st.none() | st.integers(1, 8),
+                 st.floats(0.05, 1.0))
+
+
+# ------------------------------------------------------------------------------ the search
+@settings(max_examples=300, deadline=None)
+@given(runs)
+def test_the_even_placement_keeps_the_count_the_pinned_steps_and_the_longest_run(run):
+    steps, warmup, cooldown, max_run, fraction = run
+    count = target_computes(fraction, steps, warmup, cooldown, max_run)
+    p = even_placement(steps, count, warmup, cooldown, max_run)
+    assert len(p) == count and pinned_steps(steps, warmup, cooldown) <= set(p)
+    assert feasible(p, steps, max_run)
+    gaps = [b - a - 1 for a, b in zip(p, p[1:] + (steps,)) if a >= warmup - 1 and b < steps - cooldown]
+    assert not gaps or max(gaps) - min(gaps) <= 1 or cooldown > 0      # even: runs equal within one
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs, st.lists(st.floats(0, 1), min_size=80, max_size=80), st.integers(1, 3))
+def test_descent_keeps_the_count_and_the_bounds_and_ends_no_worse_at_a_local_optimum(run, weights, reach):
+    steps, warmup, cooldown, max_run, fraction = run
+    count = target_computes(fraction, steps, warmup, cooldown, max_run)
+    start = even_placement(steps, count, warmup, cooldown, max_run)
+    pinned = pinned_steps(steps, warmup, cooldown)
+    seen = []
+
+    def value(p):
+        seen.append(p)
+        return sum(weights[s] for s in p)
+    best, best_value = descend(value, start, steps, pinned=pinned, max_run=max_run, reach=reach, sweeps=100)
+    assert len(best) == count and pinned <= set(best) and feasible(best, steps, max_run)
+    assert best_value == value(best) <= value(start)
+    assert all(feasible(p, steps, max_run) and len(p) == count for p in seen)
+    for i, s in enumerate(best):       # no move within reach, between the neighbours, helps any more
+        if s in pinned:
+            continue
+        lo, hi = best[i - 1] + 1, (best[i + 1] if i + 1 < len(best) else steps) - 1
+        for q in range(max(lo, s - reach), min(hi, s + reach) + 1):
+            cand = best[:i] + (q,) + best[i + 1:]
+            if q != s and q not in pinned and feasible(cand, steps, max_run):
+                assert value(cand) >= best_value
+
+
+# ------------------------------------------------------------------ a tuned placement decides
+@st.composite
+def placed_policies(draw):
+    steps, warmup, cooldown, max_run, fraction = draw(runs)
+    count = target_computes(fraction, steps, warmup, cooldown, max_run)
+    pinned = pinned_steps(steps, warmup, cooldown)
+    free = [s for s in range(steps) if s not in pinned]
+    chosen = draw(st.permutations(free))[: count - len(pinned)]
+    placement = tuple(sorted(pinned | set(chosen)))
+    assume(feasible(placement, steps, max_run))
+    policy = AutoPolicy(budget=fraction, warmup=warmup, cooldown=cooldown, max_forecast_run=max_run,
+                        placements={steps: list(placement)})
+    return policy, steps, placement
+
+
+@settings(max_examples=300, deadline=None)
+@given(placed_policies(), st.integers(0, 5))
+def test_a_tuned_placement_is_exactly_what_computes_from_the_runs_first_step(case, first):
+    policy, steps, placement = case
+    assert tuple(policy.compute_steps(steps)) == placement
+    sched = policy.start(steps + first, first_step=first)          # joining mid-run: counted from there
+    got = [s for s in range(first, steps + first) if sched.decide(s, lambda: float("nan"))]
+    assert tuple(s - first for s in got) == placement
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=placed_policies())
+def test_a_tuned_preset_round_trips_through_load_policy(tmp_path_factory, case):
+    policy, steps, placement = case
+    path = tmp_path_factory.mktemp("presets") / "tuned.toml"
+    path.write_text(policy_to_toml(policy, "tuned"))
+    back = load_policy(str(path))
+    assert policy_to_dict(back) == policy_to_dict(policy)
+    assert tuple(back.compute_steps(steps)) == placement
+
+
+@pytest.mark.parametrize("placements, match", [
+    ({8: [0, 1, 5, 6]}, r"placements\[8\] must compute every warm-up and cooldown step: misses \[2\]"),
+    ({8: [0, 1, 2, 5, 6]}, r"placements\[8\] computes 5 steps; the budget 0.5 computes 4 of 8"),
+    ({8: [1, 2, 3, 4]}, r"placements\[8\] must be increasing ints in \[0, 8\) starting at 0"),
+    ({8: [0, 1, 2, 9]}, r"placements\[8\] must be increasing ints in \[0, 8\)"),
+    ({0: [0]}, r"placements keys must be step counts"),
+    ({8: "0,1,2"}, r"placements\[8\] must be a list of compute steps"),
+    ({}, r"placements is empty"),
+    (7, r"placements must be a mapping"),
+])
+def test_a_bad_placement_is_refused_naming_the_step_count(placements, match):
+    with pytest.raises(ValueError, match=match):
+        AutoPolicy(budget=0.5, placements=placements)
+
+
+def test_a_run_longer_than_max_forecast_run_is_refused():
+    with pytest.raises(ValueError, match=r"placements\[12\] forecasts 5 steps in a row; max_forecast_run is 4"):
+        AutoPolicy(budget=0.5, max_forecast_run=4, placements={12: [0, 1, 2, 3, 4, 10]})
+
+
+def test_an_untuned_length_says_so_once_and_the_budget_keeps_its_count():
+    policy = AutoPolicy(budget=0.5, placements={8: [0, 1, 2, 5]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        a, b = policy.compute_steps(10), policy.compute_steps(10)
+    said = [w for w in caught if "no tuned placement for a run of 10 steps (tuned: [8])" in str(w.message)]
+    assert len(said) == 1 and "the budget places the computes" in str(said[0].message)
+    assert len(a) == len(b) == 5
+
+
+# ---------------------------------------------------------------------------- tune on a model
+class Drift(torch.nn.Module):
+    """A denoiser whose output curves with the timestep (so where the computes go matters)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(2)])
+
+    def forward(self, x, timestep):
+        s = timestep[:, None] / 1000
+        for b in self.blocks:
+            x = torch.tanh(b(x)) * (1 + 3 * s * s) + torch.sin(6 * s)
+        return x
+
+
+@torch.no_grad()
+def _sample(model, case: Case):
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(case.seed * 10 + case.input))
+    for t in torch.linspace(999, 0, case.steps):
+        x = x - 0.05 * model(x, t.reshape(1).expand(x.shape[0]))
+    return x
+
+
+def _tune(**kw):
+    kw = {"budget": 0.4, "steps": [12], "inputs": range(3), "sweeps": 2, "progress": False, **kw}
+    return tune(Drift(), sample=_sample, **kw)
+
+
+@pytest.mark.usefixtures("one_thread_fresh_dynamo")
+def test_tune_finds_a_placement_no_worse_than_its_start_and_the_preset_runs_it(tmp_path):
+    said = []
+    r = _tune(progress=said.append)
+    cell = r.cells[0]
+    assert len(cell["placement"]) == cell["computes"] == target_computes(0.4, 12, 3, 0, None) == 5
+    assert cell["calibration"] <= cell["calibration_start"]
+    assert cell["start"] in ("even", "budget-auto") and cell["heldout"] is not None   # 3 inputs: 1 held out
+    assert any("run 1:" in m for m in said) and any("fresh noise" in m for m in said)
+    assert tuple(r.policy.compute_steps(12)) == tuple(cell["placement"])
+    path = r.write(tmp_path / "tuned.toml")
+    back = load_policy(path)
+    assert policy_to_dict(back) == policy_to_dict(r.policy)
+    assert "calibration" in r.table() and "Tuned by taylorseer_fx.tune" in open(path).read()
+
+
+@pytest.mark.usefixtures("one_thread_fresh_dynamo")
+def test_an_interrupted_tuning_resumes_from_its_checkpoint_without_repeating_a_run(tmp_path):
+    whole = _tune(checkpoint=tmp_path / "whole.json")
+    ck = tmp_path / "cut.json"
+    seen = []
+
+    def stop_after_three(msg):
+        seen.append(msg)
+        if sum("run " in m for m in seen) == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _tune(checkpoint=ck, progress=stop_after_three)
+    again = []
+    resumed = _tune(checkpoint=ck, progress=again.append)
+    assert any("resuming from" in m and "3 runs already measured" in m for m in again)
+    new_runs = [m for m in again if "] run " in m]
+    assert len(new_runs) == whole.cells[0]["evaluations"] - 3          # none of the three ran again
+    assert resumed.cells[0]["placement"] == whole.cells[0]["placement"]
+    assert resumed.cells[0]["calibration"] == whole.cells[0]["calibration"]
+    with pytest.raises(ValueError, match=r"was written for another tuning \(differs in \['fraction'"):
+        _tune(checkpoint=ck, budget=0.5)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"budget": 1.5}, "budget must be a fraction"),
+    ({"steps": [1]}, "tune: steps must be an int >= 2"),
+    ({"holdout": 3}, r"holdout \(3\) must leave at least one"),
+    ({"progress": "yes"}, "progress must be True, False or a callable"),
+    ({"policy": "official-flux"}, "policy must be an AutoPolicy"),
+])
+def test_bad_tune_arguments_are_refused_naming_the_field(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _tune(**kw)
+
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.mark.usefixtures("one_thread_fresh_dynamo")
+def test_tune_on_a_flux_pipeline_and_the_compiled_pipeline_runs_the_placement(tmp_path):
+    from taylorseer_fx import compile_pipeline
+    from test_pipeline import _flux_embeds, _flux_pipe
+
+    pipe, _ = _flux_pipe()
+    cond, _ = _flux_embeds()
+    inputs = [dict(cond, height=64, width=64, output_type="latent")]
+    r = tune(pipe, inputs, budget=0.5, steps=10, sweeps=1, progress=False)
+    cell = r.cells[0]
+    assert cell["heldout"] is None and cell["fresh"] > 0 and len(cell["placement"]) == 5
+    handle = compile_pipeline(pipe, policy=r.policy, inner="eager")
+    try:
+        pipe(**inputs[0], num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+        trace = handle.stats()["transformer"]["trace"]
+        assert [c["step"] for c in trace if c["stream"] == 0 and c["decision"] == "compute"] == cell["placement"]
+    finally:
+        handle.remove()
+
+
+def test_the_command_writes_a_preset_and_refuses_a_bad_budget(tmp_path):
+    out = tmp_path / "tuned.toml"
+    cmd = [sys.executable, "-m", "taylorseer_fx.tuning", "--budget", "2x", "--steps", "8", "--inputs", "2",
+           "--sweeps", "1", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "run 1:" in done.stderr and "fresh / calibration" in done.stdout
+    assert tuple(load_policy(str(out)).compute_steps(8)) == tuple(
+        dict(load_policy(str(out)).placements)[8])
+    assert (tmp_path / "tuned.toml.progress.json").exists()
+    bad = subprocess.run(cmd[:4] + ["5"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "budget must be a fraction" in bad.stderr
