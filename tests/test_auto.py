@@ -77,6 +77,9 @@ def test_forced_computes_honoured(data):
     n = len(outputs)
     p = data.draw(auto_policies(n))
     steps = computes(drive(p, outputs, num_steps=n))
+    if n < p.min_steps:                      # too short to forecast well: every step computes
+        assert steps == list(range(n))
+        return
     end = n - p.cooldown
     assert set(range(min(p.warmup_steps, n))) <= set(steps)
     assert set(range(max(end, 0), n)) <= set(steps)
@@ -85,6 +88,26 @@ def test_forced_computes_honoured(data):
     for a, b in zip(steps, steps[1:]):       # a compute b that nothing forces ends a run >= min_run
         if p.warmup_steps <= b < end:
             assert b - a - 1 >= p.min_forecast_run
+
+
+@FAST
+@given(S.auto_policies() | S.budget_policies(), st.integers(1, 13), st.integers(0, 4))
+def test_a_run_shorter_than_min_steps_never_forecasts_and_says_so_once(policy, n, first):
+    """Counted from the run's first step (img2img, a model joining mid-run): fewer than min_steps steps
+    compute every step, whatever the estimate, and one warning per length says so; longer runs give
+    no such warning."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(2):
+            sched = policy.start(n + first, first_step=first)
+            got = [s for s in range(first, n + first) if sched.decide(s, lambda: 1e-9)]
+    said = [w for w in caught if f"a run of {n} steps is shorter than min_steps={policy.min_steps}" in str(w.message)]
+    if n < policy.min_steps:
+        assert got == list(range(first, n + first)) and len(said) == 1
+    else:
+        assert said == []
 
 
 @FAST

@@ -225,6 +225,40 @@ def test_a_budget_counts_the_steps_an_img2img_run_takes():
     assert sum(r["decision"] == "compute" for r in rows) == 4
 
 
+def test_img2img_at_low_strength_is_too_short_to_forecast_and_says_so_once():
+    """20 steps at strength 0.3 run 6 steps, fewer than the auto policy's min_steps (8): all compute,
+    one warning names the run's length; min_steps=0 (asked) forecasts them."""
+    import warnings
+
+    from taylorseer_fx import compile_pipeline
+
+    img2img, kw = _tiny_img2img()
+    for policy, forecasts in ((AutoPolicy(budget=0.5), 0), (AutoPolicy(budget=0.5, min_steps=0), 3)):
+        handle = compile_pipeline(img2img, policy=policy, inner="eager")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
+                for _ in range(2):
+                    img2img(**kw, num_inference_steps=20, strength=0.3, generator=torch.Generator().manual_seed(0))
+            rows = [r for r in handle.stats()["transformer"]["trace"] if r["stream"] == 0]
+        finally:
+            handle.remove()
+        assert sorted({r["step"] for r in rows}) == list(range(14, 20))
+        assert sum(r["decision"] == "forecast" for r in rows) == 2 * forecasts
+        said = [w for w in caught if "a run of 6 steps is shorter than min_steps=8" in str(w.message)]
+        assert len(said) == (1 if forecasts == 0 else 0)
+
+
+def test_a_check_of_runs_too_short_to_forecast_asks_for_no_forecast(tiny):
+    """On runs shorter than min_steps the forecasts check asks that none forecast (the default
+    min_forecast would ask for one); with min_steps=0 the runs forecast again."""
+    r = _check(tiny, AutoPolicy(threshold=0.1), steps=(4, 7), examples=3)
+    r.assert_ok()
+    assert all(row.forecasts == 0 and row.steps < 8 for row in r.rows)
+    r = _check(tiny, AutoPolicy(threshold=0.1, min_steps=0), steps=(6, 7), examples=2)
+    assert all(row.forecasts > 0 for row in r.rows)
+
+
 def test_img2img_strength_is_varied_and_the_schedule_counts_the_runs_own_steps():
     """FluxImg2ImgPipeline (tiny VAE): at strength s a run takes the last N - int(N - N * s) steps
     (Flux's rounding; SD's is int(N * s)); the fixed policy's schedule is checked over those, from the

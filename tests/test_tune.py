@@ -243,3 +243,13 @@ def test_the_command_writes_a_preset_and_refuses_a_bad_budget(tmp_path):
     assert (tmp_path / "tuned.toml.progress.json").exists()
     bad = subprocess.run(cmd[:4] + ["5"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "budget must be a fraction" in bad.stderr
+
+
+def test_the_example_tunes_writes_and_runs_the_preset(tmp_path):
+    example = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples" / "tune_my_model.py"
+    done = subprocess.run([sys.executable, str(example), str(tmp_path / "tuned.toml")], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    placement = dict(load_policy(str(tmp_path / "tuned.toml")).placements)[16]
+    assert f"16 steps: computed {list(placement)}" in done.stdout
+    assert "no tuned placement for a run of 20 steps" in done.stderr

@@ -265,12 +265,26 @@ class _AutoSchedule(Schedule):
         if self.placed is not None:             # a tuned placement: no estimate read at all
             decision = self._forced(step) or step - self.first_step in self.placed \
                 or step - self.first_step >= self.num_steps - self.first_step
+        elif self._too_short():
+            decision = True
         elif self.policy.budget is not None:
             decision = self._budgeted(step, estimate)
         else:
             decision = self._threshold(step, estimate)
         self.spent += decision
         return decision
+
+    def _too_short(self) -> bool:
+        """True (and a warning, once per length) when the run, counted from first_step, has fewer
+        than ``min_steps`` steps: too few to forecast well, so every step computes."""
+        p = self.policy
+        if self.num_steps is None or self.num_steps - self.first_step >= p.min_steps:
+            return False
+        if self._step is None:
+            warnings.warn(f"AutoPolicy: a run of {self.num_steps - self.first_step} steps is shorter than "
+                          f"min_steps={p.min_steps}: every step computes (too few steps to forecast well; "
+                          "pass min_steps=0 to forecast anyway)", UserWarning, stacklevel=3)
+        return True
 
     def _placement(self):
         """The tuned compute steps for this run's length (counted from first_step), or None with a
@@ -418,6 +432,12 @@ class AutoPolicy(Policy):
     A TOML table ``[placements]`` with keys ``28 = [0, 1, 2, ...]``. Stored as sorted ``(N, steps)``
     pairs (hashable).
 
+    ``min_steps`` (default 8): a run shorter than this (its steps counted from the schedule's first
+    step: an img2img run at strength 0.3 of 20 steps has 6) is too short to forecast well -- distilled
+    4-step models, img2img at low strength -- so every step computes, and a warning says so once per
+    length. ``min_steps=0`` forecasts anyway; a tuned placement for that length is used as tuned.
+    Unknown step counts (a bare loop without ``num_steps``) are not checked.
+
     Warm-up (default ``max(order + 1, 3)``), cooldown and ``max_forecast_run`` force computes; after a
     compute at least ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator,
     or an estimate of None/NaN, computes. ``per_region``: the runtime keeps one schedule per region
@@ -432,6 +452,7 @@ class AutoPolicy(Policy):
     min_forecast_run: int = 0
     accumulate: bool | str = "rss"
     per_region: bool = False
+    min_steps: int = 8
 
     @property
     def decides_per_region(self) -> bool:
@@ -472,6 +493,7 @@ class AutoPolicy(Policy):
             except ValueError as e:
                 raise ValueError(f"{n}: {e}") from None
         _check_int(n, "min_forecast_run", self.min_forecast_run, 0)
+        _check_int(n, "min_steps", self.min_steps, 0)
         if self.max_forecast_run is not None and self.min_forecast_run > self.max_forecast_run:
             raise ValueError(f"{n}: min_forecast_run ({self.min_forecast_run}) must be <= "
                              f"max_forecast_run ({self.max_forecast_run})")

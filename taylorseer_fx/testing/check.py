@@ -11,7 +11,8 @@ uncached, under the never-forecast policy and twice under ``policy``, and checks
   ``min_psnr``, with the reference's value range as the peak; and ``metric(y, y_ref) <= metric_max``);
 * ``schedule`` (fixed and mask policies): each denoiser computed exactly ``policy.compute_steps(n)``,
   ``n`` the steps the run took, counted from its first step;
-* ``forecasts``: the share of forecast steps is >= ``min_forecast`` (default: at least one);
+* ``forecasts``: the share of forecast steps is >= ``min_forecast`` (default: at least one); on a run
+  shorter than an AutoPolicy's ``min_steps``: no step forecast at all;
 * ``repeatable``: the second run gave the same output and decisions;
 * ``released``: nothing stays cached once the generation ended.
 
@@ -228,7 +229,12 @@ class _Checker:
         calls = row.computes + row.forecasts
         share = row.forecasts / calls if calls else 0.0
         need = cfg["min_forecast"]
-        if (need is None and row.forecasts == 0) or (need is not None and share < need):
+        p = self.policy
+        if isinstance(p, AutoPolicy) and row.steps < p.min_steps and row.steps not in dict(p.placements or ()):
+            if row.forecasts:              # too short to forecast well: the policy must compute every step
+                fail("forecasts", f"forecast {row.forecasts} steps of a {row.steps}-step run, shorter than "
+                                  f"min_steps={p.min_steps} (every step must compute)")
+        elif (need is None and row.forecasts == 0) or (need is not None and share < need):
             fail("forecasts", f"forecast {row.forecasts} of {calls} steps (share {share:.2f}), "
                               f"{'at least one' if need is None else f'at least {need:g}'} required")
         if second.error or second.output is None or not _same(second.output, y, exact, tol) \

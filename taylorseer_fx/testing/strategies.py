@@ -90,7 +90,7 @@ def mask_policies(draw, max_steps: int = 30) -> MaskPolicy:
 @st.composite
 def auto_policies(draw, max_order: int = 3) -> AutoPolicy:
     """Any :class:`AutoPolicy`: threshold in [1e-4, 1], order, form, warm-up, cooldown, forecast-run
-    bounds, estimator and accumulate rule."""
+    bounds, estimator, accumulate rule and ``min_steps`` (0, 4, the default 8 or 12)."""
     order = draw(st.integers(0, max_order))
     form = draw(st.sampled_from(["taylor", "newton"]))
     warmup = draw(st.integers(order + 1, order + 4))
@@ -99,14 +99,15 @@ def auto_policies(draw, max_order: int = 3) -> AutoPolicy:
     return AutoPolicy(threshold=draw(st.floats(1e-4, 1.0)), order=order, form=form, warmup=warmup,
                       cooldown=draw(st.integers(0, 4)), max_forecast_run=max_run, min_forecast_run=min_run,
                       estimator=draw(st.sampled_from(ESTIMATORS)),
-                      accumulate=draw(st.sampled_from([False, True, *ACCUMULATE])))
+                      accumulate=draw(st.sampled_from([False, True, *ACCUMULATE])),
+                      min_steps=draw(st.sampled_from([0, 4, 8, 12])))
 
 
 @st.composite
 def budget_policies(draw, max_order: int = 2) -> AutoPolicy:
     """An :class:`AutoPolicy` with a budget: a fraction in [0.05, 1] or a speed-up ``"<k>x"`` (k in 1..6),
-    with any warm-up, cooldown, max_forecast_run, min_forecast_run, accumulate rule and starting
-    threshold."""
+    with any warm-up, cooldown, max_forecast_run, min_forecast_run, accumulate rule, starting
+    threshold and ``min_steps`` (0, 4, the default 8 or 12)."""
     order = draw(st.integers(0, max_order))
     budget = draw(st.one_of(st.floats(0.05, 1.0), st.integers(1, 6).map(lambda k: f"{k}x")))
     max_run = draw(st.one_of(st.none(), st.integers(1, 8)))
@@ -114,7 +115,7 @@ def budget_policies(draw, max_order: int = 2) -> AutoPolicy:
                       form=draw(st.sampled_from(["heun", "newton", "taylor"])),
                       warmup=draw(st.integers(order + 1, order + 4)), cooldown=draw(st.integers(0, 4)),
                       max_forecast_run=max_run, min_forecast_run=draw(st.integers(0, max_run if max_run else 3)),
-                      accumulate=draw(st.sampled_from(ACCUMULATE)))
+                      accumulate=draw(st.sampled_from(ACCUMULATE)), min_steps=draw(st.sampled_from([0, 4, 8, 12])))
 
 
 def presets() -> st.SearchStrategy:
