@@ -253,3 +253,19 @@ def test_the_example_tunes_writes_and_runs_the_preset(tmp_path):
     placement = dict(load_policy(str(tmp_path / "tuned.toml")).placements)[16]
     assert f"16 steps: computed {list(placement)}" in done.stdout
     assert "no tuned placement for a run of 20 steps" in done.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(runs, st.lists(st.integers(0, 79), max_size=30))
+def test_fit_count_gives_exactly_the_count_with_the_pinned_steps_or_says_it_cannot(run, given_steps):
+    from taylorseer_fx.tuning.search import fit_count
+
+    steps, warmup, cooldown, max_run, fraction = run
+    count = target_computes(fraction, steps, warmup, cooldown, max_run)
+    pinned = pinned_steps(steps, warmup, cooldown)
+    try:
+        p = fit_count(given_steps, count, steps, pinned, max_run)
+    except ValueError as e:
+        assert "keeps max_forecast_run" in str(e) and max_run is not None
+        return
+    assert len(p) == count and pinned <= set(p) and feasible(p, steps, max_run)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-__all__ = ["descend", "even_placement", "feasible", "pinned_steps"]
+__all__ = ["descend", "even_placement", "feasible", "fit_count", "pinned_steps"]
 
 
 def pinned_steps(steps: int, warmup: int, cooldown: int) -> frozenset:
@@ -49,6 +49,36 @@ def even_placement(steps: int, computes: int, warmup: int, cooldown: int, max_ru
         raise ValueError(f"even_placement: {computes} computes of {steps} steps cannot keep forecast runs "
                          f"<= max_forecast_run={max_run}")
     return out
+
+
+def fit_count(placement: Iterable[int], count: int, steps: int, pinned: frozenset, max_run: int | None) -> tuple:
+    """``placement`` brought to exactly ``count`` computes: the pinned steps added, then computes added
+    in the middle of the longest forecast run, or those closing the shortest run removed (never a
+    pinned one), until the count is met; ValueError when no feasible placement of ``count`` results
+    (``count`` below what ``max_run`` needs, or above ``steps``)."""
+    out = sorted(set(placement) | pinned | {0})
+    out = [s for s in out if 0 <= s < steps]
+    while len(out) < count:
+        runs = [(b - a - 1, a) for a, b in zip(out, out[1:] + [steps])]
+        length, a = max(runs)
+        if length <= 0:
+            break
+        out = sorted(out + [a + 1 + length // 2])
+    while len(out) > count:
+        movable = [i for i, s in enumerate(out) if s not in pinned]
+        if not movable:
+            break
+        # remove the compute whose removal leaves the shortest merged run (before + after it)
+        def merged(i):
+            nxt = out[i + 1] if i + 1 < len(out) else steps
+            return nxt - out[i - 1] - 1
+        i = min(movable, key=lambda i: (merged(i), i))
+        out = out[:i] + out[i + 1:]
+    result = tuple(out)
+    if len(result) != count or not feasible(result, steps, max_run):
+        raise ValueError(f"fit_count: no placement of {count} computes of {steps} steps from {list(placement)} "
+                         f"keeps max_forecast_run={max_run}")
+    return result
 
 
 def descend(evaluate: Callable[[tuple], float], start: tuple, steps: int, *, pinned: frozenset,

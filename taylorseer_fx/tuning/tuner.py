@@ -4,8 +4,9 @@ For each step count N the budget fixes how many steps compute (``round(budget * 
 warm-up and cooldown force). The tuner searches *which* ones, on a few calibration inputs:
 
 1. the uncached outputs of the calibration cases (inputs x ``seeds``) are the references;
-2. two starts are measured -- the budget-auto policy's own placement (its decisions on the first
-   calibration case) and the even spacing -- and the better one is kept;
+2. starts of the budget's count are measured -- the budget-auto policy's own placement (its decisions
+   on the first calibration case), the even spacing, and the threshold rule's placements whose counts
+   bracket the budget's, brought to its count -- and the best one is kept;
 3. coordinate descent (:func:`~taylorseer_fx.tuning.search.descend`) moves one compute at a time
    while the mean relative L2 error over the calibration cases drops;
 4. the placement found is validated on held-out inputs and on the calibration inputs with fresh
@@ -32,7 +33,10 @@ from ..runtime.report import format_table
 from ..integrations.measures import relative_l2
 from ..integrations.targets import Case, make_target
 from .checkpoint import Checkpoint, fingerprint
-from .search import descend, even_placement, pinned_steps
+from .search import descend, even_placement, fit_count, pinned_steps
+
+#: thresholds whose rule's placements (brought to the budget's count) are tried as starts
+START_THRESHOLDS = (0.01, 0.02, 0.04, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0)
 
 __all__ = ["TuneResult", "tune"]
 
@@ -203,6 +207,27 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
                       time.perf_counter() - t0)
 
 
+def _threshold_starts(search: "_Search", case: Case, base: AutoPolicy, count: int, n: int, pinned, max_run) -> dict:
+    """``{"threshold t": placement}``: the threshold rule's placements on ``case`` (one run per
+    :data:`START_THRESHOLDS`) whose counts bracket ``count`` (the closest below and above), each
+    brought to exactly ``count`` (:func:`~taylorseer_fx.tuning.search.fit_count`)."""
+    found = []
+    for t in START_THRESHOLDS:
+        placement = search.error(case, dataclasses.replace(base, budget=None, threshold=t))[1]
+        found.append((t, placement))
+    below = [f for f in found if len(f[1]) <= count]
+    above = [f for f in found if len(f[1]) >= count]
+    picks = ([max(below, key=lambda f: len(f[1]))] if below else []) + \
+        ([min(above, key=lambda f: len(f[1]))] if above else [])
+    out = {}
+    for t, placement in picks:
+        try:
+            out[f"threshold {t:g}"] = fit_count(placement, count, n, pinned, max_run)
+        except ValueError:              # no feasible placement of the count from this one
+            continue
+    return out
+
+
 def _tune_steps(runner, base, n, fraction, calib_inputs, held_inputs, seeds, fresh, reach, sweeps, store,
                 say) -> dict:
     """The search and validation for runs of ``n`` steps (see the module docstring)."""
@@ -228,6 +253,7 @@ def _tune_steps(runner, base, n, fraction, calib_inputs, held_inputs, seeds, fre
             starts = {"even": even_placement(n, count, w, cooldown, max_run)}
             if len(auto_placement) == count and auto_placement[0] == 0:
                 starts["budget-auto"] = auto_placement
+            starts.update(_threshold_starts(s, calib[0], base, count, n, pinned, max_run))
             how = min(starts, key=lambda k: evaluate(starts[k]))
             start = starts[how]
             say(f"[tune {n} steps] start from the {how} placement ({evaluate(start):.4g}; budget-auto itself "
