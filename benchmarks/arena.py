@@ -13,7 +13,13 @@ all samples in one pipeline call, the same labels and noise for every run:
   feed-forward), First-Block-Cache, MagCache (calibrated on one uncached run of the same samples),
   PAB, FasterCache;
 * **cache-dit** 1.5.3 (``cache_dit.enable_cache``): DBCache without calibrator, with the TaylorSeer,
-  FoCa and DMD calibrators.
+  FoCa and DMD calibrators;
+* **hicache-pp** 1.3.0 (HiCache Hermite, HiCache++ DMD), **SmoothCache** (dit-smoothcache 0.1.1,
+  branch-aware) and **Spectrum (our implementation)** (Chebyshev ridge forecast):
+  ``arena_forecast_peers.py``. A family whose package is missing is skipped with one line (cache-dit:
+  error rows). Every peer run checks that the model's forwards (the transformer's, its modules', their
+  classes') and ``FluxPipeline.__call__`` are back as before; what is not is put back and listed in the
+  row's ``leaked``.
 
 Per run: the **compute fraction** (transformer-block forwards executed / (blocks x calls) of the
 uncached run; module-level methods -- ``modules``, diffusers' attention / attention+ff TaylorSeer, PAB,
@@ -27,12 +33,14 @@ graphs that ran) and checked against the one ``handle.stats()`` gives.
 
     python benchmarks/arena.py                   # 40 samples, 28 and 50 steps, the full sweep
     python benchmarks/arena.py --quick           # 10 samples, 28 steps, a handful per family (< 3 min)
+    python benchmarks/arena.py --families hicache,smooth,spectrum --out benchmarks/results/arena_new.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import math
 import sys
@@ -43,60 +51,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arena_peers import (Counter, UNIT_RE, cache_dit_settings, counting_inner, diffusers_settings,  # noqa: E402
-                         magcache_ratios)
+from arena_forecast_peers import SETTINGS as FORECAST_SETTINGS, SPECTRUM, missing  # noqa: E402
+from arena_peers import (AUTO_MAX_RUN, AUTO_THRESHOLDS, Counter, UNIT_RE, cache_dit_settings,  # noqa: E402,F401
+                         counting_inner, diffusers_settings, forward_patches, magcache_ratios, ours_settings,
+                         restore_patches)
 from common import ROOT, _json_default, machine, setup, table  # noqa: E402
 
-from taylorseer_fx import AutoPolicy, FixedPolicy, compile_pipeline, load_policy  # noqa: E402
+from taylorseer_fx import FixedPolicy, compile_pipeline  # noqa: E402
 from taylorseer_fx.demo import metrics  # noqa: E402
 
-FAMILIES = ("taylorseer_fx", "diffusers", "cache-dit")
+FAMILIES = ("taylorseer_fx", "diffusers", "cache-dit", "hicache-pp", "SmoothCache", SPECTRUM)
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 TARGETS = (0.25, 0.35, 0.5)
 CFG = 3.0
-#: the AutoPolicy thresholds of the full sweep (regions stack) and every auto row's max_forecast_run
-AUTO_THRESHOLDS = (0.05, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
-AUTO_MAX_RUN = 10
-
-
-def ours_settings(quick: bool) -> dict[str, list[tuple]]:
-    """regions -> [(method, setting, policy)]."""
-    full = not quick
-    out: dict[str, list] = {"stack": [], "output": [], "modules": []}
-
-    def fixed(regions, intervals, orders, forms):
-        for i in intervals:
-            for o in orders:
-                for f in forms:
-                    out[regions].append((f"fixed {regions}", f"interval {i}, order {o}, {f}",
-                                         FixedPolicy(interval=i, order=o, form=f)))
-    fixed("stack", [3], [1], ["taylor"])               # first: the verification case
-    if full:
-        fixed("stack", [2, 4, 5, 6, 8], [1], ["taylor"])
-        fixed("stack", [2, 3, 4, 5, 6, 8], [2], ["taylor"])
-        fixed("stack", [2, 3, 4, 5, 6, 8], [1, 2], ["newton"])
-        fixed("stack", [3, 4, 5, 6], [2], ["heun"])
-        fixed("stack", [3, 4, 5, 6, 8], [1, 2], ["hermite"])
-        out["stack"].append(("fixed stack", "interval 1 (never forecast: our overhead)", FixedPolicy(interval=1)))
-    else:
-        fixed("stack", [4], [2], ["newton"])
-    fixed("output", [2, 3, 4, 6] if full else [3], [1, 2] if full else [1], ["taylor", "newton"] if full else ["taylor"])
-    fixed("modules", [2, 3, 4, 6] if full else [3], [1, 2] if full else [1], ["taylor"])
-    for name in ["official-flux", "openvino-lite", "diffusers-default"] if full else ["official-flux"]:
-        out["stack"].append(("anchor preset", f"{name} (stack)", load_policy(name)))
-    for name in ["openvino-lite", "diffusers-default"] if full else []:
-        out["output"].append(("anchor preset", f"{name} (output)", load_policy(name)))
-    for t in AUTO_THRESHOLDS if full else []:
-        out["stack"].append(("auto", f"threshold {t} (stack)", AutoPolicy(threshold=t, max_forecast_run=AUTO_MAX_RUN)))
-    for t in [0.06, 0.1, 0.18, 0.35] if full else []:   # the previous rule (each step's own estimate)
-        out["stack"].append(("auto, per step (v2.1)", f"threshold {t} (stack)",
-                             AutoPolicy(threshold=t, max_forecast_run=AUTO_MAX_RUN, accumulate="step")))
-    for name in ["auto-quality", "auto-balanced", "auto-fast"] if full else ["auto-balanced", "auto-fast"]:
-        out["stack"].append(("auto", f"{name} (stack)", load_policy(name)))
-    for t in [0.08, 0.12, 0.2, 0.3] if full else []:
-        out["output"].append(("auto", f"threshold {t} (output)", AutoPolicy(threshold=t, max_forecast_run=AUTO_MAX_RUN)))
-    if full:
-        out["output"].append(("auto", "auto-balanced (output)", load_policy("auto-balanced")))
-    return out
 
 
 class Arena:
@@ -112,6 +79,7 @@ class Arena:
         self.noise = initial_noise(samples, seed)
         self.ref = {}
         self.den = {}
+        self.leaked = []            # what the last run_peer had to put back
 
     def sample(self, pipe, steps):
         from taylorseer_fx.demo.flux_pipeline import sample
@@ -128,6 +96,7 @@ class Arena:
         transformer = copy.deepcopy(self.base)
         counter.instrument(transformer)
         pipe = build_pipeline(transformer)
+        before = forward_patches(transformer)
         try:
             enable(pipe)
             x, wall = self.sample(pipe, steps)
@@ -136,8 +105,9 @@ class Arena:
                 disable(pipe)
             except Exception:  # noqa: BLE001 - nothing was enabled
                 pass
-            if FluxPipeline.__call__ is not call:    # cache-dit patches the class; never leak it
-                FluxPipeline.__call__ = call
+            self.leaked = [] if FluxPipeline.__call__ is call else ["FluxPipeline.__call__"]
+            FluxPipeline.__call__ = call            # cache-dit patches the class; never leak it
+            self.leaked += restore_patches(before)
         return x, wall, counter
 
     def evaluate(self, x, steps) -> dict:
@@ -150,6 +120,19 @@ class Arena:
     def fractions(self, counter, steps) -> dict:
         b, u = self.den[steps]
         return {"block_fraction": counter.blocks() / b, "module_fraction": counter.units() / u}
+
+
+def select(spec: str | None) -> list[str]:
+    """The families named by comma-separated case-insensitive prefixes (None: all), in FAMILIES order."""
+    if not spec:
+        return list(FAMILIES)
+    out = set()
+    for tok in filter(None, (t.strip().lower() for t in spec.split(","))):
+        hit = [f for f in FAMILIES if f.lower().startswith(tok)]
+        if len(hit) != 1:
+            raise SystemExit(f"--families: {tok!r} matches {hit or 'none'} of {', '.join(FAMILIES)}")
+        out.add(hit[0])
+    return [f for f in FAMILIES if f in out]
 
 
 def row(steps, family, method, setting, unit, **kw) -> dict:
@@ -214,9 +197,11 @@ def run_peers(arena: Arena, steps: int, family: str, settings: list, rows: list,
         try:
             x, wall, counter = arena.run_peer(steps, enable, disable)
             r = row(steps, family, method, setting, unit, wall_s=wall, **arena.fractions(counter, steps),
-                    **arena.evaluate(x, steps))
+                    **arena.evaluate(x, steps), leaked=sorted(set(arena.leaked)) or None)
             rows.append(r)
             log(r)
+            if arena.leaked:
+                print(f"  [{family}] {method} {setting}: left patched (put back): {r['leaked']}", flush=True)
         except Exception as e:  # noqa: BLE001
             rows.append(err_row(steps, family, method, setting, unit, e))
 
@@ -275,12 +260,14 @@ def _cell(r):
 def plot(rows, steps_list, path: Path, samples: int) -> None:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6 * len(steps_list), 4.6))
-    colors = {"taylorseer_fx": "tab:blue", "diffusers": "tab:orange", "cache-dit": "tab:green"}
+    colors = dict(zip(FAMILIES, COLORS))
     for k, steps in enumerate(steps_list):
         ax = fig.add_subplot(1, len(steps_list), k + 1)
         rs = [r for r in rows if r["steps"] == steps and r["compute_fraction"] is not None and r["rel_l2"] > 0]
         for f in FAMILIES:
             pts = [r for r in rs if r["family"] == f]
+            if not pts:
+                continue
             ax.scatter([r["compute_fraction"] for r in pts], [r["rel_l2"] for r in pts], s=10, alpha=0.3,
                        color=colors[f])
             fr = pareto(pts)
@@ -308,7 +295,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", default=None, help="comma-separated step counts (default 28,50; quick 28)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/arena.json; quick: arena_quick.json)")
     ap.add_argument("--png", default=None, help="plot path (default docs/arena.png; quick: none)")
+    ap.add_argument("--families", default=None, help="comma-separated prefixes of the families to run (case-insensitive; "
+                    f"default all: {', '.join(FAMILIES)}); the uncached reference always runs")
     args = ap.parse_args(argv)
+    families = select(args.families)
     setup(1)
     import diffusers
     diffusers.utils.logging.set_verbosity_error()
@@ -323,8 +313,17 @@ def main(argv=None) -> dict:
         mch["cache_dit"] = cache_dit.__version__
     except ImportError:
         mch["cache_dit"] = None
+    for dist in ("hicache-pp", "dit-smoothcache"):
+        try:
+            mch[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            mch[dist] = None
     print(f"machine: {mch['cpu']} ({mch['cores']} cores), {mch['threads']} torch thread, torch {mch['torch']}, "
-          f"diffusers {mch['diffusers']}, cache-dit {mch['cache_dit']}, commit {mch['commit']}", flush=True)
+          f"diffusers {mch['diffusers']}, cache-dit {mch['cache_dit']}, hicache-pp {mch['hicache-pp']}, "
+          f"dit-smoothcache {mch['dit-smoothcache']}, commit {mch['commit']}", flush=True)
+    skipped = {f: why for f in families if (why := missing(f))}
+    for f, why in skipped.items():
+        print(f"[{f}] skipped: {why}", flush=True)
     arena = Arena(samples)
     rows, regions_info = [], {}
 
@@ -340,15 +339,19 @@ def main(argv=None) -> dict:
         rows.append(row(steps, "uncached", "uncached", "-", "blocks", wall_s=wall, block_fraction=1.0,
                         module_fraction=1.0, **arena.evaluate(x, steps)))
         log(rows[-1])
-        regions_info[steps] = run_ours(arena, steps, ours_settings(args.quick), rows, log)
+        if "taylorseer_fx" in families:
+            regions_info[steps] = run_ours(arena, steps, ours_settings(args.quick), rows, log)
         ratios = {}
 
         def mag():
             if "r" not in ratios:
                 ratios["r"] = magcache_ratios(arena, steps)
             return ratios["r"]
-        run_peers(arena, steps, "diffusers", diffusers_settings(steps, args.quick, mag), rows, log)
-        run_peers(arena, steps, "cache-dit", cache_dit_settings(steps, args.quick), rows, log)
+        peers = dict(FORECAST_SETTINGS, **{"diffusers": lambda s, q: diffusers_settings(s, q, mag),
+                                           "cache-dit": cache_dit_settings})
+        for f in families:
+            if f != "taylorseer_fx" and f not in skipped:
+                run_peers(arena, steps, f, peers[f](steps, args.quick), rows, log)
         if "r" in ratios:
             regions_info[f"magcache_ratios_{steps}"] = ratios["r"]
     for r in rows:
@@ -374,17 +377,21 @@ def main(argv=None) -> dict:
 
     # ---- print -------------------------------------------------------------------------------------------
     print(f"\nmachine: {mch['cpu']} ({mch['cores']} cores), {mch['threads']} torch thread; torch {mch['torch']}, "
-          f"diffusers {mch['diffusers']}, cache-dit {mch['cache_dit']}; commit {mch['commit']}; {samples} samples, "
-          f"true CFG {CFG:g}; errors: relative L2 of the final samples vs uncached")
-    print(f"verification (ours, {verification['case']}): counted compute fraction {verification['counted']}, "
-          f"from handle.stats() {verification['stats']}: {'agree' if verification['agree'] else 'DISAGREE'}; "
-          f"max |counted - stats| over all our runs {verification['max_abs_diff_all_ours']}")
+          f"diffusers {mch['diffusers']}, cache-dit {mch['cache_dit']}, hicache-pp {mch['hicache-pp']}, dit-smoothcache "
+          f"{mch['dit-smoothcache']}; commit {mch['commit']}; {samples} samples, true CFG {CFG:g}; errors: relative L2 "
+          f"of the final samples vs uncached")
+    if case is not None:
+        print(f"verification (ours, {verification['case']}): counted compute fraction {verification['counted']}, "
+              f"from handle.stats() {verification['stats']}: {'agree' if verification['agree'] else 'DISAGREE'}; "
+              f"max |counted - stats| over all our runs {verification['max_abs_diff_all_ours']}")
     if module_regions is not None and sorted(module_regions) != sorted(filter(UNIT_RE.match, module_regions)):
         print(f"WARNING: regions='modules' selected {module_regions}, not the counted units")
-    print(table(["steps", "target", "taylorseer_fx", "taylorseer_fx auto", "diffusers", "cache-dit", "auto / best peer",
+    ran = [f for f in FAMILIES if f in families and f not in skipped]
+    keys = ran[:1] + ["auto"] + ran[1:] if ran[:1] == ["taylorseer_fx"] else ran
+    print(table(["steps", "target", *("taylorseer_fx auto" if k == "auto" else k for k in keys), "auto / best peer",
                  "ours best / best peer"],
-                [[s["steps"], f"<= {s['target']}", _cell(s["taylorseer_fx"]), _cell(s["auto"]), _cell(s["diffusers"]),
-                  _cell(s["cache-dit"]), s["auto_over_best_peer"], s["ours_over_best_peer"]] for s in summary],
+                [[s["steps"], f"<= {s['target']}", *(_cell(s[k]) for k in keys), s["auto_over_best_peer"],
+                  s["ours_over_best_peer"]] for s in summary],
                 title="Summary: best relative L2 at compute fraction <= target (value @ fraction (method: setting))"))
     cols = ["method", "setting", "unit", "compute", "rel L2", "PSNR dB", "acc", "log p", "FD", "wall s", "x uncached"]
 
@@ -394,7 +401,7 @@ def main(argv=None) -> dict:
     for s in steps_list:
         base = [r for r in rows if r["steps"] == s and r["family"] == "uncached"]
         print(table(cols, [line(r) for r in base], title=f"{s} steps: uncached"))
-        for f in FAMILIES:
+        for f in ran:
             print(table(cols, [line(r) for r in pareto([r for r in rows if r["steps"] == s and r["family"] == f])],
                         title=f"{s} steps: Pareto front of {f}"))
     errs = [r for r in rows if r["error"]]
@@ -405,7 +412,8 @@ def main(argv=None) -> dict:
         plot(rows, steps_list, png, samples)
         print(f"\nwrote {png}")
     result = {"benchmark": "arena", "machine": mch, "samples": samples, "steps": steps_list, "cfg": CFG,
-              "quick": args.quick, "targets": list(TARGETS), "verification": verification,
+              "quick": args.quick, "targets": list(TARGETS), "families": families, "skipped": skipped,
+              "verification": verification,
               "module_units": "dual blocks: attn, ff, ff_context; single blocks: attn, proj_mlp",
               "regions": {str(k): v for k, v in regions_info.items()}, "summary": summary, "fronts": fronts,
               "rows": rows, "wall_s": time.perf_counter() - t_start}

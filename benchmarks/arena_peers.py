@@ -11,8 +11,10 @@
 * **Units** (:data:`UNITS`): the modules ``regions="modules"`` forecasts on this Flux -- dual blocks'
   ``attn``, ``ff``, ``ff_context``, single blocks' ``attn``, ``proj_mlp``. Module-level methods are
   measured in units: the blocks' norms / modulation and the single blocks' ``proj_out`` still run.
-* The peers' settings: diffusers hooks (``transformer.enable_cache``) and cache-dit
-  (``cache_dit.enable_cache``), each a ``(method, setting, unit, enable)`` tuple.
+* The settings: ours (:func:`ours_settings`, regions -> ``(method, setting, policy)``), diffusers hooks
+  (``transformer.enable_cache``) and cache-dit (``cache_dit.enable_cache``), each a ``(method, setting,
+  unit, enable, disable)`` tuple (the forecasting peers: ``arena_forecast_peers.py``).
+* :func:`forward_patches` / :func:`restore_patches`: what a peer left patched on the model's forwards.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import re
 from collections import Counter as _Counter
 
 import torch
+
+from taylorseer_fx import AutoPolicy, FixedPolicy, load_policy
 
 os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")
 
@@ -91,6 +95,80 @@ def counting_inner(counter: Counter):
             return f(*args)
         return run
     return inner
+
+
+def forward_patches(model) -> dict:
+    """The instance ``forward`` of every module of ``model`` (None: none) and each module class's own."""
+    mods = {m: m.__dict__.get("forward") for m in model.modules()}
+    return {"modules": mods, "classes": {c: vars(c).get("forward") for c in {type(m) for m in mods}}}
+
+
+def restore_patches(before: dict) -> list[str]:
+    """Put back what differs from :func:`forward_patches`'s ``before``; returns what that was. A bound
+    class forward left as an instance attribute (diffusers' hooks leave them) counts as restored."""
+    out = []
+    for c, f in before["classes"].items():
+        if vars(c).get("forward") is not f:
+            out.append(f"{c.__name__}.forward")
+            setattr(c, "forward", f)
+    for m, f in before["modules"].items():
+        g = m.__dict__.get("forward")
+        if g is not f and not (f is None and getattr(g, "__func__", None) is type(m).forward
+                               and getattr(g, "__self__", None) is m):
+            out.append(f"{type(m).__name__}.forward (instance)")
+            if f is None:
+                del m.forward
+            else:
+                m.forward = f
+    return out
+
+
+# ------------------------------------------------------------------------------------------ ours
+
+#: the AutoPolicy thresholds of the full sweep (regions stack) and every auto row's max_forecast_run
+AUTO_THRESHOLDS = (0.05, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+AUTO_MAX_RUN = 10
+
+
+def ours_settings(quick: bool) -> dict[str, list[tuple]]:
+    """regions -> [(method, setting, policy)]."""
+    full = not quick
+    out: dict[str, list] = {"stack": [], "output": [], "modules": []}
+
+    def fixed(regions, intervals, orders, forms):
+        for i in intervals:
+            for o in orders:
+                for f in forms:
+                    out[regions].append((f"fixed {regions}", f"interval {i}, order {o}, {f}",
+                                         FixedPolicy(interval=i, order=o, form=f)))
+    fixed("stack", [3], [1], ["taylor"])               # first: the verification case
+    if full:
+        fixed("stack", [2, 4, 5, 6, 8], [1], ["taylor"])
+        fixed("stack", [2, 3, 4, 5, 6, 8], [2], ["taylor"])
+        fixed("stack", [2, 3, 4, 5, 6, 8], [1, 2], ["newton"])
+        fixed("stack", [3, 4, 5, 6], [2], ["heun"])
+        fixed("stack", [3, 4, 5, 6, 8], [1, 2], ["hermite"])
+        out["stack"].append(("fixed stack", "interval 1 (never forecast: our overhead)", FixedPolicy(interval=1)))
+    else:
+        fixed("stack", [4], [2], ["newton"])
+    fixed("output", [2, 3, 4, 6] if full else [3], [1, 2] if full else [1], ["taylor", "newton"] if full else ["taylor"])
+    fixed("modules", [2, 3, 4, 6] if full else [3], [1, 2] if full else [1], ["taylor"])
+    for name in ["official-flux", "openvino-lite", "diffusers-default"] if full else ["official-flux"]:
+        out["stack"].append(("anchor preset", f"{name} (stack)", load_policy(name)))
+    for name in ["openvino-lite", "diffusers-default"] if full else []:
+        out["output"].append(("anchor preset", f"{name} (output)", load_policy(name)))
+    for t in AUTO_THRESHOLDS if full else []:
+        out["stack"].append(("auto", f"threshold {t} (stack)", AutoPolicy(threshold=t, max_forecast_run=AUTO_MAX_RUN)))
+    for t in [0.06, 0.1, 0.18, 0.35] if full else []:   # the previous rule (each step's own estimate)
+        out["stack"].append(("auto, per step (v2.1)", f"threshold {t} (stack)",
+                             AutoPolicy(threshold=t, max_forecast_run=AUTO_MAX_RUN, accumulate="step")))
+    for name in ["auto-quality", "auto-balanced", "auto-fast"] if full else ["auto-balanced", "auto-fast"]:
+        out["stack"].append(("auto", f"{name} (stack)", load_policy(name)))
+    for t in [0.08, 0.12, 0.2, 0.3] if full else []:
+        out["output"].append(("auto", f"threshold {t} (output)", AutoPolicy(threshold=t, max_forecast_run=AUTO_MAX_RUN)))
+    if full:
+        out["output"].append(("auto", "auto-balanced (output)", load_policy("auto-balanced")))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ diffusers

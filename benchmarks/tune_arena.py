@@ -3,10 +3,11 @@
 For each step count (28, 50) and compute fraction (0.25, 0.35, 0.5) of the arena (``arena.py``: the
 shipped Flux, a real ``FluxPipeline``, true CFG 3, ``regions="stack"``):
 
-1. ``taylorseer_fx.tune`` searches the placement on **calibration inputs** -- ``--inputs`` batches of
+1. ``taylorseer_fx.tune`` searches a placement and a threshold on **calibration inputs** -- ``--inputs`` batches of
    two digit labels, the last ``--holdout`` held out -- with the pipeline's own noise (generator
    seeds), as a user would tune;
-2. the tuned preset, ``AutoPolicy(budget=k / N)`` (budget-auto; ``k = floor(fraction * N)``: at most
+2. the tuned preset (the placement or the threshold, whichever validated better), both variants,
+   ``AutoPolicy(budget=k / N)`` (budget-auto; ``k = floor(fraction * N)``: at most
    the cell's fraction, as the arena counts its rows) and the preset read back from the
    TOML the tuner wrote are then run on the **arena's 40 samples with the arena's noise** (never seen
    by the search), exactly as ``arena.py`` measures its rows (block compute fraction, relative L2 to
@@ -28,6 +29,7 @@ tune_arena_<steps>_<computes>.toml``, beside the tuner's checkpoints (a rerun re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -91,12 +93,20 @@ def main(argv=None) -> dict:
                      regions="stack", checkpoint=presets / f"{name}.progress.json")
             path = r.write(presets / f"{name}.toml")
             tuned_err, tuned_frac, tuned_steps = ev.run(load_policy(path), steps)
+            c = r.cells[0]
+            plain = dataclasses.replace(r.policy, placements=None, thresholds=None)
+            variants = {"placement": dataclasses.replace(plain, placements={steps: c["placement"]})}
+            if c["threshold"] is not None:
+                variants["threshold"] = dataclasses.replace(plain, thresholds={steps: c["threshold"]})
+            both = {k: ev.run(v, steps)[0] for k, v in variants.items()}
             auto_err, auto_frac, auto_steps = ev.run(AutoPolicy(budget=budget), steps)
             peer, fixed = arena.get((steps, f), (None, None))
-            c = r.cells[0]
             cell = {"steps": steps, "fraction": f, "budget": budget, "computes": c["computes"], "placement": c["placement"],
                     "calibration": c["calibration"], "heldout": c["heldout"], "fresh": c["fresh"],
                     "tuned": tuned_err, "tuned_fraction": tuned_frac, "tuned_steps": tuned_steps,
+                    "chosen": c["chosen"], "threshold": c["threshold"], "arena_placement": both["placement"],
+                    "arena_threshold": both.get("threshold"),
+                    "threshold_calibration": c["threshold_calibration"], "threshold_fresh": c["threshold_fresh"],
                     "budget_auto": auto_err, "budget_auto_fraction": auto_frac, "budget_auto_steps": auto_steps,
                     "best_peer": peer and {k: peer[k] for k in ("method", "setting", "compute_fraction", "rel_l2")},
                     "best_fixed": fixed and {k: fixed[k] for k in ("method", "setting", "compute_fraction", "rel_l2")},
@@ -104,18 +114,22 @@ def main(argv=None) -> dict:
             cell["budget_auto_over_peer"] = auto_err / peer["rel_l2"] if peer else None
             cell["tuned_over_peer"] = tuned_err / peer["rel_l2"] if peer else None
             cell["tuned_over_fixed"] = tuned_err / fixed["rel_l2"] if fixed else None
-            cell["arena_over_calibration"] = tuned_err / c["calibration"] if c["calibration"] > 0 else None
+            chosen_cal = c["threshold_calibration"] if c["chosen"] == "threshold" else c["calibration"]
+            cell["arena_over_calibration"] = tuned_err / chosen_cal if chosen_cal > 0 else None
             cells.append(cell)
             print(f"{steps} steps, {f}: tuned {tuned_err:.4g} ({tuned_frac:.3f}), budget-auto {auto_err:.4g} "
                   f"({auto_frac:.3f}), best peer {peer and peer['rel_l2']}, our best fixed {fixed and fixed['rel_l2']}",
                   flush=True)
-    rows = [[c["steps"], c["fraction"], f"{c['tuned_fraction']:.3f}", f"{c['calibration']:.4f}", f"{c['tuned']:.4f}",
+    rows = [[c["steps"], c["fraction"], f"{c['tuned_fraction']:.3f}", c["chosen"],
+             f"{c['arena_placement']:.4f}", "-" if c["arena_threshold"] is None else f"{c['arena_threshold']:.4f}",
+             f"{c['tuned']:.4f}",
              f"{c['budget_auto']:.4f}",
              "-" if not c["best_fixed"] else f"{c['best_fixed']['rel_l2']:.4f} ({c['best_fixed']['setting']})",
              "-" if not c["best_peer"] else f"{c['best_peer']['rel_l2']:.4f} ({c['best_peer']['method']})",
              c["budget_auto_over_peer"], c["tuned_over_peer"], c["tuned_over_fixed"], c["arena_over_calibration"]]
             for c in cells]
-    print(table(["steps", "fraction", "measured", "tuned: calibration", "tuned: arena", "budget-auto",
+    print(table(["steps", "fraction", "measured", "preset holds", "placement: arena", "threshold: arena",
+                 "preset: arena", "budget-auto",
                  "our best fixed", "best peer", "budget-auto / peer", "tuned / peer", "tuned / our fixed",
                  "arena / calibration"], rows,
                 title=f"Tuned presets and budget-auto on the arena Flux ({args.samples} samples, CFG {CFG:g}, stack; "

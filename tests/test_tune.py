@@ -123,7 +123,7 @@ def test_an_untuned_length_says_so_once_and_the_budget_keeps_its_count():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         a, b = policy.compute_steps(10), policy.compute_steps(10)
-    said = [w for w in caught if "no tuned placement for a run of 10 steps (tuned: [8])" in str(w.message)]
+    said = [w for w in caught if "no tuned placement or threshold for a run of 10 steps (tuned: [8])" in str(w.message)]
     assert len(said) == 1 and "the budget places the computes" in str(said[0].message)
     assert len(a) == len(b) == 5
 
@@ -166,7 +166,13 @@ def test_tune_finds_a_placement_no_worse_than_its_start_and_the_preset_runs_it(t
     assert cell["calibration"] <= cell["calibration_start"]
     assert cell["start"] in ("even", "budget-auto") and cell["heldout"] is not None   # 3 inputs: 1 held out
     assert any("run 1:" in m for m in said) and any("fresh noise" in m for m in said)
-    assert tuple(r.policy.compute_steps(12)) == tuple(cell["placement"])
+    assert cell["threshold"] is not None and cell["chosen"] in ("placement", "threshold")
+    if cell["chosen"] == "placement":         # the one that validates better is the one the preset holds
+        assert tuple(r.policy.compute_steps(12)) == tuple(cell["placement"]) and r.policy.thresholds is None
+    else:
+        assert dict(r.policy.thresholds) == {12: cell["threshold"]} and r.policy.placements is None
+    both = [(cell["heldout"] + cell["fresh"]) / 2, (cell["threshold_heldout"] + cell["threshold_fresh"]) / 2]
+    assert both[cell["chosen"] == "threshold"] == min(both)
     path = r.write(tmp_path / "tuned.toml")
     back = load_policy(path)
     assert policy_to_dict(back) == policy_to_dict(r.policy)
@@ -226,7 +232,8 @@ def test_tune_on_a_flux_pipeline_and_the_compiled_pipeline_runs_the_placement(tm
     try:
         pipe(**inputs[0], num_inference_steps=10, generator=torch.Generator().manual_seed(0))
         trace = handle.stats()["transformer"]["trace"]
-        assert [c["step"] for c in trace if c["stream"] == 0 and c["decision"] == "compute"] == cell["placement"]
+        ran = [c["step"] for c in trace if c["stream"] == 0 and c["decision"] == "compute"]
+        assert ran == cell["placement"] if cell["chosen"] == "placement" else len(ran) == 5
     finally:
         handle.remove()
 
@@ -237,9 +244,10 @@ def test_the_command_writes_a_preset_and_refuses_a_bad_budget(tmp_path):
            "--sweeps", "1", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "run 1:" in done.stderr and "fresh / calibration" in done.stdout
-    assert tuple(load_policy(str(out)).compute_steps(8)) == tuple(
-        dict(load_policy(str(out)).placements)[8])
+    assert "run 1:" in done.stderr and "chosen" in done.stdout and "threshold" in done.stderr
+    back = load_policy(str(out))
+    assert 8 in dict(back.placements or ()) or 8 in dict(back.thresholds or ())
+    assert len(back.compute_steps(8, lambda s, k: 0.1 * k)) == 4
     assert (tmp_path / "tuned.toml.progress.json").exists()
     bad = subprocess.run(cmd[:4] + ["5"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "budget must be a fraction" in bad.stderr
@@ -250,9 +258,12 @@ def test_the_example_tunes_writes_and_runs_the_preset(tmp_path):
     done = subprocess.run([sys.executable, str(example), str(tmp_path / "tuned.toml")], capture_output=True,
                           text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    placement = dict(load_policy(str(tmp_path / "tuned.toml")).placements)[16]
-    assert f"16 steps: computed {list(placement)}" in done.stdout
-    assert "no tuned placement for a run of 20 steps" in done.stderr
+    tuned = load_policy(str(tmp_path / "tuned.toml"))
+    if tuned.placements:                     # the tuned placement is what runs, exactly
+        assert f"16 steps: computed {list(dict(tuned.placements)[16])}" in done.stdout
+    else:                                    # a tuned threshold: the budget's count, 6 of 16
+        assert 16 in dict(tuned.thresholds) and "16 steps: computed [0, 1, 2," in done.stdout
+    assert "no tuned placement or threshold for a run of 20 steps" in done.stderr
 
 
 @settings(max_examples=300, deadline=None)

@@ -248,6 +248,7 @@ class _AutoSchedule(Schedule):
         self.pacer = None
         self.soft = None     # the run bound the budget reserves computes for (longest_run), when it can
         self.placed = None   # a tuned placement for this run's step count: its compute steps from first_step
+        self.tau = None      # a tuned threshold for this run's step count (with the budget: the count stays exact)
 
     def _add(self, value: float) -> float:
         return self.total + (value * value if self.rule == "rss" else value)
@@ -260,8 +261,8 @@ class _AutoSchedule(Schedule):
         return math.sqrt(total) if self.rule == "rss" else total
 
     def _decide(self, step, estimate):
-        if self._step is None and self.policy.placements:
-            self.placed = self._placement()
+        if self._step is None and (self.policy.placements or self.policy.thresholds):
+            self.placed, self.tau = self._tuned()
         if self.placed is not None:             # a tuned placement: no estimate read at all
             decision = self._forced(step) or step - self.first_step in self.placed \
                 or step - self.first_step >= self.num_steps - self.first_step
@@ -286,18 +287,18 @@ class _AutoSchedule(Schedule):
                           "pass min_steps=0 to forecast anyway)", UserWarning, stacklevel=3)
         return True
 
-    def _placement(self):
-        """The tuned compute steps for this run's length (counted from first_step), or None with a
-        warning naming what decides instead (once per step count)."""
+    def _tuned(self) -> tuple:
+        """``(placement, threshold)`` tuned for this run's length (counted from first_step), one of
+        them None; ``(None, None)`` with a warning naming what decides instead (once per length)."""
         p = self.policy
         steps = None if self.num_steps is None else self.num_steps - self.first_step
-        found = dict(p.placements).get(steps)
-        if found is None:
+        placed, tau = dict(p.placements or ()).get(steps), dict(p.thresholds or ()).get(steps)
+        if placed is None and tau is None:
+            tuned = sorted(dict(p.placements or ()) | dict(p.thresholds or ()))
             rule = "the budget places the computes" if p.budget is not None else "the threshold rule decides"
-            warnings.warn(f"AutoPolicy: no tuned placement for a run of {steps} steps (tuned: "
-                          f"{sorted(dict(p.placements))}); {rule}", UserWarning, stacklevel=2)
-            return None
-        return frozenset(found)
+            warnings.warn(f"AutoPolicy: no tuned placement or threshold for a run of {steps} steps (tuned: "
+                          f"{tuned}); {rule}", UserWarning, stacklevel=2)
+        return (None if placed is None else frozenset(placed)), tau
 
     def _threshold(self, step, estimate):
         p = self.policy
@@ -367,8 +368,11 @@ class _AutoSchedule(Schedule):
         else:
             value = None if estimate is None else estimate()
             value = math.nan if value is None else float(value)
-            compute = self.pacer.decide(self._combined(value) if not math.isnan(value) else value,
-                                        free_budget / free_left, run + 1)
+            combined = self._combined(value) if not math.isnan(value) else value
+            if self.tau is not None:         # a tuned threshold: the rule's own decision, the count kept above
+                compute = math.isnan(combined) or combined > self.tau
+            else:
+                compute = self.pacer.decide(combined, free_budget / free_left, run + 1)
             self.total = 0.0 if compute else self._add(value)
             return compute
         if not must:
@@ -430,7 +434,9 @@ class AutoPolicy(Policy):
     count with a budget). A run of a tuned length computes exactly those steps and reads no estimate;
     any other length is decided by the budget (or threshold), with a warning naming the length once.
     A TOML table ``[placements]`` with keys ``28 = [0, 1, 2, ...]``. Stored as sorted ``(N, steps)``
-    pairs (hashable).
+    pairs (hashable). ``thresholds`` (with a budget; also written by the tuner): ``{N: threshold}``, a
+    tuned threshold for runs of N steps: a free step computes when the run's estimate exceeds it,
+    the budget's count kept exact as always (table ``[thresholds]``).
 
     ``min_steps`` (default 8): a run shorter than this (its steps counted from the schedule's first
     step: an img2img run at strength 0.3 of 20 steps has 6) is too short to forecast well -- distilled
@@ -447,6 +453,7 @@ class AutoPolicy(Policy):
     threshold: float | None = None
     budget: float | str | None = None
     placements: tuple | None = None
+    thresholds: tuple | None = None
     form: str = "heun"
     estimator: str = "pair"
     min_forecast_run: int = 0
@@ -505,6 +512,27 @@ class AutoPolicy(Policy):
             raise ValueError(f"{n}: per_region must be a bool, got {self.per_region!r}")
         if self.placements is not None:
             object.__setattr__(self, "placements", self._checked_placements())
+        if self.thresholds is not None:
+            object.__setattr__(self, "thresholds", self._checked_thresholds())
+
+    def _checked_thresholds(self) -> tuple:
+        """``thresholds`` as sorted ``((N, threshold), ...)``; ValueError naming ``thresholds[N]``."""
+        n, given = type(self).__name__, self.thresholds
+        if self.budget is None:
+            raise ValueError(f"{n}: thresholds (tuned per step count) need a budget: the count they keep")
+        if not hasattr(given, "items") or not given:
+            raise ValueError(f"{n}: thresholds must be a non-empty mapping {{num_steps: threshold}}, got {given!r}")
+        out = {}
+        for key, tau in given.items():
+            N = int(key) if isinstance(key, str) and key.strip().isdigit() else key
+            if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+                raise ValueError(f"{n}: thresholds keys must be step counts (ints >= 1), got {key!r}")
+            if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+                raise ValueError(f"{n}: thresholds[{N}] must be a finite number > 0, got {tau!r}")
+            if N in dict(self.placements or ()):
+                raise ValueError(f"{n}: {N} steps has both a tuned placement and a tuned threshold")
+            out[N] = float(tau)
+        return tuple(sorted(out.items()))
 
     def _checked_placements(self) -> tuple:
         """``placements`` as sorted ``((N, (steps...)), ...)``; ValueError naming ``placements[N]``."""
@@ -548,7 +576,8 @@ class AutoPolicy(Policy):
         return tuple(sorted(out.items()))
 
     def needs_num_steps(self) -> bool:
-        return self.cooldown > 0 or self.budget is not None or self.placements is not None
+        return self.cooldown > 0 or self.budget is not None or self.placements is not None \
+            or self.thresholds is not None
 
     @property
     def compute_fraction(self) -> float | None:

@@ -55,8 +55,8 @@ def policy_to_dict(policy: Policy) -> dict:
         v = resolved.get(f.name, getattr(policy, f.name))
         if v is None:
             continue
-        if f.name == "placements":               # {"N": [steps]}: TOML keys are strings
-            out[f.name] = {str(n): list(steps) for n, steps in v}
+        if f.name in ("placements", "thresholds"):    # {"N": [steps] | threshold}: TOML keys are strings
+            out[f.name] = {str(n): list(x) if isinstance(x, tuple) else x for n, x in v}
         else:
             out[f.name] = list(v) if isinstance(v, tuple) else v
     return out

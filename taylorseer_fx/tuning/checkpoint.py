@@ -1,8 +1,8 @@
 """A tuning's progress on disk, so an interrupted tuning resumes where it stopped.
 
 The file (JSON) holds a fingerprint of what is tuned (the model's inputs, seeds, budget, base policy,
-inner backend, regions) and every placement evaluated so far, per step count: ``{"28": {"0,1,2,7,...":
-mean relative L2}}``. The search is deterministic, so a resumed search asks for the same placements
+inner backend, regions) and every candidate evaluated so far, per step count: ``{"28": {"0,1,2,7,...":
+mean relative L2, "threshold 0.125": ...}}`` (a placement's compute steps, or a tuned threshold). The search is deterministic, so a resumed search asks for the same placements
 and finds them here instead of running the pipeline. A file written for another tuning is refused
 (ValueError naming both fingerprints' differences), never silently reused.
 """
@@ -58,7 +58,7 @@ class Checkpoint:
                 diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
                 raise ValueError(f"tune: checkpoint {self.path} was written for another tuning (differs in "
                                  f"{diff}); pass another checkpoint path or delete it")
-            self.values = {int(n): {tuple(int(s) for s in k.split(",")): float(v) for k, v in d.items()}
+            self.values = {int(n): {k: float(v) for k, v in d.items()}
                            for n, d in data.get("evaluations", {}).items()}
 
     @property
@@ -66,16 +66,20 @@ class Checkpoint:
         """How many evaluations were read back from the file."""
         return sum(len(d) for d in self.values.values())
 
-    def get(self, steps: int, placement: tuple) -> float | None:
-        return self.values.get(steps, {}).get(tuple(placement))
+    @staticmethod
+    def key(candidate) -> str:
+        """A placement (steps) as ``"0,1,2,7"``; a string (``"threshold 0.125"``) as it is."""
+        return candidate if isinstance(candidate, str) else ",".join(map(str, candidate))
 
-    def put(self, steps: int, placement: tuple, value: float) -> None:
-        self.values.setdefault(steps, {})[tuple(placement)] = float(value)
+    def get(self, steps: int, candidate) -> float | None:
+        return self.values.get(steps, {}).get(self.key(candidate))
+
+    def put(self, steps: int, candidate, value: float) -> None:
+        self.values.setdefault(steps, {})[self.key(candidate)] = float(value)
         if self.path is None:
             return
         data = {"fingerprint": self.fingerprint,
-                "evaluations": {str(n): {",".join(map(str, k)): v for k, v in d.items()}
-                                for n, d in self.values.items()}}
+                "evaluations": {str(n): dict(d) for n, d in self.values.items()}}
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, self.path)

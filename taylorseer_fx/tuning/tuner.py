@@ -37,6 +37,8 @@ from .search import descend, even_placement, fit_count, pinned_steps
 
 #: thresholds whose rule's placements (brought to the budget's count) are tried as starts
 START_THRESHOLDS = (0.01, 0.02, 0.04, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0)
+#: evaluations of the golden-section search for a tuned threshold
+TAU_EVALS = 8
 
 __all__ = ["TuneResult", "tune"]
 
@@ -53,25 +55,34 @@ class TuneResult:
     seconds: float = 0.0
 
     def table(self) -> str:
-        """Per step count: the placement, and the tuned vs the budget-auto error on the calibration,
-        held-out and fresh-noise cases."""
+        """Per step count: the tuned placement, the tuned threshold and budget-auto, each as mean
+        relative L2 on the calibration / held-out / fresh-noise cases, and which one the preset holds."""
+        def trio(c, cal, held, fresh):
+            return " / ".join("-" if c[k] is None else f"{c[k]:.4g}" for k in (cal, held, fresh))
         rows = [{"steps": c["steps"], "computes": f"{c['computes']} ({c['computes'] / c['steps']:.2f})",
                  "placement": ",".join(map(str, c["placement"])),
-                 "calibration": f"{c['calibration']:.4g} ({c['calibration_budget_auto']:.4g})",
-                 "held-out": "-" if c["heldout"] is None else f"{c['heldout']:.4g} ({c['heldout_budget_auto']:.4g})",
-                 "fresh noise": f"{c['fresh']:.4g} ({c['fresh_budget_auto']:.4g})",
-                 "fresh / calibration": c["fresh_over_calibration"], "runs": c["evaluations"]} for c in self.cells]
-        cols = ["steps", "computes", "placement", "calibration", "held-out", "fresh noise", "fresh / calibration",
-                "runs"]
-        return (f"Tuned placements on {self.target}: mean relative L2 to the uncached output, tuned "
-                f"(budget-auto in brackets)\n" + format_table(rows, cols))
+                 "placement: cal / held / fresh": trio(c, "calibration", "heldout", "fresh"),
+                 "threshold": "-" if c["threshold"] is None else f"{c['threshold']:.4g}",
+                 "threshold: cal / held / fresh": trio(c, "threshold_calibration", "threshold_heldout",
+                                                       "threshold_fresh"),
+                 "budget-auto: cal / held / fresh": trio(c, "calibration_budget_auto", "heldout_budget_auto",
+                                                         "fresh_budget_auto"),
+                 "chosen": c["chosen"], "runs": c["evaluations"]} for c in self.cells]
+        cols = ["steps", "computes", "placement", "placement: cal / held / fresh", "threshold",
+                "threshold: cal / held / fresh", "budget-auto: cal / held / fresh", "chosen", "runs"]
+        return (f"Tuned on {self.target}: mean relative L2 to the uncached output on the calibration, held-out "
+                f"and fresh-noise cases; the preset holds the one that validates better\n" + format_table(rows, cols))
 
     def description(self) -> str:
-        parts = [f"{c['steps']} steps: calibration {c['calibration']:.4g} (budget-auto "
-                 f"{c['calibration_budget_auto']:.4g}), fresh noise {c['fresh']:.4g} ({c['fresh_budget_auto']:.4g})"
-                 + ("" if c["heldout"] is None else f", held-out {c['heldout']:.4g} ({c['heldout_budget_auto']:.4g})")
-                 for c in self.cells]
-        return (f"Tuned by taylorseer_fx.tune on {self.target}: budget {self.policy.budget!r}, placements for "
+        parts = []
+        for c in self.cells:
+            pre = "threshold" if c["chosen"] == "threshold" else None
+            cal, fresh, held = ((c["threshold_calibration"], c["threshold_fresh"], c["threshold_heldout"]) if pre
+                                else (c["calibration"], c["fresh"], c["heldout"]))
+            what = f"threshold {c['threshold']:g}" if pre else "placement"
+            parts.append(f"{c['steps']} steps ({what}): calibration {cal:.4g}, fresh noise {fresh:.4g} (budget-auto "
+                         f"{c['fresh_budget_auto']:.4g})" + ("" if held is None else f", held-out {held:.4g}"))
+        return (f"Tuned by taylorseer_fx.tune on {self.target}: budget {self.policy.budget!r} for "
                 f"{[c['steps'] for c in self.cells]} steps (others: the budget's own placement); mean relative "
                 f"L2 to the uncached output: " + "; ".join(parts))
 
@@ -123,6 +134,28 @@ class _Search:
 
     def policy(self, placement: tuple) -> AutoPolicy:
         return dataclasses.replace(self.base, placements={self.steps: list(placement)})
+
+    def policy_tau(self, tau: float) -> AutoPolicy:
+        return dataclasses.replace(self.base, thresholds={self.steps: tau})
+
+    def evaluate_tau(self, cases: Sequence[Case], count: int) -> Callable[[float], float]:
+        """The mean error of the tuned-threshold policy at ``log_tau`` (memoised in the checkpoint)."""
+        def value(log_tau: float) -> float:
+            key = f"threshold {math.exp(log_tau):.6g}"
+            got = self.store.get(self.steps, key)
+            if got is not None:
+                return got
+            errs = []
+            for c in cases:
+                err, ran = self.error(c, self.policy_tau(math.exp(log_tau)))
+                if len(ran) != count:
+                    raise RuntimeError(f"tune: the run {c.short()} computed {len(ran)} steps, not the budget's {count}")
+                errs.append(err)
+            mean = sum(errs) / len(errs)
+            self.store.put(self.steps, key, mean)
+            self.say(f"[tune {self.steps} steps] run {len(self.store.values[self.steps])}: {key} -> {mean:.4g}")
+            return mean
+        return value
 
     def error(self, case: Case, policy) -> tuple:
         """``(relative L2 of the cached run, its compute steps)``; inf for a non-finite output."""
@@ -202,30 +235,64 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
                  else "pass checkpoint=PATH to be able to resume")
         say(f"[tune] interrupted: {store.resumed} placements measured; {where}")
         raise
-    placements = {c["steps"]: c["placement"] for c in cells}
-    return TuneResult(dataclasses.replace(base, placements=placements), cells, runner.name,
-                      time.perf_counter() - t0)
+    placements = {c["steps"]: c["placement"] for c in cells if c["chosen"] == "placement"}
+    thresholds = {c["steps"]: c["threshold"] for c in cells if c["chosen"] == "threshold"}
+    policy = dataclasses.replace(base, placements=placements or None, thresholds=thresholds or None)
+    return TuneResult(policy, cells, runner.name, time.perf_counter() - t0)
 
 
-def _threshold_starts(search: "_Search", case: Case, base: AutoPolicy, count: int, n: int, pinned, max_run) -> dict:
-    """``{"threshold t": placement}``: the threshold rule's placements on ``case`` (one run per
-    :data:`START_THRESHOLDS`) whose counts bracket ``count`` (the closest below and above), each
-    brought to exactly ``count`` (:func:`~taylorseer_fx.tuning.search.fit_count`)."""
-    found = []
-    for t in START_THRESHOLDS:
-        placement = search.error(case, dataclasses.replace(base, budget=None, threshold=t))[1]
-        found.append((t, placement))
-    below = [f for f in found if len(f[1]) <= count]
-    above = [f for f in found if len(f[1]) >= count]
-    picks = ([max(below, key=lambda f: len(f[1]))] if below else []) + \
-        ([min(above, key=lambda f: len(f[1]))] if above else [])
+def _probe(search: "_Search", case: Case, base: AutoPolicy) -> list:
+    """``[(threshold, placement)]``: the threshold rule's placement on ``case`` for each of
+    :data:`START_THRESHOLDS` (one run each)."""
+    return [(t, search.error(case, dataclasses.replace(base, budget=None, threshold=t))[1])
+            for t in START_THRESHOLDS]
+
+
+def _bracket(probes: list, count: int) -> tuple:
+    """The probes whose counts are the closest at or below and at or above ``count`` (None if none)."""
+    below = [f for f in probes if len(f[1]) <= count]
+    above = [f for f in probes if len(f[1]) >= count]
+    return (max(below, key=lambda f: (len(f[1]), -f[0])) if below else None,
+            min(above, key=lambda f: (len(f[1]), -f[0])) if above else None)
+
+
+def _threshold_starts(probes: list, count: int, n: int, pinned, max_run) -> dict:
+    """``{"threshold t": placement}``: the bracketing probes' placements brought to exactly ``count``
+    (:func:`~taylorseer_fx.tuning.search.fit_count`)."""
     out = {}
-    for t, placement in picks:
+    for pick in _bracket(probes, count):
+        if pick is None:
+            continue
         try:
-            out[f"threshold {t:g}"] = fit_count(placement, count, n, pinned, max_run)
+            out[f"threshold {pick[0]:g}"] = fit_count(pick[1], count, n, pinned, max_run)
         except ValueError:              # no feasible placement of the count from this one
             continue
     return out
+
+
+def _golden(f: Callable[[float], float], lo: float, hi: float, evals: int) -> tuple:
+    """``(x, f(x))``: the lowest of a golden-section search of ``f`` on ``[lo, hi]`` (``evals`` calls)."""
+    g = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(max(evals - 2, 0)):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return (c, fc) if fc <= fd else (d, fd)
+
+
+def _validation(heldout, fresh) -> float:
+    """What decides between a tuned placement and a tuned threshold: the mean of the held-out and
+    fresh-noise errors (fresh alone without held-out inputs)."""
+    vals = [v for v in (heldout, fresh) if v is not None]
+    return sum(vals) / len(vals)
 
 
 def _tune_steps(runner, base, n, fraction, calib_inputs, held_inputs, seeds, fresh, reach, sweeps, store,
@@ -245,31 +312,50 @@ def _tune_steps(runner, base, n, fraction, calib_inputs, held_inputs, seeds, fre
         evaluate = s.evaluate(calib)
         auto_err, auto_placement = s.error(calib[0], base)
         auto_calib = (auto_err + sum(s.error(c, base)[0] for c in calib[1:])) / len(calib)
-        if count >= n or count == len(pinned):
+        forced = count >= n or count == len(pinned)
+        if forced:
             start, how = even_placement(n, count, w, cooldown, max_run), "forced"
             say(f"[tune {n} steps] nothing to place: warm-up, cooldown and the budget fix every compute")
             best, best_err = start, evaluate(start)
         else:
+            probes = _probe(s, calib[0], base)
             starts = {"even": even_placement(n, count, w, cooldown, max_run)}
             if len(auto_placement) == count and auto_placement[0] == 0:
                 starts["budget-auto"] = auto_placement
-            starts.update(_threshold_starts(s, calib[0], base, count, n, pinned, max_run))
+            starts.update(_threshold_starts(probes, count, n, pinned, max_run))
             how = min(starts, key=lambda k: evaluate(starts[k]))
             start = starts[how]
             say(f"[tune {n} steps] start from the {how} placement ({evaluate(start):.4g}; budget-auto itself "
                 f"{auto_calib:.4g})")
             best, best_err = descend(evaluate, start, n, pinned=pinned, max_run=max_run, reach=reach, sweeps=sweeps)
+        heldout_auto = s.mean(held, base) if held else None
+        fresh_auto = s.mean(fresh_cases, base)
         tuned = s.policy(best)
         heldout = s.mean(held, tuned) if held else None
-        heldout_auto = s.mean(held, base) if held else None
-        fresh_err, fresh_auto = s.mean(fresh_cases, tuned), s.mean(fresh_cases, base)
+        fresh_err = s.mean(fresh_cases, tuned)
+        tau = tau_err = tau_held = tau_fresh = None
+        if not forced:                  # the threshold rule, its threshold tuned, the count kept by the budget
+            lo, hi = _bracket(probes, count)
+            a = math.log(hi[0] / 1.5) if hi else math.log(START_THRESHOLDS[0])
+            b = math.log(lo[0] * 1.5) if lo else math.log(START_THRESHOLDS[-1])
+            log_tau, tau_err = _golden(s.evaluate_tau(calib, count), min(a, b), max(a, b), TAU_EVALS)
+            tau = float(f"{math.exp(log_tau):.6g}")
+            tau_held = s.mean(held, s.policy_tau(tau)) if held else None
+            tau_fresh = s.mean(fresh_cases, s.policy_tau(tau))
+    chosen = "threshold" if tau is not None and \
+        _validation(tau_held, tau_fresh) < _validation(heldout, fresh_err) else "placement"
     cell = {"steps": n, "computes": count, "placement": list(best), "start": how, "start_placement": list(start),
             "calibration": best_err, "calibration_start": store.get(n, start),
             "calibration_budget_auto": auto_calib, "heldout": heldout, "heldout_budget_auto": heldout_auto,
             "fresh": fresh_err, "fresh_budget_auto": fresh_auto,
             "fresh_over_calibration": fresh_err / best_err if best_err > 0 else None,
+            "threshold": tau, "threshold_calibration": tau_err, "threshold_heldout": tau_held,
+            "threshold_fresh": tau_fresh, "chosen": chosen,
             "evaluations": len(store.values.get(n, {})), "cases": len(calib)}
-    say(f"[tune {n} steps] tuned {best_err:.4g} on calibration (budget-auto {auto_calib:.4g}); fresh noise "
+    say(f"[tune {n} steps] placement {best_err:.4g} on calibration (budget-auto {auto_calib:.4g}); fresh noise "
         f"{fresh_err:.4g} (budget-auto {fresh_auto:.4g})"
         + ("" if heldout is None else f"; held-out {heldout:.4g} (budget-auto {heldout_auto:.4g})"))
+    if tau is not None:
+        say(f"[tune {n} steps] threshold {tau:g}: {tau_err:.4g} on calibration; fresh noise {tau_fresh:.4g}"
+            + ("" if tau_held is None else f"; held-out {tau_held:.4g}") + f"; chosen: the {chosen}")
     return cell
