@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taylorseer_fx import AutoPolicy, load_policy, taylorseer_backend
-from taylorseer_fx.policy.policies import ACCUMULATE
+from taylorseer_fx.policy.auto import ACCUMULATE
 from taylorseer_fx.forecast.estimates import ESTIMATORS
 from taylorseer_fx.policy.presets import policy_from_dict
 from taylorseer_fx.runtime.report import decision_trace

@@ -1,4 +1,4 @@
-"""Tests of taylorseer_fx.policy.policies: reference schedules, schedule invariants, AutoPolicy, presets, validation.
+"""Tests of taylorseer_fx.policy.policies and .auto: reference schedules, schedule invariants, AutoPolicy, presets, validation.
 
 Hypothesis settings (profile below, applied to every property test of this module): ``max_examples=60``,
 ``deadline=None``, ``derandomize=True`` (the same examples on every run, so CI is reproducible), no
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from taylorseer_fx.policy.policies import AutoPolicy, FixedPolicy, MaskPolicy
+from taylorseer_fx.policy.auto import AutoPolicy
+from taylorseer_fx.policy.policies import FixedPolicy, MaskPolicy
 from taylorseer_fx.policy.base import Policy
 from taylorseer_fx.policy.presets import available_policies, load_policy, policy_from_dict
 

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from dit_plain import HookReference, make_plain_dit, plain_dit_inputs
 from taylorseer_fx.graph.backend import taylorseer_backend
 from taylorseer_fx.forecast.forecaster import Forecaster
-from taylorseer_fx.policy.policies import AutoPolicy, FixedPolicy
+from taylorseer_fx.policy.auto import AutoPolicy
+from taylorseer_fx.policy.policies import FixedPolicy
 from taylorseer_fx.runtime.region_state import Generation
 from taylorseer_fx.runtime.graph_runtime import GraphRuntime
 from taylorseer_fx.runtime.runtime import Runtime

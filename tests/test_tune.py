@@ -280,3 +280,33 @@ def test_fit_count_gives_exactly_the_count_with_the_pinned_steps_or_says_it_cann
         assert "keeps max_forecast_run" in str(e) and max_run is not None
         return
     assert len(p) == count and pinned <= set(p) and feasible(p, steps, max_run)
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs, st.floats(1e-4, 10), st.lists(st.floats(1e-6, 1.0), min_size=80, max_size=80))
+def test_a_tuned_threshold_keeps_the_budgets_count_exactly_whatever_the_estimates(run, tau, rates):
+    steps, warmup, cooldown, max_run, fraction = run
+    policy = AutoPolicy(budget=fraction, warmup=warmup, cooldown=cooldown, max_forecast_run=max_run, min_steps=0,
+                        thresholds={steps: tau})
+    got = policy.compute_steps(steps, lambda s, k: rates[s] * k)
+    assert len(got) == target_computes(fraction, steps, warmup, cooldown, max_run)
+    assert pinned_steps(steps, warmup, cooldown) <= set(got) and feasible(got, steps, max_run)
+
+
+def test_a_tuned_threshold_computes_where_the_estimate_crosses_it():
+    """The threshold rule's own decisions where the budget leaves them free: a burst of fast growth
+    in steps 12..17 is computed, the slow stretches are forecast."""
+    p = AutoPolicy(budget=0.4, min_steps=0, thresholds={30: 0.1}, accumulate="step")
+    got = p.compute_steps(30, lambda s, k: (0.2 if 12 <= s < 18 else 0.001) * k)
+    assert len(got) == 12 and set(range(12, 18)) <= set(got)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"threshold": 0.1, "thresholds": {8: 0.1}}, "thresholds .tuned per step count. need a budget"),
+    ({"budget": 0.5, "thresholds": {8: -1}}, r"thresholds\[8\] must be a finite number > 0"),
+    ({"budget": 0.5, "thresholds": {8: 0.1}, "placements": {8: [0, 1, 2, 5]}}, "8 steps has both"),
+    ({"budget": 0.5, "thresholds": {}}, "thresholds must be a non-empty mapping"),
+])
+def test_a_bad_tuned_threshold_is_refused_naming_the_field(kw, match):
+    with pytest.raises(ValueError, match=match):
+        AutoPolicy(**kw)

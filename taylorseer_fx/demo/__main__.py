@@ -33,7 +33,8 @@ import torch
 from ..runtime import report
 from . import metrics
 from ..graph.backend import taylorseer_backend
-from ..policy.policies import AutoPolicy, FixedPolicy
+from ..policy.auto import AutoPolicy
+from ..policy.policies import FixedPolicy
 from ..policy.presets import load_policy
 from .sampling import load_classifier, load_model, sample
 

@@ -3,12 +3,13 @@
 - :mod:`.base` -- :class:`~.base.Policy` (the fields every policy shares), :class:`~.base.Forecast` (the
   *how*), :class:`~.base.Schedule` (one generation's decider).
 - :mod:`.policies` -- :class:`~.policies.FixedPolicy`, :class:`~.policies.MaskPolicy`,
-  :class:`~.policies.AutoPolicy` (the *when*).
+  :class:`~.auto.AutoPolicy` (the *when*).
 - :mod:`.presets` -- policies as TOML: :func:`~.presets.load_policy`, :func:`~.presets.policy_to_toml`.
 """
 
 from .base import Forecast, Policy, Schedule
-from .policies import AutoPolicy, FixedPolicy, MaskPolicy
+from .auto import AutoPolicy
+from .policies import FixedPolicy, MaskPolicy
 from .presets import available_policies, load_policy, policy_from_dict, policy_to_dict, policy_to_toml
 
 __all__ = ["AutoPolicy", "FixedPolicy", "Forecast", "MaskPolicy", "Policy", "Schedule", "available_policies",

@@ -101,9 +101,9 @@ class Pacer:
             return True
         if self.threshold is not None and value >= self.threshold:
             return True
-        if value <= 0:
-            return False
         a = value / run ** self.growth
+        if not a > 0:                      # no growth (or one below float range: 1e-323 / 4 is 0)
+            return False
         self._log_sum += math.log(a)
         self._n += 1
         usual = math.exp(self._log_sum / self._n)

@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .policies import ANCHOR_OVERRIDES, AutoPolicy, FixedPolicy, MaskPolicy
+from .auto import AutoPolicy
+from .policies import ANCHOR_OVERRIDES, FixedPolicy, MaskPolicy
 from .base import Policy
 
 __all__ = ["load_policy", "policy_from_dict", "policy_to_dict", "policy_to_toml", "available_policies"]

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
 
-from ..policy.policies import AutoPolicy
+from ..policy.auto import AutoPolicy
 from ..policy.presets import load_policy, policy_to_dict
 from ..runtime.report import format_table
 from ..integrations.targets import Case

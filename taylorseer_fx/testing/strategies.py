@@ -27,7 +27,8 @@ from hypothesis import assume, strategies as st
 from ..forecast.estimates import ESTIMATORS
 from ..forecast.forms import FORMS
 from ..policy.base import COORDINATES, MAX_ORDER, Forecast
-from ..policy.policies import ACCUMULATE, AutoPolicy, FixedPolicy, MaskPolicy
+from ..policy.auto import ACCUMULATE, AutoPolicy
+from ..policy.policies import FixedPolicy, MaskPolicy
 from ..policy.presets import available_policies, load_policy
 
 __all__ = [

@@ -27,7 +27,7 @@ import time
 from typing import Callable, Sequence
 
 from ..policy.budget import budget_fraction, target_computes
-from ..policy.policies import AutoPolicy
+from ..policy.auto import AutoPolicy
 from ..policy.presets import load_policy, policy_to_dict, policy_to_toml
 from ..runtime.report import format_table
 from ..integrations.measures import relative_l2
