@@ -21,6 +21,8 @@ samples over the calibration error, a different noise *and* more labels).
 
     python benchmarks/tune_arena.py                       # 2 step counts x 3 fractions (~40 min, 1 thread)
     python benchmarks/tune_arena.py --steps 28 --fractions 0.5 --out tune_arena_quick.json
+    python benchmarks/tune_arena.py --steps 28 --seeds 0,1 --tag _seeds2 --out tune_arena_28_seeds2.json
+                                                          # twice the calibration noise
 
 Writes ``benchmarks/results/tune_arena.json``; the presets as ``benchmarks/results/presets/
 tune_arena_<steps>_<computes>.toml``, beside the tuner's checkpoints (a rerun resumes from them).
@@ -66,6 +68,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--inputs", type=int, default=5, help="calibration + held-out inputs (2 labels each)")
     ap.add_argument("--holdout", type=int, default=1)
     ap.add_argument("--sweeps", type=int, default=2)
+    ap.add_argument("--seeds", default="0", help="calibration noise seeds of the tuner (comma list)")
+    ap.add_argument("--tag", default="", help="added to the preset and checkpoint names (another tuning)")
     ap.add_argument("--samples", type=int, default=40, help="the arena's evaluation samples")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -80,6 +84,7 @@ def main(argv=None) -> dict:
     inputs = [dict(pipeline_inputs([(2 * k) % 10, (2 * k + 1) % 10], cfg_scale=CFG), height=PIXEL_SIZE,
                    width=PIXEL_SIZE, output_type="latent") for k in range(args.inputs)]
     arena = arena_cells(ROOT / "benchmarks" / "results" / "arena.json")
+    seeds = [int(x) for x in args.seeds.split(",")]
     presets = ROOT / "benchmarks" / "results" / "presets"
     presets.mkdir(parents=True, exist_ok=True)
     cells = []
@@ -88,8 +93,8 @@ def main(argv=None) -> dict:
             t1 = time.perf_counter()
             count = math.floor(f * steps + 1e-9)          # at most the cell's fraction, as the arena's rows
             budget = count / steps
-            name = f"tune_arena_{steps}_{count}"
-            r = tune(pipe, inputs, budget=budget, steps=steps, holdout=args.holdout, sweeps=args.sweeps,
+            name = f"tune_arena{args.tag}_{steps}_{count}"
+            r = tune(pipe, inputs, budget=budget, steps=steps, holdout=args.holdout, sweeps=args.sweeps, seeds=seeds,
                      regions="stack", checkpoint=presets / f"{name}.progress.json")
             path = r.write(presets / f"{name}.toml")
             tuned_err, tuned_frac, tuned_steps = ev.run(load_policy(path), steps)
@@ -135,9 +140,10 @@ def main(argv=None) -> dict:
                 title=f"Tuned presets and budget-auto on the arena Flux ({args.samples} samples, CFG {CFG:g}, stack; "
                       f"tuned on {args.inputs - args.holdout} inputs of 2 labels)"))
     data = {"machine": machine(), "samples": args.samples, "inputs": args.inputs, "holdout": args.holdout,
+            "seeds": seeds,
             "sweeps": args.sweeps, "cells": cells, "seconds": time.perf_counter() - t0}
-    default = (args.steps, args.fractions, args.inputs, args.holdout, args.sweeps, args.samples) == \
-        ("28,50", ",".join(map(str, TARGETS)), 5, 1, 2, 40)
+    default = (args.steps, args.fractions, args.inputs, args.holdout, args.sweeps, args.samples, args.seeds) == \
+        ("28,50", ",".join(map(str, TARGETS)), 5, 1, 2, 40, "0")
     print(f"wrote {write_json(args.out or ('tune_arena.json' if default else 'tune_arena_custom.json'), data)}")
     return data
 

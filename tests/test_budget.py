@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from taylorseer_fx import AutoPolicy, load_policy, policy_to_toml
 from taylorseer_fx.policy.budget import (budget_fraction, computes_needed, least_computes, longest_run,
@@ -66,8 +66,8 @@ def test_computes_go_where_the_estimate_grows_fastest():
     """The same budget on 40 steps: an estimate growing 10x faster in steps 14..23 than elsewhere gets
     more computes there than in the ten steps before or after; one growing faster in the first half
     gets most of them there; the counts are exact, and no forecast run is longer than twice the
-    budget's mean spacing."""
-    p = AutoPolicy(budget=0.3, warmup=2, select_order=False)
+    budget's mean spacing (the pacer alone: final_compute=False)."""
+    p = AutoPolicy(budget=0.3, warmup=2, select_order=False, final_compute=False)
     burst = p.compute_steps(40, lambda s, k: k * (0.1 if 14 <= s < 24 else 0.01))
     early = p.compute_steps(40, lambda s, k: k * (0.1 if s < 20 else 0.01))
     assert len(burst) == len(early) == 12
@@ -129,3 +129,22 @@ def test_steps_past_the_told_run_compute():
     sched = AutoPolicy(budget=0.5, min_steps=0).start(6)
     decisions = [sched.decide(s, lambda: 0.001) for s in range(9)]
     assert decisions[6:] == [True, True, True] and sum(decisions[:6]) == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(S.budget_policies(), st.integers(8, 80))
+def test_the_final_step_computes_where_the_budget_affords_it_and_the_count_stays_exact(policy, n):
+    from taylorseer_fx.policy.budget import FINAL_FREE
+
+    assume(n >= policy.min_steps)                           # shorter runs compute every step (test_auto)
+    got = policy.compute_steps(n, lambda s, k: 0.01 * k)
+    target = target_computes(policy.compute_fraction, n, policy.warmup_steps, policy.cooldown,
+                             policy.max_forecast_run)
+    assert len(got) == target
+    if policy.cooldown:                                     # a cooldown computes it anyway
+        return
+    free = target - min(policy.warmup_steps, n)
+    affordable = least_computes(n, policy.warmup_steps, 1, policy.max_forecast_run) <= target
+    want = affordable and (policy.final_compute is True or (policy.final_compute is None and free >= FINAL_FREE))
+    if want:
+        assert got[-1] == n - 1

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from ..forecast.estimates import ESTIMATORS
 from .base import Policy, Schedule, _check_int
-from .budget import Pacer, budget_fraction, computes_needed, least_computes, longest_run, target_computes
+from .budget import (Pacer, budget_fraction, computes_needed, least_computes, longest_run, reserves_final,
+                     target_computes)
 from .tuned import checked_placements, checked_thresholds
 
 __all__ = ["ACCUMULATE", "AutoPolicy"]
@@ -127,6 +128,9 @@ class _AutoSchedule(Schedule):
             self.target = target_computes(budget_fraction(p.budget), steps, p.warmup_steps, p.cooldown,
                                           p.max_forecast_run)
             self.pacer = Pacer(self.rule, p.threshold)
+            if p.cooldown == 0 and self.end is None and reserves_final(p.final_compute, self.target, steps,
+                                                                       p.warmup_steps, p.max_forecast_run):
+                self.end = self.num_steps - 1       # the final step computes, as a cooldown of 1 would
             longest = longest_run(steps, self.target)
             soft = longest if p.max_forecast_run is None else min(longest, p.max_forecast_run)
             # the budget's longest run is reserved for like max_forecast_run where the budget allows it
@@ -224,6 +228,12 @@ class AutoPolicy(Policy):
     tuned threshold for runs of N steps: a free step computes when the run's estimate exceeds it,
     the budget's count kept exact as always (table ``[thresholds]``).
 
+    ``final_compute`` (budgets only): the run's last step computes, spent from the budget. ``None``
+    (default): where the budget leaves at least :data:`~taylorseer_fx.policy.budget.FINAL_FREE`
+    free computes after the warm-up (the final step's forecast error goes straight into the output;
+    measured on both shipped models, docs/tuning.md); ``True``: always; ``False``: never.
+    A ``cooldown`` already computes it.
+
     ``min_steps`` (default 8): a run shorter than this (its steps counted from the schedule's first
     step: an img2img run at strength 0.3 of 20 steps has 6) is too short to forecast well -- distilled
     4-step models, img2img at low strength -- so every step computes, and a warning says so once per
@@ -246,6 +256,7 @@ class AutoPolicy(Policy):
     accumulate: bool | str = "rss"
     per_region: bool = False
     min_steps: int = 8
+    final_compute: bool | None = None
 
     @property
     def decides_per_region(self) -> bool:
@@ -287,6 +298,9 @@ class AutoPolicy(Policy):
                 raise ValueError(f"{n}: {e}") from None
         _check_int(n, "min_forecast_run", self.min_forecast_run, 0)
         _check_int(n, "min_steps", self.min_steps, 0)
+        if self.final_compute is not None and not isinstance(self.final_compute, bool):
+            raise ValueError(f"{n}: final_compute must be None (where the budget affords it), True or False, "
+                             f"got {self.final_compute!r}")
         if self.max_forecast_run is not None and self.min_forecast_run > self.max_forecast_run:
             raise ValueError(f"{n}: min_forecast_run ({self.min_forecast_run}) must be <= "
                              f"max_forecast_run ({self.max_forecast_run})")
