@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 
 from .graph_runtime import GraphRuntime
-from .region_state import Generation, Owner
+from .region_state import Generation, Owner, share_schedules
 from .request import SCHEDULE_SCALES, Request, Told, active, current_task, nearest_index
 from .tally import Shortfall, Tally
 from .trace import Recorder
@@ -93,10 +93,11 @@ class Scope:
     owners ((instance key, stream key) -> Owner), its session (calls counted or placed on a schedule),
     and the coordinate its last timestep-reading graph published (graph-break models)."""
     __slots__ = ("owners", "session", "request", "last", "coord", "taken", "streams", "told_streams",
-                 "told_label", "tally", "audit", "__weakref__")
+                 "told_label", "tally", "audit", "schedules", "__weakref__")
 
     def __init__(self, session: Session | None = None, request: Request | None = None, audit=None):
         self.owners: dict = {}
+        self.schedules: dict = {}         # (instance ids, generation, graph, ...) -> schedules the told branches share
         self.session = session
         self.request = request
         self.last: tuple | None = None    # (owner, generation label, coordinate, step) of the last call
@@ -253,7 +254,9 @@ class Runtime:
             if sc is not None:
                 sc.owners.pop(key, None)
         session = scope.session
-        owner = Owner(lambda: self._new_generation(session), tuple(weakref.ref(t, gone) for t in instance))
+        ids = key[0] if stream is not None else None
+        owner = Owner(lambda gen=None: share_schedules(self._new_generation(session), sc_ref, ids, gen),
+                      tuple(weakref.ref(t, gone) for t in instance))
         owner.interrupts = interrupts
         scope.owners[key] = owner
         return owner
@@ -263,7 +266,7 @@ class Runtime:
         policy, per_region = self._current      # one read: the generation's, whatever swaps later
         n_schedules = (lambda k: k) if per_region else (lambda k: 1)
 
-        def start(n_regions: int, first_step: int) -> list:
+        def start(n_regions: int, first_step: int, graph=None) -> list:
             try:
                 return [policy.start(n, first_step) for _ in range(n_schedules(n_regions))]
             except ValueError as e:
