@@ -254,7 +254,7 @@ class GraphRuntime:
 
     def _begin_told(self, scope, told, instance, args) -> _Call:
         """A call whose step (and branch) the request tells: one owner per branch and stage, each with
-        its own history and schedule; the coordinate is the told one, else the timestep input's value,
+        its own history, all deciding with one schedule (``region_state.share_schedules``); the coordinate is the told one, else the timestep input's value,
         else the step index."""
         stream = told.stream
         if told.branch is None:            # calls of one step told apart by their order

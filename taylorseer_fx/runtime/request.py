@@ -19,7 +19,8 @@ in force is found, at every model call, by :func:`active`:
 **Told.** Inside ``with request.context(branch=..., step_index=..., sigma=...)`` the calls are placed
 where the caller says (:class:`Told`); ``compile_pipeline`` tells from diffusers'
 ``transformer.cache_context(...)`` and the pipeline's scheduler. Each branch (and each stage of a
-multi-evaluation step, Heun's second) keeps its own history and schedule.
+multi-evaluation step, Heun's second) keeps its own history; the branches of one model decide
+together (one schedule: under CFG their forecast errors then cancel in cond - uncond).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ _SKIP = {__file__, contextlib.__file__}
 @dataclass(frozen=True)
 class Told:
     """Where the caller says the model calls stand. ``branch``: a name ("cond", "uncond", ...): each
-    branch keeps its own history and schedule, whatever the order or number of calls per step.
+    branch keeps its own history, whatever the order or number of calls per step; the branches of one
+    model share one schedule (they compute and forecast at the same steps).
     ``step_index``: 0-based index of the denoising step in the run (not a timestep). ``coordinate``:
     the step's position on any monotone scale (a sigma, a timestep, 1 - t; forecasts do not depend on
     its scale or offset); None: read from the model's timestep input. ``stage``: the evaluation within
