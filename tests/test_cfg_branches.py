@@ -78,3 +78,36 @@ def test_branches_called_one_after_the_other_decide_on_their_own_and_say_so():
     assert len(said) >= 1
     by_stream = _decisions(backend.stats()["trace"])
     assert sorted(by_stream) == [0, 1] and len(by_stream[1]) == 10
+
+
+def test_after_a_reset_the_branches_share_a_fresh_schedule():
+    """backend.reset() inside a request forgets the owners and the schedules they shared: the next
+    steps start over together, with no warning about branches out of step."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 8)
+
+    class Denoiser(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([lin])
+
+        def forward(self, x, timestep):
+            for b in self.blocks:
+                x = torch.tanh(b(x)) * (1 + timestep[:, None] / 1000)
+            return x
+
+    backend = taylorseer_backend(policy=AutoPolicy(threshold=0.5, min_steps=0), inner="eager")
+    compiled = torch.compile(Denoiser(), backend=backend)
+    x = torch.randn(2, 8)
+    ts = torch.linspace(999, 0, 10)
+    with torch.no_grad(), Request(num_steps=10) as req, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for run in range(2):
+            for i, t in enumerate(ts):
+                for branch in ("cond", "uncond"):
+                    with req.context(branch=branch, step_index=i):
+                        compiled(x, t.reshape(1).expand(2))
+            by_stream = _decisions(backend.stats()["trace"])
+            assert by_stream[0] == by_stream[1] and len(by_stream[0]) == 10
+            backend.reset()
+    assert not [w for w in caught if "not called step by step together" in str(w.message)]

@@ -121,6 +121,7 @@ class Scope:
         """Forget every owner and every reference to one (``Runtime.reset``, a policy swap): what the
         owners held is freed, not merely uncounted."""
         self.owners.clear()
+        self.schedules.clear()
         self.last = self.coord = None
         self.taken.clear()
         self.streams.clear()
