@@ -202,6 +202,15 @@ def test_an_interrupted_tuning_resumes_from_its_checkpoint_without_repeating_a_r
         _tune(checkpoint=ck, budget=0.5)
 
 
+def test_a_tuned_preset_as_the_base_is_tuned_afresh():
+    """Passing a tuned preset as ``policy`` keeps its forecaster, not its placements or thresholds."""
+    from taylorseer_fx.tuning.tuner import _base_policy
+
+    tuned = AutoPolicy(budget=0.5, placements={8: [0, 1, 2, 5]}, thresholds={12: 0.1}, order=2, warmup=3)
+    base = _base_policy(tuned, 0.25)
+    assert base.placements is None and base.thresholds is None and base.budget == 0.25 and base.order == 2
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"budget": 1.5}, "budget must be a fraction"),
     ({"steps": [1]}, "tune: steps must be an int >= 2"),

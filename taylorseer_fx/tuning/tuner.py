@@ -123,7 +123,7 @@ def _base_policy(policy, budget) -> AutoPolicy:
     if not isinstance(base, AutoPolicy):
         raise ValueError(f"tune: policy must be an AutoPolicy (or its preset), the forecaster the placement is "
                          f"tuned for, got {base!r}")
-    return dataclasses.replace(base, budget=budget, placements=None)
+    return dataclasses.replace(base, budget=budget, placements=None, thresholds=None)   # a base of its own tuning: untuned
 
 
 class _Search:
@@ -194,8 +194,10 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
          holdout: int | None = None, seeds=(0,), fresh_seeds=None, policy=None, reach: int = 2,
          sweeps: int = 2, inner="eager", regions=None, guidance_arg: str = "guidance_scale",
          checkpoint=None, progress=True, **options) -> TuneResult:
-    """Search the placement of a compute ``budget`` (a fraction in (0, 1] or ``"4x"``) for each step
-    count in ``steps``; returns a :class:`TuneResult` (``.policy``, ``.write(path)`` for the preset).
+    """Search where a compute ``budget`` (a fraction in (0, 1] or ``"4x"``) computes, for each step
+    count in ``steps``: a placement (compute steps) and a threshold (the count kept by the budget),
+    the one that validates better kept; returns a :class:`TuneResult` (``.policy``, ``.write(path)``
+    for the preset).
 
     ``target``: a diffusers pipeline (uncompiled; ``inputs`` are keyword dicts for it) or a model
     with ``sample(model, case) -> output`` (``case.steps``, ``case.seed``, ``case.input``). The last
