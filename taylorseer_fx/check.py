@@ -31,20 +31,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args):
-    if args.path is None:
+def load_pipeline(path, device: str = "cpu", prompts=None, labels=range(10)) -> tuple:
+    """``(pipeline, inputs, name)`` for the commands: with no ``path`` the shipped demo Flux (no
+    download) with one input per digit label in ``labels`` (true CFG); else
+    ``DiffusionPipeline.from_pretrained(path)`` with one input per prompt (default: one prompt)."""
+    if path is None:
         from .demo.flux_model import PIXEL_SIZE
         from .demo.flux_pipeline import build_pipeline, pipeline_inputs
 
-        pipe = build_pipeline(device=args.device)
+        pipe = build_pipeline(device=device)
         extra = dict(height=PIXEL_SIZE, width=PIXEL_SIZE, output_type="latent")
-        return pipe, [dict(pipeline_inputs([k], device=args.device), **extra) for k in range(10)], "demo Flux"
+        return pipe, [dict(pipeline_inputs([k], device=device), **extra) for k in labels], "demo Flux"
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(args.path).to(args.device)
+    pipe = DiffusionPipeline.from_pretrained(path).to(device)
     pipe.set_progress_bar_config(disable=True)
-    prompts = args.prompt or ["a photograph of an astronaut riding a horse"]
-    return pipe, [{"prompt": p, "output_type": "pt"} for p in prompts], args.path
+    prompts = prompts or ["a photograph of an astronaut riding a horse"]
+    return pipe, [{"prompt": p, "output_type": "pt"} for p in prompts], path
 
 
 class _Progress:
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
 
     batch = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None
     try:
-        pipe, inputs, name = _load(args)
+        pipe, inputs, name = load_pipeline(args.path, args.device, args.prompt)
         print(f"checking {args.policy} on {name}: {args.examples} cases, steps {args.steps}, tolerance "
               f"{args.tolerance:g}, inner {args.inner}", file=sys.stderr)
         result = check_cache(pipe, args.policy, inputs=inputs, steps=args.steps, batch_sizes=batch,

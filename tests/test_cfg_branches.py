@@ -48,33 +48,49 @@ def test_true_cfg_branches_compute_and_forecast_at_the_same_steps(policy):
         handle.remove()
 
 
+class _Denoiser(torch.nn.Module):
+    """A block stack whose output depends on the timestep (so the auto policy has something to forecast)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(),
+                                                               torch.nn.Linear(8, 8))])
+
+    def forward(self, x, timestep):
+        for b in self.blocks:
+            x = b(x) * (1 + timestep[:, None] / 1000)
+        return x
+
+
+def _told(order) -> tuple:
+    """``(backend, warnings)`` after one request of 10 steps whose cond/uncond calls come in ``order``:
+    ``[(branch, step index), ...]``, with ``"reset"`` entries calling ``backend.reset()``."""
+    backend = taylorseer_backend(policy=AutoPolicy(threshold=0.5, min_steps=0), inner="eager")
+    compiled = torch.compile(_Denoiser(), backend=backend)
+    x, ts = torch.randn(2, 8), torch.linspace(999, 0, 10)
+    with torch.no_grad(), Request(num_steps=10) as req, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for item in order:
+            if item == "reset":
+                assert_together(backend)
+                backend.reset()
+                continue
+            branch, i = item
+            with req.context(branch=branch, step_index=i):
+                compiled(x, ts[i].reshape(1).expand(2))
+    return backend, [w for w in caught if "not called step by step together" in str(w.message)]
+
+
+def assert_together(backend) -> None:
+    by_stream = _decisions(backend.stats()["trace"])
+    assert by_stream[0] == by_stream[1] and len(by_stream[0]) == 10
+
+
 def test_branches_called_one_after_the_other_decide_on_their_own_and_say_so():
     """A caller that runs every cond step, then every uncond step, of one request (not step by step
     together): the second branch goes back to step 0, so it decides with a schedule of its own."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8))
-
-    class Denoiser(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.blocks = torch.nn.ModuleList([model])
-
-        def forward(self, x, timestep):
-            for b in self.blocks:
-                x = b(x) * (1 + timestep[:, None] / 1000)
-            return x
-
-    backend = taylorseer_backend(policy=AutoPolicy(threshold=0.5, min_steps=0), inner="eager")
-    compiled = torch.compile(Denoiser(), backend=backend)
-    x = torch.randn(2, 8)
-    ts = torch.linspace(999, 0, 10)
-    with torch.no_grad(), Request(num_steps=10) as req, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for branch in ("cond", "uncond"):
-            for i, t in enumerate(ts):
-                with req.context(branch=branch, step_index=i):
-                    compiled(x, t.reshape(1).expand(2))
-    said = [w for w in caught if "not called step by step together" in str(w.message)]
+    backend, said = _told([(b, i) for b in ("cond", "uncond") for i in range(10)])
     assert len(said) >= 1
     by_stream = _decisions(backend.stats()["trace"])
     assert sorted(by_stream) == [0, 1] and len(by_stream[1]) == 10
@@ -83,31 +99,6 @@ def test_branches_called_one_after_the_other_decide_on_their_own_and_say_so():
 def test_after_a_reset_the_branches_share_a_fresh_schedule():
     """backend.reset() inside a request forgets the owners and the schedules they shared: the next
     steps start over together, with no warning about branches out of step."""
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(8, 8)
-
-    class Denoiser(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.blocks = torch.nn.ModuleList([lin])
-
-        def forward(self, x, timestep):
-            for b in self.blocks:
-                x = torch.tanh(b(x)) * (1 + timestep[:, None] / 1000)
-            return x
-
-    backend = taylorseer_backend(policy=AutoPolicy(threshold=0.5, min_steps=0), inner="eager")
-    compiled = torch.compile(Denoiser(), backend=backend)
-    x = torch.randn(2, 8)
-    ts = torch.linspace(999, 0, 10)
-    with torch.no_grad(), Request(num_steps=10) as req, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for run in range(2):
-            for i, t in enumerate(ts):
-                for branch in ("cond", "uncond"):
-                    with req.context(branch=branch, step_index=i):
-                        compiled(x, t.reshape(1).expand(2))
-            by_stream = _decisions(backend.stats()["trace"])
-            assert by_stream[0] == by_stream[1] and len(by_stream[0]) == 10
-            backend.reset()
-    assert not [w for w in caught if "not called step by step together" in str(w.message)]
+    run = [(b, i) for i in range(10) for b in ("cond", "uncond")]
+    _, said = _told(run + ["reset"] + run + ["reset"])
+    assert not said

@@ -1,5 +1,5 @@
 """The package's layers import only downward: forecast < policy < runtime < graph < integrations <
-testing, demo < the command < the package root, with ``torch_internals`` (the one door to torch's
+testing, demo < check (its command) < tuning (reuses check's loader) < the package root, with ``torch_internals`` (the one door to torch's
 private API) at the bottom. Every import counts, function-level ones included. The check fails on a
 deliberate upward import (shown on a copy of the package)."""
 
@@ -15,7 +15,7 @@ PACKAGE = Path(taylorseer_fx.__file__).resolve().parent
 
 #: rank of each top-level unit of the package: a module may import its own unit or a lower rank
 LAYERS = {"torch_internals": 0, "forecast": 1, "policy": 2, "runtime": 3, "graph": 4, "integrations": 5,
-          "testing": 6, "demo": 6, "check": 7, "tuning": 7, "": 8}
+          "testing": 6, "demo": 6, "check": 7, "tuning": 8, "": 9}
 
 
 def _module_name(path: Path, root: Path) -> list:

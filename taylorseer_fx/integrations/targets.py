@@ -144,13 +144,13 @@ class PipelineTarget:
     a case's fields become ``num_inference_steps``, ``generator``, ``num_images_per_prompt``,
     ``height``/``width``, ``strength``, ``guidance_arg`` and its ``params``."""
 
-    def __init__(self, pipe, inputs: Sequence[Mapping[str, Any]], *, guidance_arg: str = "guidance_scale",
-                 inner="eager", regions=None, options: Mapping | None = None):
+    def __init__(self, pipe, inputs: Sequence[Mapping[str, Any]], *, who: str = "check_cache",
+                 guidance_arg: str = "guidance_scale", inner="eager", regions=None, options: Mapping | None = None):
         if "_taylorseer" in getattr(pipe, "__dict__", {}):
-            raise ValueError("check_cache: pass the pipeline uncompiled (call .remove() on the handle "
-                             "compile_pipeline returned): the check compiles it itself")
+            raise ValueError(f"{who}: pass the pipeline uncompiled (call .remove() on the handle "
+                             "compile_pipeline returned): it is compiled for the cached runs and restored")
         if not any(isinstance(getattr(pipe, n, None), torch.nn.Module) for n in DENOISERS):
-            raise ValueError(f"check_cache: {type(pipe).__name__} has no denoiser among {DENOISERS}")
+            raise ValueError(f"{who}: {type(pipe).__name__} has no denoiser among {DENOISERS}")
         self.pipe, self.inputs, self.guidance_arg = pipe, [dict(i) for i in inputs], guidance_arg
         self.inner, self.regions, self.options = inner, regions, dict(options or {})
         self.device = str(getattr(pipe, "device", "cpu"))
@@ -227,10 +227,11 @@ class ModelTarget:
     :class:`~taylorseer_fx.runtime.request.Request` with ``num_steps=case.steps`` (closed when it returns).
     ``inputs`` reach ``sample`` as ``case.input`` (an index) -- read them from your own list."""
 
-    def __init__(self, model: torch.nn.Module, sample: Callable, *, inner="eager", regions="stack",
+    def __init__(self, model: torch.nn.Module, sample: Callable, *, who: str = "check_cache", inner="eager",
+                 regions="stack",
                  options: Mapping | None = None):
         if not callable(sample):
-            raise ValueError(f"check_cache: sample must be a callable (model, case) -> output, got {sample!r}")
+            raise ValueError(f"{who}: sample must be a callable (model, case) -> output, got {sample!r}")
         self.model, self.sample = model, sample
         self.backend = taylorseer_backend(policy="never", regions=regions, inner=inner, **dict(options or {}))
         self.compiled = torch.compile(model, backend=self.backend)
@@ -280,7 +281,7 @@ def make_target(target, inputs, sample, *, who: str, guidance_arg: str = "guidan
     when ``sample`` is given (``inputs``: anything, default one), else a :class:`PipelineTarget`
     (``inputs``: keyword dicts, default one prompt). ValueError naming ``who`` otherwise."""
     if sample is not None:
-        runner = ModelTarget(target, sample, inner=inner, regions=regions or "stack", options=options)
+        runner = ModelTarget(target, sample, who=who, inner=inner, regions=regions or "stack", options=options)
         return runner, (len(inputs) if inputs is not None else 1)
     if not hasattr(target, "scheduler"):
         raise ValueError(f"{who}: target must be a diffusers pipeline, or a model with "
@@ -288,5 +289,5 @@ def make_target(target, inputs, sample, *, who: str, guidance_arg: str = "guidan
     inputs = inputs if inputs is not None else [{"prompt": "a photograph of an astronaut riding a horse"}]
     if not inputs or not all(isinstance(i, Mapping) for i in inputs):
         raise ValueError(f"{who}: inputs must be a non-empty list of keyword dicts for the pipeline")
-    return PipelineTarget(target, inputs, guidance_arg=guidance_arg, inner=inner, regions=regions,
+    return PipelineTarget(target, inputs, who=who, guidance_arg=guidance_arg, inner=inner, regions=regions,
                           options=options), len(inputs)

@@ -13,6 +13,14 @@ from .budget import budget_fraction, target_computes
 __all__ = ["checked_placements", "checked_thresholds"]
 
 
+def _step_count(owner: str, field: str, key) -> int:
+    """A key of ``placements`` / ``thresholds``: a step count, an int >= 1 (TOML gives it as a string)."""
+    n = int(key) if isinstance(key, str) and key.strip().isdigit() else key
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{owner}: {field} keys must be step counts (ints >= 1), got {key!r}")
+    return n
+
+
 def checked_thresholds(policy) -> tuple:
     """An AutoPolicy's ``thresholds`` as sorted ``((N, threshold), ...)``; ValueError naming ``thresholds[N]``."""
     n, given = type(policy).__name__, policy.thresholds
@@ -22,9 +30,7 @@ def checked_thresholds(policy) -> tuple:
         raise ValueError(f"{n}: thresholds must be a non-empty mapping {{num_steps: threshold}}, got {given!r}")
     out = {}
     for key, tau in given.items():
-        N = int(key) if isinstance(key, str) and key.strip().isdigit() else key
-        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
-            raise ValueError(f"{n}: thresholds keys must be step counts (ints >= 1), got {key!r}")
+        N = _step_count(n, "thresholds", key)
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
             raise ValueError(f"{n}: thresholds[{N}] must be a finite number > 0, got {tau!r}")
         if N in dict(policy.placements or ()):
@@ -43,9 +49,7 @@ def checked_placements(policy) -> tuple:
         raise ValueError(f"{n}: placements must be a mapping {{num_steps: [compute steps]}}, got {given!r}") from None
     out = {}
     for key, steps in items:
-        N = int(key) if isinstance(key, str) and key.strip().isdigit() else key
-        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
-            raise ValueError(f"{n}: placements keys must be step counts (ints >= 1), got {key!r}")
+        N = _step_count(n, "placements", key)
         where = f"{n}: placements[{N}]"
         if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
             raise ValueError(f"{where} must be a list of compute steps, got {steps!r}")

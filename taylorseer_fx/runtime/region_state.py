@@ -8,8 +8,8 @@ reach another generation, request, thread or model instance.
 from __future__ import annotations
 
 import math
-import warnings
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -35,22 +35,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args):
-    if args.path is None:
-        from ..demo.flux_model import PIXEL_SIZE
-        from ..demo.flux_pipeline import build_pipeline, pipeline_inputs
-
-        pipe = build_pipeline(device=args.device)
-        extra = dict(height=PIXEL_SIZE, width=PIXEL_SIZE, output_type="latent")
-        return pipe, [dict(pipeline_inputs([k % 10], device=args.device), **extra) for k in range(args.inputs)]
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(args.path).to(args.device)
-    pipe.set_progress_bar_config(disable=True)
-    prompts = args.prompt or ["a photograph of an astronaut riding a horse"]
-    return pipe, [{"prompt": p, "output_type": "pt"} for p in prompts]
-
-
 def _ints(text: str, name: str) -> list:
     try:
         return [int(s) for s in text.split(",")]
@@ -63,6 +47,7 @@ def main(argv=None) -> int:
     try:
         import torch
 
+        from ..check import load_pipeline
         from ..policy.budget import budget_fraction
         from .tuner import tune
 
@@ -75,7 +60,7 @@ def main(argv=None) -> int:
         if args.path is None and not 1 <= args.inputs <= 100:
             raise ValueError(f"--inputs must be in [1, 100], got {args.inputs}")
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        pipe, inputs = _load(args)
+        pipe, inputs, _ = load_pipeline(args.path, args.device, args.prompt, [k % 10 for k in range(args.inputs)])
         checkpoint = args.checkpoint or args.out + ".progress.json"
         result = tune(pipe, inputs, budget=budget, steps=steps, seeds=seeds, holdout=args.holdout,
                       policy=args.policy, reach=args.reach, sweeps=args.sweeps, inner=args.inner,

@@ -141,21 +141,29 @@ class _Search:
     def evaluate_tau(self, cases: Sequence[Case], count: int) -> Callable[[float], float]:
         """The mean error of the tuned-threshold policy at ``log_tau`` (memoised in the checkpoint)."""
         def value(log_tau: float) -> float:
-            key = f"threshold {math.exp(log_tau):.6g}"
-            got = self.store.get(self.steps, key)
-            if got is not None:
-                return got
-            errs = []
-            for c in cases:
-                err, ran = self.error(c, self.policy_tau(math.exp(log_tau)))
+            def check(c, ran):
                 if len(ran) != count:
                     raise RuntimeError(f"tune: the run {c.short()} computed {len(ran)} steps, not the budget's {count}")
-                errs.append(err)
-            mean = sum(errs) / len(errs)
-            self.store.put(self.steps, key, mean)
-            self.say(f"[tune {self.steps} steps] run {len(self.store.values[self.steps])}: {key} -> {mean:.4g}")
-            return mean
+            tau = math.exp(log_tau)
+            return self._measured(f"threshold {tau:.6g}", self.policy_tau(tau), cases, check)
         return value
+
+    def _measured(self, key, policy, cases: Sequence[Case], check) -> float:
+        """The mean error of ``policy`` over ``cases`` (each run's compute steps passed to ``check``),
+        read from the checkpoint under ``key`` when it was measured before, else measured and recorded."""
+        got = self.store.get(self.steps, key)
+        if got is not None:
+            return got
+        errs = []
+        for c in cases:
+            err, ran = self.error(c, policy)
+            check(c, ran)
+            errs.append(err)
+        mean = sum(errs) / len(errs)
+        self.store.put(self.steps, key, mean)
+        self.say(f"[tune {self.steps} steps] run {len(self.store.values[self.steps])}: {Checkpoint.key(key)} "
+                 f"-> {mean:.4g}")
+        return mean
 
     def error(self, case: Case, policy) -> tuple:
         """``(relative L2 of the cached run, its compute steps)``; inf for a non-finite output."""
@@ -171,24 +179,14 @@ class _Search:
         return sum(self.error(c, policy)[0] for c in cases) / len(cases)
 
     def evaluate(self, cases: Sequence[Case]) -> Callable[[tuple], float]:
+        """The mean error of a placement (memoised in the checkpoint); every run must compute exactly it."""
         def value(placement: tuple) -> float:
-            got = self.store.get(self.steps, placement)
-            if got is not None:
-                return got
-            errs = []
-            for c in cases:
-                err, ran = self.error(c, self.policy(placement))
+            def check(c, ran):
                 if ran != placement:
                     raise RuntimeError(f"tune: the run {c.short()} computed steps {list(ran)}, not the placement "
                                        f"{list(placement)} it was given (a denoiser joining mid-run?)")
-                errs.append(err)
-            mean = sum(errs) / len(errs)
-            self.store.put(self.steps, placement, mean)
-            self.say(f"[tune {self.steps} steps] run {len(self.store.values[self.steps])}: "
-                     f"{','.join(map(str, placement))} -> {mean:.4g}")
-            return mean
+            return self._measured(placement, self.policy(placement), cases, check)
         return value
-
 
 def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Callable | None = None,
          holdout: int | None = None, seeds=(0,), fresh_seeds=None, policy=None, reach: int = 2,
