@@ -14,7 +14,7 @@ import taylorseer_fx
 PACKAGE = Path(taylorseer_fx.__file__).resolve().parent
 
 #: rank of each top-level unit of the package: a module may import its own unit or a lower rank
-LAYERS = {"torch_internals": 0, "forecast": 1, "policy": 2, "runtime": 3, "graph": 4, "integrations": 5,
+LAYERS = {"torch_internals": 0, "forecast": 1, "policy": 2, "runtime": 3, "graph": 4, "integrations": 5, "serving": 5,
           "testing": 6, "demo": 6, "check": 7, "tuning": 8, "": 9}
 
 
