@@ -85,8 +85,9 @@ class BatchedCache:
             raise ValueError(f"model must be callable, got {type(model).__name__}")
         self.model = model
         self.policy = resolve_policy(policy)
+        named = getattr(model, "_orig_mod", model)        # torch.compile's OptimizedModule: the module's own
         try:                # a module's call takes (*args, **kwargs): its forward names them
-            self._signature = inspect.signature(model.forward if isinstance(model, torch.nn.Module) else model)
+            self._signature = inspect.signature(named.forward if isinstance(named, torch.nn.Module) else named)
         except (TypeError, ValueError):
             self._signature = None
         names = list(self._signature.parameters) if self._signature is not None else []
@@ -100,7 +101,7 @@ class BatchedCache:
             if isinstance(a, str) and self._signature is not None and a not in names and not self._var_kw():
                 raise ValueError(f"batch_args: the model's forward takes no argument {a!r}; its arguments: {names}")
         self.batch_args = tuple(batch_args)
-        forward = getattr(model, "forward", model)
+        forward = getattr(named, "forward", named)
         self.timestep_arg, _ = timestep_parameter(forward, timestep_arg)
         if self.timestep_arg is not None and self.timestep_arg not in self.batch_args:
             if timestep_arg is not None:
