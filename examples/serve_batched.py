@@ -66,6 +66,7 @@ def serve(transformer, jobs: list, cache: BatchedCache | None = None, concurrenc
     active: list = []
     ids = dict(img_ids=image_ids(), txt_ids=text_ids())
     tick = calls = 0
+    per_tick = []
     t0 = time.perf_counter()
     while queue or active:
         while queue and jobs[queue[0]].arrive <= tick and len(active) < concurrency:      # admit
@@ -89,6 +90,7 @@ def serve(transformer, jobs: list, cache: BatchedCache | None = None, concurrenc
         with torch.no_grad():
             v = (cache(**kw, rows=rows) if cache is not None else transformer(**kw))[0]
         calls += 1
+        per_tick.append(len(rows))
         i = 0
         for j in list(active):                         # each request's own Euler step
             vc = v[i:i + 1]
@@ -102,7 +104,7 @@ def serve(transformer, jobs: list, cache: BatchedCache | None = None, concurrenc
                     j.handle.close()
                 active.remove(j)
     return {"latents": [j.x for j in jobs], "latency": [j.latency for j in jobs], "wall": time.perf_counter() - t0,
-            "calls": calls, "ticks": tick}
+            "calls": calls, "ticks": tick, "rows": per_tick}
 
 
 def demo_jobs(n: int, spacing: int = 2) -> list:

@@ -80,6 +80,12 @@ def timestep_parameter(forward: Callable, timestep_arg: str | None = None) -> tu
     return None, None
 
 
+def _nones(values: list) -> int:
+    """How many of ``values`` are None, by identity (``list.count(None)`` compares each tensor with
+    ``==``: 2.5 ms for 200 tensors)."""
+    return sum(v is None for v in values)
+
+
 class InstanceTensors:
     """A module's parameters and buffers, read at every call without walking the module tree (a walk
     costs milliseconds for an SDXL UNet's 1,680 tensors): the tree is walked once, and again when a
@@ -109,14 +115,14 @@ class InstanceTensors:
         self._dicts, self._sizes = dicts, list(map(len, dicts))
         self._parents, self._children = (parents, names), children
         self._slots = (where, keys)
-        self._empty = list(map(dict.get, where, keys)).count(None)
+        self._empty = _nones(list(map(dict.get, where, keys)))
 
     def __call__(self) -> tuple:
         if (not self._dicts or list(map(len, self._dicts)) != self._sizes
                 or list(map(dict.get, *self._parents)) != self._children):     # modules compare by identity
             self._walk()
         values = list(map(dict.get, *self._slots))
-        if values.count(None) != self._empty:          # a slot emptied or filled (``m.bias = None``)
+        if _nones(values) != self._empty:          # a slot emptied or filled (``m.bias = None``)
             self._walk()
             values = list(map(dict.get, *self._slots))
         return tuple(v for v in values if v is not None)

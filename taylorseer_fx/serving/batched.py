@@ -357,6 +357,8 @@ class BatchedCache:
             for j, i in enumerate(run):
                 r = rows[i]
                 q = r.request
+                if q.policy.never_forecasts:          # nothing will read it: nothing is stored
+                    continue
                 q.state(r.branch).absorb(tuple(leaf[j:j + 1] for leaf in sub), (), {}, coords[q], q.derivatives())
                 q.spec = spec
         self.counts["forecast_rows"] += n - len(run)
