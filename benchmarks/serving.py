@@ -110,9 +110,9 @@ def main(argv=None) -> None:
                        calls=got["calls"], ticks=got["ticks"], stats=s)
             results.append(res)
             rows.append([c, n, rps, res["gain"], res["err_median"], res["err_max"], frac, res["ideal_fraction"],
-                         res["ideal_model"], got["calls"]])
+                         res["ideal_model"], got["ticks"], s["model_calls"] if s else got["calls"]])
     print(table(["concurrency", "variant", "req/s", "gain", "err median", "err max", "compute fraction",
-                 "ideal 1/fraction", "ideal (this model)", "calls"], rows,
+                 "ideal 1/fraction", "ideal (this model)", "ticks", "model calls"], rows,
                 title=f"serving: {args.requests} requests (20/28 steps, true CFG 3), demo Flux, 1 CPU thread, "
                       f"median of {args.reps}"))
     path = write_json(args.out, dict(machine=machine(), requests=args.requests, reps=args.reps,

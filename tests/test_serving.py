@@ -363,3 +363,30 @@ def test_an_output_without_rows_is_refused():
     cache = BatchedCache(Pooled(), FixedPolicy(interval=2), batch_args=("x", "timestep"))
     with torch.no_grad(), pytest.raises(ValueError, match="one row per input row"):
         cache(torch.ones(2, 3), torch.ones(2), rows=[cache.open(3), cache.open(3)])
+
+
+class PerToken(torch.nn.Module):
+    """Row-wise, with a timestep per token (``(B, D)``, as Wan 2.2's TI2V gives the first frame 0)."""
+
+    def forward(self, x, timestep):
+        return torch.tanh(x + timestep)
+
+
+def test_per_token_timesteps_take_the_row_maximum_as_the_coordinate():
+    model = PerToken()
+    steps = 8
+    ts = [torch.cat([torch.zeros(1, 4), torch.full((1, D - 4), 1 - i / steps)], 1) for i in range(steps)]
+    xs = [torch.full((1, D), 0.1 * i) for i in range(steps)]
+    policy = FixedPolicy(interval=2)
+    with torch.no_grad():
+        solo = BatchedCache(model, policy, batch_args=("x", "timestep"))
+        alone = solo.open(steps)
+        ref = [solo(xs[i], ts[i], rows=[alone]) for i in range(steps)]
+        both = BatchedCache(model, policy, batch_args=("x", "timestep"))
+        a, b = both.open(steps), both.open(steps)
+        for i in range(steps):
+            out = both(torch.cat([xs[i], xs[(i + 3) % steps]]), torch.cat([ts[i], ts[(i + 5) % steps]]), rows=[a, b])
+            assert torch.equal(out[:1], ref[i])
+    last = max(i for i, c in enumerate(alone.decisions) if c)
+    assert alone.state("cond").forecaster.nodes[0] == pytest.approx(1 - last / steps)   # the row's max, not 0
+    assert solo.stats()["forecast_rows"] > 0

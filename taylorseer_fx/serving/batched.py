@@ -246,7 +246,7 @@ class BatchedCache:
                 kwargs[k] = v
         return self.model(*args, **kwargs)
 
-    def _check_weights(self, requests) -> None:
+    def _check_weights(self) -> None:
         if self._tensors is None:
             return
         fp = weights_fingerprint(self._tensors())
@@ -285,7 +285,7 @@ class BatchedCache:
                 req.step += 1
             self.counts["model_calls"] += 1
             return self._call(bound, batched, None)
-        self._check_weights(requests)
+        self._check_weights()
         needs_t = any(q.sigmas is None and q.policy.forecast.coordinate != "step" for q in requests)
         values = self._timesteps(batched, n) if needs_t else None
         first = {}

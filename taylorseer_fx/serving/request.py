@@ -128,8 +128,9 @@ class ServingRequest:
         return float(timestep_value)
 
     def estimate(self, x: float, branches):
-        """The largest estimated error of forecasting ``branches`` at ``x`` (a 0-dim device tensor; None
-        when a branch cannot estimate yet)."""
+        """The estimated errors of forecasting ``branches`` at ``x`` (0-dim device tensors, one per branch
+        whose outputs are not all constant; the decision takes the largest); None when a branch has no
+        state yet or cannot estimate."""
         vals = []
         for b in branches:
             st = self._states.get(b)
