@@ -29,7 +29,6 @@ import importlib.util
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 

@@ -33,7 +33,7 @@ import inspect
 import math
 import threading
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
