@@ -1,0 +1,231 @@
+"""One request's denoiser calls cached at the model output, with the compute/forecast choice made on the
+device: no host read per step, so a whole step can be captured in a CUDA graph.
+
+:class:`DeviceStepCache` (``cache(*args, **kwargs)``, one call per step, CFG branches batched in it):
+
+* steps the host knows -- the warm-up, the cooldown, a run too short to forecast, every step of a fixed
+  or mask policy -- are decided on the host, from the step index alone (no read);
+* the other steps of an adaptive policy (``AutoPolicy(threshold=...)``) are decided on the device: the
+  estimate (:class:`~taylorseer_fx.serving.device_math.DeviceForecaster`) and the threshold rule
+  (:class:`~taylorseer_fx.serving.device_math.DeviceRule`) give a 0-dim bool tensor, and the step is
+  ``mode="cond"``: ``torch.cond(forecast?, forecast, compute)`` -- inside a CUDA-graph capture torch
+  records both branches as conditional nodes and the GPU runs only the taken one (torch >= 2.6 with
+  CUDA >= 12.4); outside a capture, eager ``torch.cond`` reads its predicate on the host (one read
+  per step: what the host mode reads too); or ``mode="select"``: both branches run and
+  ``torch.where`` keeps one -- no read anywhere, at the cost of a full compute every step (for a
+  capture where conditional nodes are not available; it saves nothing).
+
+The coordinate is the model's timestep argument (its first element, on the device) or the step index
+(``coordinate="step"``: a device counter). Decisions and estimates are kept on the device;
+:meth:`DeviceStepCache.decisions` reads them once, at the end of a run.
+
+Knows nothing of FX or of pipelines.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+import warnings
+
+import torch
+
+from ..graph.boundary import timestep_parameter
+from ..graph.options import resolve_policy
+from ..torch_internals import pytree as _pytree
+from .device_math import DeviceForecaster, DeviceRule
+
+pytree = _pytree()
+
+__all__ = ["DeviceStepCache", "MODES"]
+
+MODES = ("cond", "select")
+_FORMS = ("newton", "heun")
+
+
+def _checked(policy):
+    """The policy, or a ValueError naming the field the device mode cannot follow."""
+    n = type(policy).__name__
+    if policy.form not in _FORMS:
+        raise ValueError(f"DeviceStepCache: {n}.form must be one of {_FORMS} (divided differences), got "
+                         f"{policy.form!r}")
+    if policy.forecast.select_order:
+        raise ValueError(f"DeviceStepCache: {n}.select_order must be False (the order choice is not on the "
+                         "device); e.g. AutoPolicy(threshold=..., select_order=False)")
+    if policy.reads_estimate:
+        if getattr(policy, "budget", None) is not None or getattr(policy, "placements", None) \
+                or getattr(policy, "thresholds", None):
+            raise ValueError(f"DeviceStepCache: {n}.budget / placements / thresholds are decided on the host; "
+                             "the device mode follows the threshold rule: AutoPolicy(threshold=...)")
+        if getattr(policy, "per_region", False):
+            raise ValueError(f"DeviceStepCache: {n}.per_region must be False (one region: the model output)")
+    return policy
+
+
+class DeviceStepCache:
+    """``model``'s calls of one run, cached at its output, decided on the device where the host cannot.
+
+    Args:
+        model: the denoiser (any callable returning a tensor or a pytree of floating tensors).
+        policy: an ``AutoPolicy(threshold=...)`` (form ``newton`` or ``heun``, ``select_order=False``),
+            or a fixed or mask policy of those forms (decided on the host, from the step index).
+        num_steps: the run's step count (a cooldown, ``min_steps`` and a fixed policy's end count from it).
+        mode: ``"cond"`` or ``"select"`` (module docstring).
+        timestep_arg: the forward's timestep argument (default: found by name, as ``regions="model"``).
+    """
+
+    def __init__(self, model, policy, *, num_steps: int, mode: str = "cond", timestep_arg: str | None = None):
+        if not callable(model):
+            raise ValueError(f"model must be callable, got {type(model).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.model, self.mode = model, mode
+        self.policy = _checked(resolve_policy(policy))
+        f = self.policy.forecast
+        self.forecaster = DeviceForecaster(f.order, f.form, self.policy.error_estimator)
+        self.rule = DeviceRule(self.policy) if self.policy.reads_estimate else None
+        named = getattr(model, "_orig_mod", model)
+        forward = named.forward if isinstance(named, torch.nn.Module) else named
+        self.timestep_arg, self._position = timestep_parameter(forward, timestep_arg)
+        try:
+            self._signature = inspect.signature(forward)
+        except (TypeError, ValueError):
+            self._signature = None
+        if f.coordinate == "timestep" and self.timestep_arg is None:
+            raise ValueError("DeviceStepCache: the policy extrapolates in the timestep but the model's forward "
+                             "takes no timestep argument: pass timestep_arg=... or use coordinate='step'")
+        self.start(num_steps)
+
+    def start(self, num_steps: int) -> None:
+        """A new run of ``num_steps`` steps: its state is dropped."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+            raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        self.num_steps, self.step = int(num_steps), 0
+        self._host = self.policy.start(self.num_steps)     # the host's schedule: forced steps, fixed policies
+        self._state = self._run = self._total = self._spec = self._step_t = None
+        self._decided: list = []       # per step: a 0-dim bool tensor (True: computed) on the device
+        self._estimates: list = []     # per step: the estimate read for it (NaN where none was)
+
+    # ------------------------------------------------------------ host side: which steps are known
+    def _host_decision(self, step: int):
+        """True/False when the host knows this step's decision without a read, None when the device decides."""
+        p, sched = self.policy, self._host
+        if not p.reads_estimate:
+            return sched.decide(step) or self._state is None     # step 0 is forced: nothing to forecast from
+        if self._state is None or step < p.warmup_steps or (sched.end is not None and step >= sched.end):
+            return True
+        if p.min_steps and self.num_steps < p.min_steps:
+            if step == p.warmup_steps:
+                warnings.warn(f"DeviceStepCache: a run of {self.num_steps} steps is shorter than min_steps="
+                              f"{p.min_steps}: every step computes", UserWarning, stacklevel=3)
+            return True
+        return None
+
+    def _coordinate(self, args, kwargs, device) -> torch.Tensor:
+        if self.policy.forecast.coordinate == "step":
+            if self._step_t is None:
+                self._step_t = torch.zeros((), dtype=torch.float64, device=device)
+            else:
+                self._step_t = self._step_t + 1.0                 # a device counter (a capture replays it)
+            return self._step_t
+        t = kwargs.get(self.timestep_arg)
+        if t is None and self._position is not None and self._position < len(args):
+            t = args[self._position]
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"DeviceStepCache: the timestep argument {self.timestep_arg!r} must be a tensor "
+                             f"(a Python number would be baked into a captured graph), got {type(t).__name__}")
+        return t.detach().reshape(-1)[0].to(device=device, dtype=torch.float64)
+
+    # ------------------------------------------------------------ one step
+    def __call__(self, *args, **kwargs):
+        if self.step >= self.num_steps:
+            raise ValueError(f"DeviceStepCache: the run's num_steps={self.num_steps} steps were taken; call "
+                             "start(num_steps) for the next run")
+        if torch.is_grad_enabled():
+            raise ValueError("DeviceStepCache: call it under torch.no_grad() (a cached step has no gradient)")
+        known = self._host_decision(self.step)
+        device = self._device(args, kwargs)
+        t = self._coordinate(args, kwargs, device)
+        if known is True:
+            out = self._compute(args, kwargs, t)
+            self._run, self._total = DeviceRule.empty(device)
+            self._record(torch.ones((), dtype=torch.bool, device=device), None)
+        elif known is False:
+            out = self._forecast(t)
+            self._record(torch.zeros((), dtype=torch.bool, device=device), None)
+        else:
+            est = self.forecaster.estimate(self._state, t, degree=self.policy.order)
+            forecast, self._run, self._total = self.rule.decide(est, self._run, self._total)
+            out = self._decided_step(forecast, args, kwargs, t)
+            self._record(~forecast, est)
+        self.step += 1
+        return out
+
+    def _device(self, args, kwargs) -> torch.device:
+        for v in list(args) + list(kwargs.values()):
+            if isinstance(v, torch.Tensor):
+                return v.device
+        return torch.device("cpu")
+
+    def _record(self, computed: torch.Tensor, estimate) -> None:
+        self._decided.append(computed)
+        self._estimates.append(estimate)
+
+    def _leaves(self, out) -> list:
+        leaves, spec = pytree.tree_flatten(out)
+        if not leaves or not all(isinstance(x, torch.Tensor) and x.is_floating_point() for x in leaves):
+            raise ValueError("DeviceStepCache: the model's output must be floating tensors (a tensor, a tuple, "
+                             "a dataclass of them)")
+        self._spec = spec
+        return [x.contiguous() for x in leaves]
+
+    def _compute(self, args, kwargs, t):
+        leaves = self._leaves(self.model(*args, **kwargs))
+        if self._state is None:
+            self._state = self.forecaster.empty(leaves)
+        self._state = self.forecaster.update(self._state, t, leaves)
+        self._like = [torch.empty_like(x) for x in leaves]
+        return pytree.tree_unflatten(leaves, self._spec)
+
+    def _forecast(self, t):
+        return pytree.tree_unflatten(self.forecaster.forecast(self._state, t, self._like), self._spec)
+
+    def _decided_step(self, forecast: torch.Tensor, args, kwargs, t):
+        """The step whose choice is the device's ``forecast`` (0-dim bool)."""
+        n = len(self._like)
+        fc = self.forecaster
+
+        def compute_branch(*state):
+            leaves = self._leaves(self.model(*args, **kwargs))
+            return (*leaves, *fc.update(state, t, leaves))
+
+        def forecast_branch(*state):
+            return (*fc.forecast(state, t, self._like), *[s.clone() for s in state])
+
+        if self.mode == "cond":
+            outs = torch.cond(forecast, forecast_branch, compute_branch, tuple(self._state))
+        else:
+            a, b = compute_branch(*self._state), forecast_branch(*self._state)
+            outs = [torch.where(forecast, y, x) for x, y in zip(a, b)]
+        self._state = tuple(outs[n:])
+        return pytree.tree_unflatten(list(outs[:n]), self._spec)
+
+    # ------------------------------------------------------------ after the run
+    def decisions(self) -> list:
+        """Per step taken, True = computed (one host read for the whole run)."""
+        if not self._decided:
+            return []
+        return [bool(v) for v in torch.stack(self._decided).tolist()]
+
+    def estimates(self) -> list:
+        """Per step taken, the estimate the device decided with (NaN where the host decided)."""
+        if not self._estimates:
+            return []
+        dev = self._decided[0].device
+        vals = [torch.full((), float("nan"), dtype=torch.float64, device=dev) if e is None else e.reshape(())
+                for e in self._estimates]
+        return torch.stack(vals).tolist()
+
+    def memory_bytes(self) -> int:
+        """Bytes of the run's device state."""
+        return sum(x.numel() * x.element_size() for x in (self._state or ()))

@@ -1,0 +1,244 @@
+"""Decisions on the device (``DeviceStepCache``): the threshold rule on the device decides exactly as the
+host's policy does on the same estimates, the device forecaster's estimates and forecasts are the host
+forecaster's, and a step reads nothing on the host (counted)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from taylorseer_fx import AutoPolicy, FixedPolicy, Forecaster
+from taylorseer_fx.serving.device_step import DeviceStepCache
+from taylorseer_fx.testing.strategies import coordinates
+
+FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+class Trajectory:
+    """A smooth output y(t) (a quadratic and a sine, per element), computed on the tensor timestep."""
+
+    def __init__(self, seed: int, wiggle: float):
+        g = torch.Generator().manual_seed(seed)
+        self.basis = torch.randn(4, 2, 16, generator=g, dtype=torch.float64)
+        self.wiggle = wiggle
+
+    def __call__(self, x, timestep):
+        t = timestep.reshape(-1)[0].to(torch.float64)
+        b = self.basis
+        return (b[0] + b[1] * t + 0.5 * b[2] * t * t + b[3] * torch.sin(self.wiggle * t)).float() + 0.0 * x
+
+
+@st.composite
+def device_policies(draw):
+    order = draw(st.integers(0, 3))
+    form = draw(st.sampled_from(["newton", "heun"]))
+    common = dict(order=order, form=form, coordinate=draw(st.sampled_from(["step", "timestep"])),
+                  warmup=draw(st.integers(order + 1, order + 3)), cooldown=draw(st.integers(0, 3)),
+                  max_forecast_run=draw(st.one_of(st.none(), st.integers(1, 5))))
+    if draw(st.booleans()):
+        return FixedPolicy(interval=draw(st.integers(1, 4)), **common)
+    return AutoPolicy(threshold=draw(st.floats(1e-3, 0.5)), select_order=False,
+                      estimator=draw(st.sampled_from(["pair", "remainder"])),
+                      accumulate=draw(st.sampled_from(["step", "sum", "rss"])),
+                      min_forecast_run=draw(st.integers(0, 2)), min_steps=draw(st.sampled_from([0, 8])), **common)
+
+
+def run(policy, traj, ts, mode="cond"):
+    cache = DeviceStepCache(traj, policy, num_steps=len(ts), mode=mode)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outs = [cache(torch.zeros(2, 16), torch.tensor([t])) for t in ts]
+    return cache, outs
+
+
+def host_replay(policy, traj, ts, decisions):
+    """The host Forecaster through the same decisions: its estimate at each step and its forecasts."""
+    f = Forecaster(policy.order, policy.forecast.form)
+    est, outs = [], []
+    for i, (t, computed) in enumerate(zip(ts, decisions)):
+        x = float(i) if policy.forecast.coordinate == "step" else t
+        if f.num_points:
+            e = f.error_estimate(x, policy.error_estimator, degree=policy.order)
+            est.append(math.nan if e is None else float(e))
+        else:
+            est.append(math.nan)
+        if computed:
+            y = traj(None if False else torch.zeros(2, 16), torch.tensor([t]))
+            f.update(x, y)
+            outs.append(y)
+        else:
+            outs.append(f.forecast(x))
+    return est, outs
+
+
+@FAST
+@given(device_policies(), st.integers(8, 30), st.integers(0, 5), st.floats(0.5, 4.0), st.data())
+def test_device_decisions_estimates_and_forecasts_are_the_hosts(policy, n, seed, wiggle, data):
+    ts = data.draw(coordinates(n))
+    traj = Trajectory(seed, wiggle)
+    cache, outs = run(policy, traj, ts, "cond")
+    decided, est = cache.decisions(), cache.estimates()
+    assert decided[0] and len(decided) == n
+    # the rule: the host policy's decisions on the device's own estimates
+    if policy.reads_estimate:
+        host = policy.compute_steps(n, estimate=lambda s, k: est[s])
+    else:
+        host = policy.compute_steps(n)
+    assert decided == [i in host for i in range(n)]
+    # the math: the host forecaster through the same decisions
+    host_est, host_outs = host_replay(policy, traj, ts, decided)
+    for i, e in enumerate(est):
+        if not math.isnan(e):
+            assert e == pytest.approx(host_est[i], rel=1e-3, abs=1e-7) or (math.isinf(host_est[i]))
+    for a, b in zip(outs, host_outs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()) + 1e-6)
+    # select: the same run, bit for bit
+    _, sel = run(policy, traj, ts, "select")
+    assert all(torch.equal(a, b) for a, b in zip(outs, sel))
+
+
+class HostReads(TorchDispatchMode):
+    """Counts every scalar a tensor hands to the host: ``_local_scalar_dense`` (``item``, ``bool``,
+    ``float``, ``int``) in the dispatcher, and ``tolist`` / ``numpy`` at the Python level."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self._saved = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy")}
+        for name, orig in self._saved.items():
+            def counted(t, *a, _orig=orig, **k):
+                self.reads += 1
+                return _orig(t, *a, **k)
+            setattr(torch.Tensor, name, counted)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, orig in self._saved.items():
+            setattr(torch.Tensor, name, orig)
+        return super().__exit__(*exc)
+
+
+def _emulated_cond(pred, true_fn, false_fn, operands):
+    """What a CUDA-graph capture records for ``torch.cond``: both branches, the predicate stays on the
+    device (a conditional node runs one of them; here both run and the predicate selects)."""
+    a, b = true_fn(*operands), false_fn(*operands)
+    return tuple(torch.where(pred, x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("mode", ["select", "cond"])
+def test_a_step_reads_nothing_on_the_host(mode, monkeypatch):
+    policy = AutoPolicy(threshold=0.05, select_order=False)
+    traj, n = Trajectory(0, 1.0), 24
+    ts = [1 - i / n for i in range(n)]
+    if mode == "cond":
+        monkeypatch.setattr(torch, "cond", _emulated_cond)
+    cache = DeviceStepCache(traj, policy, num_steps=n, mode=mode)
+    with torch.no_grad(), HostReads() as counter:
+        for t in ts:
+            cache(torch.zeros(2, 16), torch.tensor([t]))
+    assert counter.reads == 0
+    decided = cache.decisions()              # one read, after the run
+    assert 0 < sum(decided) < n              # it did forecast, and compute after the warm-up
+
+
+def test_the_host_mode_reads_one_scalar_per_free_step():
+    """The cost the device mode removes: eager ``torch.cond`` (and the host policy) read the
+    predicate once per step that the estimate decides."""
+    policy = AutoPolicy(threshold=0.05, select_order=False)
+    traj, n = Trajectory(0, 1.0), 24
+    ts = [1 - i / n for i in range(n)]
+    cache = DeviceStepCache(traj, policy, num_steps=n, mode="cond")
+    reads = []
+    orig = torch.Tensor.__bool__
+
+    def counted(t):
+        reads.append(1)
+        return orig(t)
+    torch.Tensor.__bool__ = counted
+    try:
+        with torch.no_grad():
+            for t in ts:
+                cache(torch.zeros(2, 16), torch.tensor([t]))
+    finally:
+        torch.Tensor.__bool__ = orig
+    assert len(reads) == n - policy.warmup_steps
+
+
+def test_demo_flux_decides_on_the_device():
+    """The shipped Flux in a bare Euler loop with batched CFG: the device mode forecasts, stays close to
+    the uncached run, and its two modes agree bit for bit."""
+    from taylorseer_fx.demo.flux_model import condition, image_ids, load_label_table, load_transformer, text_ids
+    from taylorseer_fx.demo.flux_pipeline import initial_noise
+
+    model, table = load_transformer(), load_label_table()
+    n = 16
+    sig = [1 - i / n for i in range(n + 1)]
+    labels = torch.tensor([3, 10])
+
+    def sample(step):
+        x = initial_noise(1, 0)
+        for i in range(n):
+            v = step(torch.cat([x, x]), torch.full((2,), sig[i]))
+            vc, vu = v.chunk(2)
+            x = x + (sig[i + 1] - sig[i]) * (vu + 3.0 * (vc - vu))
+        return x
+
+    pe, pooled = condition(labels, table)        # outside the step: it checks the labels on the host
+    ids = dict(img_ids=image_ids(), txt_ids=text_ids())
+
+    def velocity(x, timestep):
+        return model(hidden_states=x, encoder_hidden_states=pe, pooled_projections=pooled, timestep=timestep,
+                     return_dict=False, **ids)[0]
+
+    with torch.no_grad():
+        ref = sample(velocity)
+        got = {}
+        for mode in ("cond", "select"):
+            cache = DeviceStepCache(velocity, AutoPolicy(threshold=0.1, select_order=False), num_steps=n, mode=mode)
+            got[mode] = sample(cache)
+            assert 0 < n - sum(cache.decisions()) < n - 3
+    assert torch.equal(got["cond"], got["select"])
+    assert float((got["cond"] - ref).norm() / ref.norm()) < 0.1
+
+
+@pytest.mark.parametrize("policy, match", [
+    (AutoPolicy(threshold=0.1), "select_order must be False"),
+    (AutoPolicy(budget=0.5, select_order=False), "budget"),
+    (FixedPolicy(interval=2, form="taylor"), "form must be one of"),
+    (AutoPolicy(threshold=0.1, select_order=False, per_region=True), "per_region"),
+])
+def test_policies_the_device_cannot_follow_are_refused(policy, match):
+    with pytest.raises(ValueError, match=match):
+        DeviceStepCache(Trajectory(0, 1.0), policy, num_steps=10)
+
+
+def test_bad_calls():
+    traj = Trajectory(0, 1.0)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        DeviceStepCache(traj, AutoPolicy(threshold=0.1, select_order=False), num_steps=4, mode="both")
+    with pytest.raises(ValueError, match="num_steps must be"):
+        DeviceStepCache(traj, AutoPolicy(threshold=0.1, select_order=False), num_steps=0)
+    cache = DeviceStepCache(traj, FixedPolicy(interval=2, coordinate="timestep"), num_steps=2)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="must be a tensor"):
+            cache(torch.zeros(2, 16), 0.5)
+        cache(torch.zeros(2, 16), torch.ones(1))
+        cache(torch.zeros(2, 16), torch.zeros(1))
+        with pytest.raises(ValueError, match="num_steps=2 steps were taken"):
+            cache(torch.zeros(2, 16), torch.zeros(1))
+    cache.start(2)
+    with pytest.raises(ValueError, match="no_grad"):
+        cache(torch.zeros(2, 16), torch.ones(1))
