@@ -10,7 +10,8 @@ Public API:
 - :class:`Request` -- one generation, explicit: its state reaches no other request; ``context(...)``
   tells the step and branch of the calls inside.
 - :class:`BatchedCache` -- serving: one batched call whose rows belong to different requests, each at its
-  own step with its own cache (step-level batching engines).
+  own step with its own cache (step-level batching engines); :class:`DeviceStepCache` -- one run whose
+  compute/forecast choice is made on the device (no host read per step).
 - :func:`taylor_seer` -- the seed decorator for one module with a single tensor output.
 - :func:`tune` -- where a compute budget's computes go on your model, found by search and written as a
   preset (``python -m taylorseer_fx.tuning``).
@@ -29,12 +30,14 @@ from .graph.backend import TaylorSeerBackend, taylorseer_backend
 from .runtime.request import Request
 from .integrations.pipeline import CompiledPipeline, compile_pipeline
 from .serving.batched import BatchedCache
+from .serving.device_step import DeviceStepCache
 from .tuning.tuner import tune
 
 __all__ = [
     "AutoPolicy",
     "BatchedCache",
     "CompiledPipeline",
+    "DeviceStepCache",
     "FixedPolicy",
     "Forecast",
     "Forecaster",

@@ -69,7 +69,7 @@ def host_replay(policy, traj, ts, decisions):
         else:
             est.append(math.nan)
         if computed:
-            y = traj(None if False else torch.zeros(2, 16), torch.tensor([t]))
+            y = traj(torch.zeros(2, 16), torch.tensor([t]))
             f.update(x, y)
             outs.append(y)
         else:

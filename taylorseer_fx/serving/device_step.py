@@ -102,9 +102,16 @@ class DeviceStepCache:
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
         self.num_steps, self.step = int(num_steps), 0
         self._host = self.policy.start(self.num_steps)     # the host's schedule: forced steps, fixed policies
-        self._state = self._run = self._total = self._spec = self._step_t = None
-        self._decided: list = []       # per step: a 0-dim bool tensor (True: computed) on the device
-        self._estimates: list = []     # per step: the estimate read for it (NaN where none was)
+        self._state = self._spec = self._like = None
+        self._buffers = None           # (run, total, step counter, decisions, estimates) on the device
+
+    def _allocate(self, device) -> None:
+        """The run's device buffers: every step writes into them in place, so that a captured step
+        replays against the same memory."""
+        run, total = DeviceRule.empty(device)
+        self._buffers = (run, total, torch.zeros((), dtype=torch.int64, device=device),
+                         torch.zeros(self.num_steps, dtype=torch.bool, device=device),
+                         torch.full((self.num_steps,), float("nan"), dtype=torch.float64, device=device))
 
     # ------------------------------------------------------------ host side: which steps are known
     def _host_decision(self, step: int):
@@ -123,11 +130,7 @@ class DeviceStepCache:
 
     def _coordinate(self, args, kwargs, device) -> torch.Tensor:
         if self.policy.forecast.coordinate == "step":
-            if self._step_t is None:
-                self._step_t = torch.zeros((), dtype=torch.float64, device=device)
-            else:
-                self._step_t = self._step_t + 1.0                 # a device counter (a capture replays it)
-            return self._step_t
+            return self._buffers[2].to(torch.float64)             # the device's step counter
         t = kwargs.get(self.timestep_arg)
         if t is None and self._position is not None and self._position < len(args):
             t = args[self._position]
@@ -145,19 +148,25 @@ class DeviceStepCache:
             raise ValueError("DeviceStepCache: call it under torch.no_grad() (a cached step has no gradient)")
         known = self._host_decision(self.step)
         device = self._device(args, kwargs)
+        if self._buffers is None:
+            self._allocate(device)
+        run, total, index, decided, estimates = self._buffers
         t = self._coordinate(args, kwargs, device)
+        where = index.reshape(1)
         if known is True:
             out = self._compute(args, kwargs, t)
-            self._run, self._total = DeviceRule.empty(device)
-            self._record(torch.ones((), dtype=torch.bool, device=device), None)
+            run.zero_(), total.zero_()
+            decided.index_fill_(0, where, True)
         elif known is False:
             out = self._forecast(t)
-            self._record(torch.zeros((), dtype=torch.bool, device=device), None)
         else:
             est = self.forecaster.estimate(self._state, t, degree=self.policy.order)
-            forecast, self._run, self._total = self.rule.decide(est, self._run, self._total)
+            forecast, new_run, new_total = self.rule.decide(est, run, total)
             out = self._decided_step(forecast, args, kwargs, t)
-            self._record(~forecast, est)
+            run.copy_(new_run), total.copy_(new_total)
+            decided.index_copy_(0, where, (~forecast).reshape(1))
+            estimates.index_copy_(0, where, est.reshape(1))
+        index.add_(1)
         self.step += 1
         return out
 
@@ -166,10 +175,6 @@ class DeviceStepCache:
             if isinstance(v, torch.Tensor):
                 return v.device
         return torch.device("cpu")
-
-    def _record(self, computed: torch.Tensor, estimate) -> None:
-        self._decided.append(computed)
-        self._estimates.append(estimate)
 
     def _leaves(self, out) -> list:
         leaves, spec = pytree.tree_flatten(out)
@@ -183,9 +188,14 @@ class DeviceStepCache:
         leaves = self._leaves(self.model(*args, **kwargs))
         if self._state is None:
             self._state = self.forecaster.empty(leaves)
-        self._state = self.forecaster.update(self._state, t, leaves)
-        self._like = [torch.empty_like(x) for x in leaves]
+            self._like = [torch.empty_like(x) for x in leaves]
+        self._keep(self.forecaster.update(self._state, t, leaves))
         return pytree.tree_unflatten(leaves, self._spec)
+
+    def _keep(self, state) -> None:
+        """The new state, written into the run's buffers (in place: a captured step replays them)."""
+        for old, new in zip(self._state, state):
+            old.copy_(new)
 
     def _forecast(self, t):
         return pytree.tree_unflatten(self.forecaster.forecast(self._state, t, self._like), self._spec)
@@ -207,25 +217,22 @@ class DeviceStepCache:
         else:
             a, b = compute_branch(*self._state), forecast_branch(*self._state)
             outs = [torch.where(forecast, y, x) for x, y in zip(a, b)]
-        self._state = tuple(outs[n:])
+        self._keep(outs[n:])
         return pytree.tree_unflatten(list(outs[:n]), self._spec)
 
     # ------------------------------------------------------------ after the run
     def decisions(self) -> list:
         """Per step taken, True = computed (one host read for the whole run)."""
-        if not self._decided:
+        if self._buffers is None:
             return []
-        return [bool(v) for v in torch.stack(self._decided).tolist()]
+        return [bool(v) for v in self._buffers[3][:self.step].tolist()]
 
     def estimates(self) -> list:
         """Per step taken, the estimate the device decided with (NaN where the host decided)."""
-        if not self._estimates:
+        if self._buffers is None:
             return []
-        dev = self._decided[0].device
-        vals = [torch.full((), float("nan"), dtype=torch.float64, device=dev) if e is None else e.reshape(())
-                for e in self._estimates]
-        return torch.stack(vals).tolist()
+        return self._buffers[4][:self.step].tolist()
 
     def memory_bytes(self) -> int:
         """Bytes of the run's device state."""
-        return sum(x.numel() * x.element_size() for x in (self._state or ()))
+        return sum(x.numel() * x.element_size() for x in (self._state or ()) + (self._buffers or ()))
