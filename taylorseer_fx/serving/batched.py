@@ -314,7 +314,7 @@ class BatchedCache:
             branches.setdefault(r.request, []).append(r.branch)
         est: dict = {}
         for q in requests:
-            if q.policy.reads_estimate:
+            if q.policy.reads_estimate and not q.forced():
                 vals = q.estimate(coords[q], branches[q])
                 if vals is not None:
                     est[q] = vals

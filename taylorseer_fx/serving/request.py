@@ -144,6 +144,11 @@ class ServingRequest:
             vals.append(e)
         return vals
 
+    def forced(self) -> bool:
+        """True when the step computes whatever an estimate says (warm-up, cooldown): nothing is read."""
+        end = self._schedule.end
+        return self.step < self.policy.warmup_steps or (end is not None and self.step >= end)
+
     def decide(self, estimate: float | None) -> bool:
         """The schedule's decision at :attr:`step` (True = compute); ``estimate``: the value read for it."""
         est = None if estimate is None else (lambda: estimate)
