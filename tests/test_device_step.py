@@ -242,3 +242,21 @@ def test_bad_calls():
     cache.start(2)
     with pytest.raises(ValueError, match="no_grad"):
         cache(torch.zeros(2, 16), torch.ones(1))
+
+
+def test_a_repeated_coordinate_restarts_the_table():
+    """A compute at a timestep already stored (an unbatched CFG loop, a Heun stage): the device forecaster
+    restarts from the repeated point (the host one merges it into the newest node) instead of dividing
+    by zero; its forecasts are the host's through the same restart."""
+    policy = FixedPolicy(interval=2, order=2, warmup=3, coordinate="timestep")
+    traj = Trajectory(1, 1.0)
+    ts = [1.0, 0.9, 0.8, 0.75, 0.8, 0.6, 0.5, 0.4]     # step 4 computes at step 2's timestep
+    cache, outs = run(policy, traj, ts)
+    decided = cache.decisions()
+    assert decided[4] and all(torch.isfinite(o).all() for o in outs)
+    f = Forecaster(2, "newton")
+    for t, computed, got in zip(ts, decided, outs):
+        if computed:
+            f.update(t, traj(torch.zeros(2, 16), torch.tensor([t])), derivatives=t not in f.nodes)
+        else:
+            torch.testing.assert_close(got, f.forecast(t), rtol=1e-4, atol=1e-5)

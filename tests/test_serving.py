@@ -390,3 +390,9 @@ def test_per_token_timesteps_take_the_row_maximum_as_the_coordinate():
     last = max(i for i, c in enumerate(alone.decisions) if c)
     assert alone.state("cond").forecaster.nodes[0] == pytest.approx(1 - last / steps)   # the row's max, not 0
     assert solo.stats()["forecast_rows"] > 0
+
+
+def test_a_per_row_timestep_left_out_of_batch_args_is_refused():
+    cache = BatchedCache(RowWise(), FixedPolicy(interval=2), batch_args=("x", "cond"))
+    with torch.no_grad(), pytest.raises(ValueError, match="'timestep' has one value per row"):
+        cache(torch.zeros(2, D), torch.ones(2), torch.zeros(2, D), rows=[cache.open(3), cache.open(3)])

@@ -76,6 +76,8 @@ class BatchedCache:
         factor_dtype: the dtype of the stored factors (float32).
         strict: raise, instead of warning, when a request closes with fewer than half of its planned
             forecasts done.
+
+    One engine thread makes the calls (a tick at a time); requests may be opened and closed from others.
     """
 
     def __init__(self, model: Callable, policy=None, *, batch_args: Sequence, timestep_arg: str | None = None,
@@ -103,11 +105,12 @@ class BatchedCache:
         self.batch_args = tuple(batch_args)
         forward = getattr(named, "forward", named)
         self.timestep_arg, _ = timestep_parameter(forward, timestep_arg)
+        self._shared_timestep = None      # the forward's timestep when it is not a batch argument
         if self.timestep_arg is not None and self.timestep_arg not in self.batch_args:
             if timestep_arg is not None:
                 raise ValueError(f"timestep_arg={timestep_arg!r} must be one of batch_args={self.batch_args} "
                                  "(a row's timestep is its own)")
-            self.timestep_arg = None
+            self._shared_timestep, self.timestep_arg = self.timestep_arg, None
         self.buckets = _check_buckets(buckets)
         if not isinstance(factor_dtype, torch.dtype) or not factor_dtype.is_floating_point:
             raise ValueError(f"factor_dtype must be a floating torch.dtype, got {factor_dtype!r}")
@@ -215,6 +218,13 @@ class BatchedCache:
                 shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
                 raise ValueError(f"batch argument {a!r} must be a tensor whose dim 0 is the {n_rows} rows, got {shape}")
             found[a] = v
+        shared = self._shared_timestep
+        if shared is not None and self._signature is not None:
+            v = bound.arguments.get(shared)
+            if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n_rows > 1:
+                raise ValueError(f"the timestep argument {shared!r} has one value per row ({tuple(v.shape)}) but is "
+                                 f"not in batch_args={self.batch_args}: a sub-batch would get every row's "
+                                 "timesteps; add it to batch_args")
         return found
 
     def _call(self, bound, batched: dict, index: torch.Tensor | None):

@@ -19,8 +19,10 @@ tensor on the device.
 Forms: ``newton`` and ``heun`` (divided differences; :mod:`taylorseer_fx.forecast.forms` holds the
 coefficients this mirrors). Estimates: ``remainder`` and ``pair``, as
 :meth:`~taylorseer_fx.forecast.estimates.ErrorEstimates.error_estimate` forms them. Not here: the
-order choice (``select_order``), coordinate merging of near-coincident nodes, and the zeroing of factors
-after a non-finite output (a non-finite output makes the estimate NaN, and NaN computes).
+order choice (``select_order``), the merging of nearly coincident nodes (a coordinate that repeats a stored
+one within float32's resolution restarts the table here; the host merges one that repeats the newest
+node), and the zeroing of factors after a
+non-finite output (a non-finite output makes the estimate NaN, and NaN computes).
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ import torch
 
 from ..forecast.estimates import EPS
 
-__all__ = ["DeviceForecaster", "DeviceRule"]
+__all__ = ["DeviceForecaster", "DeviceRule", "RESOLVE"]
+
+#: two coordinates closer than this, relative, are the same node (float32's eps, as the host's ``resolves``)
+RESOLVE = torch.finfo(torch.float32).eps
 
 
 class DeviceForecaster:
@@ -67,9 +72,16 @@ class DeviceForecaster:
     # ------------------------------------------------------------ the math
     def update(self, state: tuple, t: torch.Tensor, leaves) -> tuple:
         """The state after a compute at ``t`` with outputs ``leaves``: ``D'_0 = y``, ``D'_j = (D'_{j-1} -
-        D_{j-1}) / (t - n_{j-1})`` for the ``j <= K`` differences the stored points allow (zero above)."""
+        D_{j-1}) / (t - n_{j-1})`` for the ``j <= K`` differences the stored points allow (zero above). A
+        ``t`` that repeats a stored node (within :data:`RESOLVE`) restarts the table from this point, as the
+        host forecaster does for a node it cannot resolve (one that nearly repeats the newest node it
+        merges instead), rather than dividing by zero."""
         factors, nodes, count, _, _ = self.split(state)
         m = self.order
+        stored = torch.arange(m + 1, device=count.device) < count
+        apart = (t - nodes).abs() > RESOLVE * torch.maximum(t.abs(), nodes.abs())
+        clash = (stored & ~apart).any()          # t repeats a stored node: restart from this point
+        count = torch.where(clash, 0, count)
         inv = [torch.where(count >= j, 1.0 / torch.where(count >= j, t - nodes[j - 1], 1.0), 0.0)
                .to(torch.float32) for j in range(1, m + 2)]
         new, num_sq, den_sq, norms = [], None, None, [None] * (m + 1)

@@ -15,7 +15,8 @@ device: no host read per step, so a whole step can be captured in a CUDA graph.
   ``torch.where`` keeps one -- no read anywhere, at the cost of a full compute every step (for a
   capture where conditional nodes are not available; it saves nothing).
 
-The coordinate is the model's timestep argument (its first element, on the device) or the step index
+The coordinate is the model's timestep argument (its largest element, on the device: batched CFG rows
+share it, a per-token timestep's noisiest token) or the step index
 (``coordinate="step"``: a device counter). Decisions and estimates are kept on the device;
 :meth:`DeviceStepCache.decisions` reads them once, at the end of a run.
 
@@ -137,7 +138,7 @@ class DeviceStepCache:
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"DeviceStepCache: the timestep argument {self.timestep_arg!r} must be a tensor "
                              f"(a Python number would be baked into a captured graph), got {type(t).__name__}")
-        return t.detach().reshape(-1)[0].to(device=device, dtype=torch.float64)
+        return t.detach().amax().to(device=device, dtype=torch.float64)   # per row or per token: the noisiest
 
     # ------------------------------------------------------------ one step
     def __call__(self, *args, **kwargs):
