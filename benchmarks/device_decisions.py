@@ -7,7 +7,8 @@ and whose predicate eager torch reads on the host; inside a CUDA-graph capture i
 node -- and ``select`` -- both branches every step, no read at all).
 
 Per variant: wall time of a whole sample (median of interleaved runs), computes, error against the
-uncached sample, host reads per sample (counted). No GPU here: the capture itself is not measured.
+uncached sample, host reads per sample (counted over one more sample: every value a tensor hands to
+the host, the Euler loop's included). No GPU here: the capture itself is not measured.
 
     python benchmarks/device_decisions.py [--steps 28] [--reps 5] [--threshold 0.1]
 
@@ -17,10 +18,33 @@ Writes ``benchmarks/results/device_decisions.json`` (with the commit).
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 
 from common import interleave, iqr_rel, machine, med, rel_l2, setup, table, write_json
+
+
+@contextlib.contextmanager
+def host_reads():
+    """Counts the values tensors hand to the host in the block (``item``, ``tolist``, ``__bool__``,
+    ``__float__``, ``__int__``: eager ``torch.cond`` reads its predicate with ``__bool__``)."""
+    counted = {"reads": 0}
+    names = ("item", "tolist", "__bool__", "__float__", "__int__")
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+
+    def wrap(fn):
+        def counting(self, *a, **k):
+            counted["reads"] += 1
+            return fn(self, *a, **k)
+        return counting
+    for n in names:
+        setattr(torch.Tensor, n, wrap(saved[n]))
+    try:
+        yield counted
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.Tensor, n, fn)
 
 
 def main(argv=None) -> None:
@@ -62,31 +86,35 @@ def main(argv=None) -> None:
         cache = BatchedCache(velocity, policy, batch_args=("hidden_states", "timestep"))
         req = cache.open(n, branches=("cond", "uncond"), sigmas=sig[:-1])
         x = sample(lambda h, t: cache(h, t, rows=[req["cond"], req["uncond"]]))
-        runs["host"] = (x, sum(req.decisions), cache.stats()["host_reads"])
+        runs["host"] = (x, sum(req.decisions))
 
     def device(mode):
         def go():
             cache = DeviceStepCache(velocity, policy, num_steps=n, mode=mode)
             x = sample(cache)
-            runs[mode] = (x, sum(cache.decisions()), n - policy.warmup_steps if mode == "cond" else 0)
+            runs[mode] = (x, sum(cache.decisions()))
         return go
 
     def plain():
-        runs["plain"] = (sample(velocity), n, 0)
+        runs["plain"] = (sample(velocity), n)
 
     variants = {"plain": plain, "host": host, "cond": device("cond"), "select": device("select")}
-    for v in variants.values():          # warm up (dynamo traces torch.cond's branches at its first call)
+    reads = {}
+    for name, v in variants.items():     # warm up (dynamo traces torch.cond's branches at its first call) ...
         v()
+        with host_reads() as counted:    # ... then one counted sample
+            v()
+        reads[name] = counted["reads"]
     times = interleave(variants, args.reps)
     ref = runs["plain"][0]
     rows, out = [], []
     for name in variants:
-        x, computes, reads = runs[name]
+        x, computes = runs[name]
         wall = med(times[name]["wall"])
         row = dict(variant=name, wall_s=wall, noise=iqr_rel(times[name]["wall"]), vs_plain=wall / med(times["plain"]["wall"]),
-                   computes=computes, error=rel_l2(x, ref), host_reads=reads)
+                   computes=computes, error=rel_l2(x, ref), host_reads=reads[name])
         out.append(row)
-        rows.append([name, wall, row["noise"], row["vs_plain"], f"{computes}/{n}", row["error"], reads])
+        rows.append([name, wall, row["noise"], row["vs_plain"], f"{computes}/{n}", row["error"], reads[name]])
     print(table(["variant", "wall s", "IQR/median", "vs plain", "computes", "rel. error", "host reads"], rows,
                 title=f"decisions on the device: demo Flux, {n} steps, batched CFG, AutoPolicy(threshold="
                       f"{args.threshold}), 1 CPU thread, median of {args.reps}"))

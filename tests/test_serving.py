@@ -5,6 +5,7 @@ call per tick, bounded recompiles, and every misuse is a ValueError naming what 
 from __future__ import annotations
 
 import gc
+import math
 import importlib.util
 import random
 import sys
@@ -17,7 +18,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from taylorseer_fx import AutoPolicy, FixedPolicy, MaskPolicy, load_policy
+from taylorseer_fx import AutoPolicy, FixedPolicy, Forecaster, MaskPolicy, load_policy
 from taylorseer_fx.serving.batched import BatchedCache
 from taylorseer_fx.testing.strategies import policies
 
@@ -211,6 +212,7 @@ def test_a_request_that_never_forecast_says_why():
     x, c = torch.randn(1, D), torch.zeros(1, D)
     for i in range(6):                       # grad enabled: every call runs uncached
         cache(x, torch.full((1,), 1 - i / 6), c, rows=[req])
+    assert req.decisions == [True] * 6
     with pytest.warns(UserWarning, match="grad was enabled"):
         req.close()
     strict = BatchedCache(model, FixedPolicy(interval=2), batch_args=("x", "timestep", "cond"), strict=True)
@@ -229,12 +231,14 @@ def test_told_sigmas_and_fixed_policies_read_nothing_on_the_host():
         for i in range(8):
             cache(torch.randn(2, D), torch.full((2,), sigmas(8)[i]), torch.zeros(2, D), rows=reqs)
     assert cache.stats()["host_reads"] == 0
-    auto = BatchedCache(model, AutoPolicy(threshold=0.3), batch_args=("x", "timestep", "cond"))
+    policy = AutoPolicy(threshold=0.3)          # coordinate "step": the timesteps are never read
+    auto = BatchedCache(model, policy, batch_args=("x", "timestep", "cond"))
     reqs = [auto.open(8), auto.open(8)]
     with torch.no_grad():
         for i in range(8):
             auto(torch.ones(2, D), torch.full((2,), sigmas(8)[i]), torch.zeros(2, D), rows=reqs)
-    assert auto.stats()["host_reads"] <= 2 * 8     # per tick: the timesteps, and the estimates together
+    # the two requests' estimates are read together, once per tick past the warm-up
+    assert auto.stats()["host_reads"] == 8 - policy.warmup_steps
 
 
 def _counting():
@@ -396,3 +400,85 @@ def test_a_per_row_timestep_left_out_of_batch_args_is_refused():
     cache = BatchedCache(RowWise(), FixedPolicy(interval=2), batch_args=("x", "cond"))
     with torch.no_grad(), pytest.raises(ValueError, match="'timestep' has one value per row"):
         cache(torch.zeros(2, D), torch.ones(2), torch.zeros(2, D), rows=[cache.open(3), cache.open(3)])
+
+
+def test_a_request_decides_and_forecasts_as_the_host_policy_and_forecaster():
+    """One request through the cache against a replay with the policy's schedule and a Forecaster of its
+    own: the same decisions, and bit-equal outputs (the cache keeps exactly that forecaster)."""
+    model = RowWise()
+    policy = AutoPolicy(threshold=0.05)
+    n = 16
+    x = torch.linspace(-1, 1, D).reshape(1, D)
+    c = torch.zeros(1, D)
+    cache = BatchedCache(model, policy, batch_args=("x", "timestep", "cond"))
+    req = cache.open(n)
+    with torch.no_grad():
+        got = [cache(x, torch.full((1,), sigmas(n)[i]), c, rows=[req])[0] for i in range(n)]
+        sched = policy.start(n)
+        f = Forecaster(**policy.forecaster_options())
+        for i in range(n):
+            est = (lambda: float(f.error_estimate(float(i), policy.error_estimator, degree=policy.order) or math.nan)) \
+                if f.num_points else None
+            if sched.decide(i, est):
+                y = model(x, torch.full((1,), sigmas(n)[i]), c)[0]
+                f.update(float(i), (y,), derivatives=sched.derivatives(i))
+                assert req.decisions[i] and torch.equal(got[i], y)
+            else:
+                assert not req.decisions[i] and torch.equal(got[i], f.forecast(float(i))[0])
+    assert 0 < sum(req.decisions) < n
+
+
+def test_batch_args_by_position_and_models_without_a_signature():
+    model = RowWise()
+    by_pos = BatchedCache(model, FixedPolicy(interval=2), batch_args=(0, 1, 2))
+    assert by_pos.batch_args == ("x", "timestep", "cond") and by_pos.timestep_arg == "timestep"
+    plain = BatchedCache(lambda *a: model(*a), FixedPolicy(interval=2, coordinate="step"), batch_args=(0, 1, 2))
+    x, t, c = torch.randn(2, D), torch.ones(2), torch.zeros(2, D)
+    with torch.no_grad():
+        for cache in (by_pos, plain):
+            a, b = cache.open(3), cache.open(3)
+            for i in range(3):
+                out = cache(x, t * (1 - i / 3), c, rows=[a, b])
+                assert torch.equal(out[0], model(x, t * (1 - i / 3), c)[0]) or not all(a.decisions)
+    with pytest.raises(ValueError, match="position 5 is not one of"):
+        BatchedCache(model, batch_args=(0, 5))
+
+
+def test_closing_from_another_thread_waits_for_the_tick():
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(RowWise):
+        def forward(self, x, timestep, cond, scale: float = 1.0):
+            started.set()
+            release.wait(5)
+            return super().forward(x, timestep, cond, scale)
+
+    cache = BatchedCache(Slow(), FixedPolicy(interval=2), batch_args=("x", "timestep", "cond"))
+    a, b = cache.open(4), cache.open(4)
+    result = {}
+
+    def tick():
+        with torch.no_grad():
+            result["out"] = cache(torch.ones(2, D), torch.ones(2), torch.zeros(2, D), rows=[a, b])
+
+    t = threading.Thread(target=tick)
+    t.start()
+    started.wait(5)
+    closer = threading.Thread(target=a.close, kwargs={"audit": False})
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive() and not a.closed        # it waits for the tick in flight
+    release.set()
+    t.join(5), closer.join(5)
+    assert a.closed and result["out"][0].shape == (2, D) and cache.requests == [b]
+    assert a.memory_bytes() == 0
+
+
+def test_more_computing_rows_than_the_largest_bucket_warn():
+    cache = BatchedCache(RowWise(), FixedPolicy(interval=2), batch_args=("x", "timestep", "cond"), buckets=(1, 2))
+    reqs = [cache.open(3) for _ in range(3)]
+    with torch.no_grad(), pytest.warns(UserWarning, match="more than the largest bucket 2"):
+        cache(torch.ones(3, D), torch.ones(3), torch.zeros(3, D), rows=reqs)
+    assert cache.stats()["sub_batch_sizes"] == {3: 1}

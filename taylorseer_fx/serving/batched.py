@@ -4,8 +4,9 @@ cache: what a step-level ("continuous") batching engine needs.
 Per engine tick, :class:`BatchedCache` (``cache(*args, rows=[...], **kwargs)``):
 
 1. places every row: its request (a :class:`~taylorseer_fx.serving.request.ServingRequest`), branch and
-   step (the request's own counter), and its coordinate (the request's told ``sigmas[step]``, else the
-   row's timestep value -- one host read of the timestep tensor per tick --, else the step index);
+   step (the request's own counter), and its coordinate: the step index for a policy whose forecast
+   coordinate is ``"step"``, else the request's told ``sigmas[step]``, else the row's timestep value
+   (one host read of the timestep tensor per tick);
 2. asks every request's policy (one schedule per request, shared by its branches): compute or forecast.
    The adaptive policies' error estimates of all requests are read on the host together: one read per
    tick;
@@ -15,7 +16,7 @@ Per engine tick, :class:`BatchedCache` (``cache(*args, rows=[...], **kwargs)``):
 4. gives the outputs back in row order, in the model's output structure.
 
 Each row's output is its request's alone: the same decisions, factors and forecasts as the request run
-by itself through a cache of its own. With a model whose rows do not depend on each other numerically
+by itself through a ``BatchedCache`` of its own. With a model whose rows do not depend on each other numerically
 the outputs are bit-equal; a model whose kernels sum in a batch-size-dependent order (CPU GEMMs do) differs
 from its solo run by what the uncached model differs by at another batch size.
 
@@ -77,7 +78,7 @@ class BatchedCache:
         strict: raise, instead of warning, when a request closes with fewer than half of its planned
             forecasts done.
 
-    One engine thread makes the calls (a tick at a time); requests may be opened and closed from others.
+    Ticks run one at a time; a request opened or closed from another thread waits for the tick in flight.
     """
 
     def __init__(self, model: Callable, policy=None, *, batch_args: Sequence, timestep_arg: str | None = None,
@@ -92,17 +93,14 @@ class BatchedCache:
             self._signature = inspect.signature(named.forward if isinstance(named, torch.nn.Module) else named)
         except (TypeError, ValueError):
             self._signature = None
-        names = list(self._signature.parameters) if self._signature is not None else []
+        if self._signature is not None and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                                               for p in self._signature.parameters.values()):
+            self._signature = None        # (*args, **kwargs) names nothing: positions and keywords as given
         if isinstance(batch_args, (str, int)) or not batch_args:
             raise ValueError("batch_args must name the arguments that carry the batch, e.g. "
                              "('hidden_states', 'encoder_hidden_states', 'pooled_projections', 'timestep'); "
                              f"got {batch_args!r}")
-        for a in batch_args:
-            if isinstance(a, bool) or not isinstance(a, (str, int)):
-                raise ValueError(f"batch_args: {a!r} is neither an argument name nor a position")
-            if isinstance(a, str) and self._signature is not None and a not in names and not self._var_kw():
-                raise ValueError(f"batch_args: the model's forward takes no argument {a!r}; its arguments: {names}")
-        self.batch_args = tuple(batch_args)
+        self.batch_args = tuple(self._name(a) for a in batch_args)
         forward = getattr(named, "forward", named)
         self.timestep_arg, _ = timestep_parameter(forward, timestep_arg)
         self._shared_timestep = None      # the forward's timestep when it is not a batch argument
@@ -118,15 +116,33 @@ class BatchedCache:
         self.strict = bool(strict)
         self._tensors = InstanceTensors(model) if isinstance(model, torch.nn.Module) else None
         self._weights = None
-        self._weights_warned = False
+        self._weights_warned = self._overflow_warned = False
         self._open: dict[int, ServingRequest] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()      # a tick, and opening or closing a request, one at a time
         self.counts = {"ticks": 0, "model_calls": 0, "rows": 0, "computed_rows": 0, "forecast_rows": 0,
                        "padded_rows": 0, "fallback_rows": 0, "host_reads": 0}
         self.sub_batch_sizes: dict[int, int] = {}
 
-    def _var_kw(self) -> bool:
-        return any(p.kind is p.VAR_KEYWORD for p in self._signature.parameters.values())
+    def _var_kw(self) -> str | None:
+        """The name of the forward's ``**kwargs``, or None."""
+        return next((n for n, p in self._signature.parameters.items() if p.kind is p.VAR_KEYWORD), None)
+
+    def _name(self, a):
+        """A batch argument as the forward names it (a position becomes its parameter's name)."""
+        if isinstance(a, bool) or not isinstance(a, (str, int)):
+            raise ValueError(f"batch_args: {a!r} is neither an argument name nor a position")
+        if self._signature is None:
+            return a
+        params = self._signature.parameters
+        if isinstance(a, int):
+            positional = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            if not 0 <= a < len(positional):
+                raise ValueError(f"batch_args: position {a} is not one of the forward's positional parameters "
+                                 f"{positional}; name the argument instead")
+            return positional[a]
+        if a not in params and self._var_kw() is None:
+            raise ValueError(f"batch_args: the model's forward takes no argument {a!r}; its arguments: {list(params)}")
+        return a
 
     # ------------------------------------------------------------ requests
     def open(self, num_steps: int, *, policy=None, branches: Sequence = ("cond",), sigmas=None,
@@ -188,30 +204,28 @@ class BatchedCache:
             out.append(r)
         return out
 
-    def _bind(self, args, kwargs) -> tuple:
-        """``(arguments, positional count)``: every argument by name, in the forward's order."""
+    def _bind(self, args, kwargs):
+        """Every argument by name (``inspect.BoundArguments``), or without a signature ``{name or position:
+        value}``."""
         if self._signature is None:
-            return dict(kwargs, **{i: a for i, a in enumerate(args)}), len(args)
+            return {**kwargs, **dict(enumerate(args))}
         try:
-            bound = self._signature.bind(*args, **kwargs)
+            return self._signature.bind(*args, **kwargs)
         except TypeError as e:
             raise ValueError(f"the call does not fit the model's forward: {e}") from None
-        return bound, len(args)
+
+    def _argument(self, bound, name):
+        if self._signature is None:
+            return bound.get(name)
+        if name in self._signature.parameters:
+            return bound.arguments.get(name)
+        return bound.arguments.get(self._var_kw(), {}).get(name)
 
     def _batched(self, bound, n_rows: int) -> dict:
-        """``{key: tensor}`` of the batch arguments passed (key: name, or position when given by position)."""
-        names = list(self._signature.parameters) if self._signature is not None else []
+        """``{name: tensor}`` of the batch arguments passed."""
         found = {}
         for a in self.batch_args:
-            if self._signature is None:
-                v = bound.get(a)
-            elif isinstance(a, int):
-                v = bound.args[a] if a < len(bound.args) else None
-            else:
-                v = bound.arguments.get(a)
-                if v is None and a not in names:
-                    v = bound.arguments.get(next((n for n, p in self._signature.parameters.items()
-                                                  if p.kind is p.VAR_KEYWORD), ""), {}).get(a)
+            v = self._argument(bound, a)
             if v is None:
                 continue
             if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != n_rows:
@@ -219,8 +233,8 @@ class BatchedCache:
                 raise ValueError(f"batch argument {a!r} must be a tensor whose dim 0 is the {n_rows} rows, got {shape}")
             found[a] = v
         shared = self._shared_timestep
-        if shared is not None and self._signature is not None:
-            v = bound.arguments.get(shared)
+        if shared is not None:
+            v = self._argument(bound, shared)
             if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n_rows > 1:
                 raise ValueError(f"the timestep argument {shared!r} has one value per row ({tuple(v.shape)}) but is "
                                  f"not in batch_args={self.batch_args}: a sub-batch would get every row's "
@@ -229,32 +243,20 @@ class BatchedCache:
 
     def _call(self, bound, batched: dict, index: torch.Tensor | None):
         """The model on the rows ``index`` (None: every row) of the batch arguments."""
+        rows = {k: v if index is None else v.index_select(0, index) for k, v in batched.items()}
         if self._signature is None:
-            kw = {k: v for k, v in bound.items() if isinstance(k, str)}
-            args = [bound[i] for i in sorted(k for k in bound if isinstance(k, int))]
-            for k, v in batched.items():
-                v = v if index is None else v.index_select(0, index)
-                if isinstance(k, int):
-                    args[k] = v
-                else:
-                    kw[k] = v
-            return self.model(*args, **kw)
-        args, kwargs = list(bound.args), dict(bound.kwargs)
-        for k, v in batched.items():
-            v = v if index is None else v.index_select(0, index)
-            if isinstance(k, int):
-                args[k] = v
-            elif k in self._signature.parameters and k in bound.arguments:
-                kind = self._signature.parameters[k].kind
-                pos = list(self._signature.parameters).index(k)
-                if kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) \
-                        and pos < len(args):
-                    args[pos] = v
-                else:
-                    kwargs[k] = v
+            given = {**bound, **rows}
+            args = [given[i] for i in sorted(k for k in given if isinstance(k, int))]
+            return self.model(*args, **{k: v for k, v in given.items() if isinstance(k, str)})
+        arguments = dict(bound.arguments)
+        var_kw = self._var_kw()
+        for k, v in rows.items():
+            if k in self._signature.parameters:
+                arguments[k] = v
             else:
-                kwargs[k] = v
-        return self.model(*args, **kwargs)
+                arguments[var_kw] = {**arguments.get(var_kw, {}), k: v}
+        call = inspect.BoundArguments(self._signature, arguments)
+        return self.model(*call.args, **call.kwargs)
 
     def _check_weights(self) -> None:
         if self._tensors is None:
@@ -280,9 +282,13 @@ class BatchedCache:
 
     def __call__(self, *args, rows, **kwargs):
         """One engine tick: ``model(*args, **kwargs)`` for the batch whose row ``i`` is ``rows[i]``'s."""
+        with self._lock:             # a request closed from another thread waits for the tick to end
+            return self._tick(args, kwargs, rows)
+
+    def _tick(self, args, kwargs, rows):
         rows = self._rows(rows)
         n = len(rows)
-        bound, _ = self._bind(args, kwargs)
+        bound = self._bind(args, kwargs)
         batched = self._batched(bound, n)
         if not batched:
             raise ValueError(f"none of batch_args={self.batch_args} was passed: the rows cannot be told apart")
@@ -292,6 +298,7 @@ class BatchedCache:
         if torch.is_grad_enabled():
             for req in requests:
                 req.tally.cause("grad", uncached=True)
+                req.decisions.append(True)
                 req.step += 1
             self.counts["model_calls"] += 1
             return self._call(bound, batched, None)
@@ -349,6 +356,11 @@ class BatchedCache:
         if run:
             k = len(run)
             size = k if self.buckets is None else next((b for b in self.buckets if b >= k), k)
+            if self.buckets is not None and size > self.buckets[-1] and not self._overflow_warned:
+                self._overflow_warned = True
+                warnings.warn(f"taylorseer serving: {k} rows compute, more than the largest bucket "
+                              f"{self.buckets[-1]}: run unpadded (a compiled model may compile this size); "
+                              "add a larger bucket", stacklevel=3)
             index = None if size == n and run == list(range(n)) else torch.tensor(
                 run + [run[-1]] * (size - k), device=next(iter(batched.values())).device)
             self.counts["model_calls"] += 1

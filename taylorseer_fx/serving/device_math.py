@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from ..forecast.buffers import CLAMPED
 from ..forecast.estimates import EPS
 
 __all__ = ["DeviceForecaster", "DeviceRule", "RESOLVE"]
@@ -109,7 +110,14 @@ class DeviceForecaster:
         factors, nodes, _, _, _ = self.split(state)
         c = torch.stack(self.coefficients(t, nodes, self.order)).to(torch.float32)
         shape = (-1,) + (1,) * (factors[0].dim() - 1)
-        return [(f * c.reshape(shape)).sum(0).to(x.dtype) for f, x in zip(factors, like)]
+        out = []
+        for f, x in zip(factors, like):
+            y = (f * c.reshape(shape)).sum(0)
+            if x.dtype in CLAMPED:                 # a finite extrapolation stays finite in fp16, as on the host
+                lim = torch.finfo(x.dtype).max
+                y = y.clamp(-lim, lim)
+            out.append(y.to(x.dtype))
+        return out
 
     def estimate(self, state: tuple, t: torch.Tensor, degree: int | None = None) -> torch.Tensor:
         """The estimated relative error of forecasting to ``t`` (0-dim float64; NaN when the state cannot

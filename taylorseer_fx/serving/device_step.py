@@ -20,6 +20,11 @@ share it, a per-token timestep's noisiest token) or the step index
 (``coordinate="step"``: a device counter). Decisions and estimates are kept on the device;
 :meth:`DeviceStepCache.decisions` reads them once, at the end of a run.
 
+Differences from the host forecaster: no coordinate unit (gaps below 2^-20 of the coordinate's scale lose
+float32 range: use the step index or sigmas, not such coordinates), a compute at a coordinate already
+stored restarts the table (the host merges one that repeats the newest node), no zeroing of factors after
+a non-finite output (it makes the estimate NaN, which computes).
+
 Knows nothing of FX or of pipelines.
 """
 
@@ -50,6 +55,9 @@ def _checked(policy):
     if policy.form not in _FORMS:
         raise ValueError(f"DeviceStepCache: {n}.form must be one of {_FORMS} (divided differences), got "
                          f"{policy.form!r}")
+    if policy.derivatives_from:
+        raise ValueError(f"DeviceStepCache: {n}.derivatives_from must be 0 (the warm-up gating of the derivative "
+                         f"factors is not on the device), got {policy.derivatives_from!r}")
     if policy.forecast.select_order:
         raise ValueError(f"DeviceStepCache: {n}.select_order must be False (the order choice is not on the "
                          "device); e.g. AutoPolicy(threshold=..., select_order=False)")
@@ -81,6 +89,7 @@ class DeviceStepCache:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.model, self.mode = model, mode
+        self._buffers = self._state = None
         self.policy = _checked(resolve_policy(policy))
         f = self.policy.forecast
         self.forecaster = DeviceForecaster(f.order, f.form, self.policy.error_estimator)
@@ -98,13 +107,25 @@ class DeviceStepCache:
         self.start(num_steps)
 
     def start(self, num_steps: int) -> None:
-        """A new run of ``num_steps`` steps: its state is dropped."""
+        """A new run of ``num_steps`` steps: its state is dropped. With the same step count the run's
+        buffers are reset in place (the same memory: a captured step stays valid); another count
+        allocates new ones (capture again)."""
         if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        same = self._buffers is not None and int(num_steps) == self.num_steps
         self.num_steps, self.step = int(num_steps), 0
         self._host = self.policy.start(self.num_steps)     # the host's schedule: forced steps, fixed policies
-        self._state = self._spec = self._like = None
-        self._buffers = None           # (run, total, step counter, decisions, estimates) on the device
+        self._fresh = True                                  # nothing computed in this run yet
+        if same:                       # the same memory again (a captured step keeps replaying against it)
+            run, total, index, decided, estimates = self._buffers
+            for b in (run, total, index):
+                b.zero_()
+            decided.fill_(False), estimates.fill_(float("nan"))
+            if self._state is not None:
+                self._state[-3].zero_()                     # no stored point: the next compute starts over
+        else:
+            self._state = self._spec = self._like = None
+            self._buffers = None       # (run, total, step counter, decisions, estimates) on the device
 
     def _allocate(self, device) -> None:
         """The run's device buffers: every step writes into them in place, so that a captured step
@@ -119,8 +140,8 @@ class DeviceStepCache:
         """True/False when the host knows this step's decision without a read, None when the device decides."""
         p, sched = self.policy, self._host
         if not p.reads_estimate:
-            return sched.decide(step) or self._state is None     # step 0 is forced: nothing to forecast from
-        if self._state is None or step < p.warmup_steps or (sched.end is not None and step >= sched.end):
+            return sched.decide(step) or self._fresh        # step 0 is forced: nothing to forecast from
+        if self._fresh or step < p.warmup_steps or (sched.end is not None and step >= sched.end):
             return True
         if p.min_steps and self.num_steps < p.min_steps:
             if step == p.warmup_steps:
@@ -156,6 +177,7 @@ class DeviceStepCache:
         where = index.reshape(1)
         if known is True:
             out = self._compute(args, kwargs, t)
+            self._fresh = False
             run.zero_(), total.zero_()
             decided.index_fill_(0, where, True)
         elif known is False:

@@ -168,11 +168,12 @@ class ServingRequest:
         """Leave the batch: release its cached state. With ``audit`` (a request that ran to its end),
         warn when fewer than half of the forecasts its policy planned happened, naming why (or raise,
         the cache's ``strict``). Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        self._states.clear()
-        self._cache._release(self)
+        with self._cache._lock:          # never in the middle of a tick
+            if self.closed:
+                return
+            self.closed = True
+            self._states.clear()
+            self._cache._release(self)
         if audit and self.step >= self.num_steps:
             short = self.tally.shortfall(self.policy, self.num_steps)
             if short is not None:
