@@ -158,27 +158,35 @@ def test_a_step_reads_nothing_on_the_host(mode, monkeypatch):
     assert 0 < sum(decided) < n              # it did forecast, and compute after the warm-up
 
 
-def test_the_host_mode_reads_one_scalar_per_free_step():
-    """The cost the device mode removes: eager ``torch.cond`` (and the host policy) read the
-    predicate once per step that the estimate decides."""
+@pytest.mark.usefixtures("one_thread_fresh_dynamo")   # the other tests' trajectories differ in a float attribute,
+def test_eager_cond_reads_its_predicate_and_nothing_else():  # which dynamo would make a graph input read with item()
+    """Outside a capture eager ``torch.cond`` reads its predicate on the host: one read per step the
+    estimate decides -- what the host mode reads -- and nothing else (no guard on a tensor's value)."""
     policy = AutoPolicy(threshold=0.05, select_order=False)
     traj, n = Trajectory(0, 1.0), 24
     ts = [1 - i / n for i in range(n)]
     cache = DeviceStepCache(traj, policy, num_steps=n, mode="cond")
+    names = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
+    saved = {k: getattr(torch.Tensor, k) for k in names}
     reads = []
-    orig = torch.Tensor.__bool__
 
-    def counted(t):
-        reads.append(1)
-        return orig(t)
-    torch.Tensor.__bool__ = counted
-    try:
-        with torch.no_grad():
-            for t in ts:
+    def counting(k, fn):
+        def counted(t, *a, **kw):
+            reads.append(k)
+            return fn(t, *a, **kw)
+        return counted
+    with torch.no_grad():
+        for t in ts[:policy.warmup_steps + 1]:        # the first device step traces the branches
+            cache(torch.zeros(2, 16), torch.tensor([t]))
+        for k in names:
+            setattr(torch.Tensor, k, counting(k, saved[k]))
+        try:
+            for t in ts[policy.warmup_steps + 1:]:
                 cache(torch.zeros(2, 16), torch.tensor([t]))
-    finally:
-        torch.Tensor.__bool__ = orig
-    assert len(reads) == n - policy.warmup_steps
+        finally:
+            for k, fn in saved.items():
+                setattr(torch.Tensor, k, fn)
+    assert reads == ["__bool__"] * (n - policy.warmup_steps - 1)
 
 
 def test_demo_flux_decides_on_the_device():

@@ -16,6 +16,10 @@ degree), the nodes ``N`` ``[order + 1]`` (float64, newest first), the stored poi
 float32). Units: a coordinate is the forecaster's (timestep value, or step index), a 0-dim float64
 tensor on the device.
 
+``update`` and ``forecast`` (what ``torch.cond``'s branches run, which eager torch traces with dynamo) read
+the order from the nodes' length, not from an attribute: dynamo makes an int attribute that differs
+between instances a graph input, read back on the host with ``item()`` at every call.
+
 Forms: ``newton`` and ``heun`` (divided differences; :mod:`taylorseer_fx.forecast.forms` holds the
 coefficients this mirrors). Estimates: ``remainder`` and ``pair``, as
 :meth:`~taylorseer_fx.forecast.estimates.ErrorEstimates.error_estimate` forms them. Not here: the
@@ -78,7 +82,7 @@ class DeviceForecaster:
         host forecaster does for a node it cannot resolve (one that nearly repeats the newest node it
         merges instead), rather than dividing by zero."""
         factors, nodes, count, _, _ = self.split(state)
-        m = self.order
+        m = nodes.shape[0] - 1       # the order, read from the state: traced code sees no int attribute
         stored = torch.arange(m + 1, device=count.device) < count
         apart = (t - nodes).abs() > RESOLVE * torch.maximum(t.abs(), nodes.abs())
         clash = (stored & ~apart).any()          # t repeats a stored node: restart from this point
@@ -104,19 +108,19 @@ class DeviceForecaster:
         nodes = torch.cat([t.reshape(1), nodes[:m]])
         return (*new, nodes, torch.clamp(count + 1, max=m + 1), ratio.to(torch.float32), pairs.to(torch.float32))
 
-    def forecast(self, state: tuple, t: torch.Tensor, like) -> list:
+    def forecast(self, state: tuple, t: torch.Tensor, dtypes) -> list:
         """``sum_j c_j(t) D_j`` per leaf (the degree the stored points allow: the factors above it are
-        zero), in the dtype and shape of ``like``."""
+        zero), leaf ``l`` in ``dtypes[l]``."""
         factors, nodes, _, _, _ = self.split(state)
-        c = torch.stack(self.coefficients(t, nodes, self.order)).to(torch.float32)
+        c = torch.stack(self.coefficients(t, nodes, nodes.shape[0] - 1)).to(torch.float32)
         shape = (-1,) + (1,) * (factors[0].dim() - 1)
         out = []
-        for f, x in zip(factors, like):
+        for f, dtype in zip(factors, dtypes):
             y = (f * c.reshape(shape)).sum(0)
-            if x.dtype in CLAMPED:                 # a finite extrapolation stays finite in fp16, as on the host
-                lim = torch.finfo(x.dtype).max
+            if dtype in CLAMPED:                   # a finite extrapolation stays finite in fp16, as on the host
+                lim = torch.finfo(dtype).max
                 y = y.clamp(-lim, lim)
-            out.append(y.to(x.dtype))
+            out.append(y.to(dtype))
         return out
 
     def estimate(self, state: tuple, t: torch.Tensor, degree: int | None = None) -> torch.Tensor:

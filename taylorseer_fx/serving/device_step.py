@@ -124,7 +124,7 @@ class DeviceStepCache:
             if self._state is not None:
                 self._state[-3].zero_()                     # no stored point: the next compute starts over
         else:
-            self._state = self._spec = self._like = None
+            self._state = self._spec = self._dtypes = None
             self._buffers = None       # (run, total, step counter, decisions, estimates) on the device
 
     def _allocate(self, device) -> None:
@@ -211,7 +211,7 @@ class DeviceStepCache:
         leaves = self._leaves(self.model(*args, **kwargs))
         if self._state is None:
             self._state = self.forecaster.empty(leaves)
-            self._like = [torch.empty_like(x) for x in leaves]
+            self._dtypes = [x.dtype for x in leaves]
         self._keep(self.forecaster.update(self._state, t, leaves))
         return pytree.tree_unflatten(leaves, self._spec)
 
@@ -221,24 +221,33 @@ class DeviceStepCache:
             old.copy_(new)
 
     def _forecast(self, t):
-        return pytree.tree_unflatten(self.forecaster.forecast(self._state, t, self._like), self._spec)
+        return pytree.tree_unflatten(self.forecaster.forecast(self._state, t, self._dtypes), self._spec)
 
     def _decided_step(self, forecast: torch.Tensor, args, kwargs, t):
-        """The step whose choice is the device's ``forecast`` (0-dim bool)."""
-        n = len(self._like)
-        fc = self.forecaster
+        """The step whose choice is the device's ``forecast`` (0-dim bool). Everything the branches read
+        that is a tensor -- the state, the coordinate, the model's inputs -- is an operand, not a closure:
+        dynamo (eager ``torch.cond`` traces its branches) would guard on a closed-over 0-dim tensor's
+        value, a host read at every call."""
+        n, ns = len(self._dtypes), len(self._state)
+        fc, dtypes = self.forecaster, self._dtypes
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        is_tensor = [isinstance(x, torch.Tensor) for x in flat]
+        inputs = tuple(x for x in flat if isinstance(x, torch.Tensor))
 
-        def compute_branch(*state):
-            leaves = self._leaves(self.model(*args, **kwargs))
-            return (*leaves, *fc.update(state, t, leaves))
+        def compute_branch(*ops):
+            given = iter(ops[ns + 1:])
+            a, kw = pytree.tree_unflatten([next(given) if m else x for m, x in zip(is_tensor, flat)], spec)
+            leaves = self._leaves(self.model(*a, **kw))
+            return (*leaves, *fc.update(ops[:ns], ops[ns].reshape(()), leaves))
 
-        def forecast_branch(*state):
-            return (*fc.forecast(state, t, self._like), *[s.clone() for s in state])
+        def forecast_branch(*ops):
+            return (*fc.forecast(ops[:ns], ops[ns].reshape(()), dtypes), *[s.clone() for s in ops[:ns]])
 
+        operands = (*self._state, t.reshape(1), *inputs)   # (1,): dynamo guards a 0-dim float operand against NaN
         if self.mode == "cond":
-            outs = torch.cond(forecast, forecast_branch, compute_branch, tuple(self._state))
+            outs = torch.cond(forecast, forecast_branch, compute_branch, operands)
         else:
-            a, b = compute_branch(*self._state), forecast_branch(*self._state)
+            a, b = compute_branch(*operands), forecast_branch(*operands)
             outs = [torch.where(forecast, y, x) for x, y in zip(a, b)]
         self._keep(outs[n:])
         return pytree.tree_unflatten(list(outs[:n]), self._spec)
