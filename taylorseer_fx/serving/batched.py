@@ -316,9 +316,10 @@ class BatchedCache:
             if not compute[rows[i].request]:
                 rows[i].request.tally.cause("fallback")
         out = self._run(bound, batched, rows, run, coords, n)
+        ran = set(run)
         for i, r in enumerate(rows):
             q = r.request
-            q.tally.record(r.branch, q.step, i not in run, not compute[q])
+            q.tally.record(r.branch, q.step, i not in ran, not compute[q])
         for q in requests:
             q.decisions.append(compute[q])
             q.step += 1

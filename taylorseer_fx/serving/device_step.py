@@ -9,8 +9,8 @@ device: no host read per step, so a whole step can be captured in a CUDA graph.
   estimate (:class:`~taylorseer_fx.serving.device_math.DeviceForecaster`) and the threshold rule
   (:class:`~taylorseer_fx.serving.device_math.DeviceRule`) give a 0-dim bool tensor, and the step is
   ``mode="cond"``: ``torch.cond(forecast?, forecast, compute)`` -- inside a CUDA-graph capture torch
-  records both branches as conditional nodes and the GPU runs only the taken one (torch >= 2.6 with
-  CUDA >= 12.4); outside a capture, eager ``torch.cond`` reads its predicate on the host (one read
+  records both branches as conditional nodes and the GPU runs only the taken one (torch's
+  ``_higher_order_ops/cudagraph_conditional_nodes.py``; not exercised here: no GPU); outside a capture, eager ``torch.cond`` reads its predicate on the host (one read
   per step: what the host mode reads too); or ``mode="select"``: both branches run and
   ``torch.where`` keeps one -- no read anywhere, at the cost of a full compute every step (for a
   capture where conditional nodes are not available; it saves nothing).
