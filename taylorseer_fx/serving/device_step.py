@@ -199,16 +199,18 @@ class DeviceStepCache:
                 return v.device
         return torch.device("cpu")
 
-    def _leaves(self, out) -> list:
+    @staticmethod
+    def _leaves(out) -> tuple:
+        """``(leaves, spec)`` of a model output. Pure: ``torch.cond``'s branches may not mutate anything
+        outside them (torch 2.12 refuses it)."""
         leaves, spec = pytree.tree_flatten(out)
         if not leaves or not all(isinstance(x, torch.Tensor) and x.is_floating_point() for x in leaves):
             raise ValueError("DeviceStepCache: the model's output must be floating tensors (a tensor, a tuple, "
                              "a dataclass of them)")
-        self._spec = spec
-        return [x.contiguous() for x in leaves]
+        return [x.contiguous() for x in leaves], spec
 
     def _compute(self, args, kwargs, t):
-        leaves = self._leaves(self.model(*args, **kwargs))
+        leaves, self._spec = self._leaves(self.model(*args, **kwargs))
         if self._state is None:
             self._state = self.forecaster.empty(leaves)
             self._dtypes = [x.dtype for x in leaves]
@@ -237,7 +239,7 @@ class DeviceStepCache:
         def compute_branch(*ops):
             given = iter(ops[ns + 1:])
             a, kw = pytree.tree_unflatten([next(given) if m else x for m, x in zip(is_tensor, flat)], spec)
-            leaves = self._leaves(self.model(*a, **kw))
+            leaves, _ = self._leaves(self.model(*a, **kw))
             return (*leaves, *fc.update(ops[:ns], ops[ns].reshape(()), leaves))
 
         def forecast_branch(*ops):
