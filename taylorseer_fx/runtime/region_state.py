@@ -106,6 +106,17 @@ class RegionState:
         """True once a compute was absorbed (a forecast can be made)."""
         return bool(self.kind)
 
+    def estimate(self, x: float, method: str, degree: int | None):
+        """The estimated relative error of forecasting at ``x``: a 0-dim device tensor (no host read),
+        ``0.0`` when every output is a constant (forecast exactly), ``math.inf`` (compute) before a
+        compute was absorbed or while the forecaster cannot estimate."""
+        if not self.ready:
+            return math.inf
+        if self.all_constant:
+            return 0.0
+        e = self.forecaster.error_estimate(x, method, degree=degree)
+        return math.inf if e is None else e
+
     def _forecasts(self, x: float) -> tuple:
         fc = self.forecaster.forecast(x) if any(k == "f" for k, _ in self.kind) else ()
         return (fc,) if isinstance(fc, torch.Tensor) else fc
@@ -254,16 +265,8 @@ class Generation:
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         if dist:
             return self._estimates_sharded(graph, n_regions, x, method, device, per_region)
-        vals = []
-        for i in range(n_regions):
-            st = self.states.get((graph, i, 0))
-            if st is None or not st.ready:
-                vals.append(math.inf)
-            elif st.all_constant:
-                vals.append(0.0)                      # constant outputs forecast exactly
-            else:
-                e = st.forecaster.error_estimate(x, method, degree=self.policy.order)
-                vals.append(math.inf if e is None else e)
+        states = [self.states.get((graph, i, 0)) for i in range(n_regions)]
+        vals = [math.inf if st is None else st.estimate(x, method, self.policy.order) for st in states]
         tensors = [v for v in vals if isinstance(v, torch.Tensor)]
         if not tensors:
             return vals if per_region else [max(vals, default=math.inf)]

@@ -330,23 +330,17 @@ class BatchedCache:
         branches: dict = {}
         for r in rows:
             branches.setdefault(r.request, []).append(r.branch)
-        est: dict = {}
-        for q in requests:
-            if q.policy.reads_estimate and not q.forced():
-                vals = q.estimate(coords[q], branches[q])
-                if vals is not None:
-                    est[q] = vals
-        values: dict = {}
-        tensors = [(q, v) for q, vs in est.items() for v in vs]
+        est = {q: q.estimate(coords[q], branches[q]) for q in requests
+               if q.policy.reads_estimate and not q.forced()}
+        values = {q: max((v for v in vs if not isinstance(v, torch.Tensor)), default=0.0) for q, vs in est.items()}
+        tensors = [(q, v) for q, vs in est.items() for v in vs if isinstance(v, torch.Tensor)]
         if tensors:
             dev = tensors[0][1].device
             t = torch.stack([v.to(dev, torch.float32).reshape(()) for _, v in tensors])
             t = torch.nan_to_num(t, nan=math.inf, posinf=math.inf).tolist()     # the one host read
             self.counts["host_reads"] += 1
             for (q, _), v in zip(tensors, t):
-                values[q] = max(values.get(q, 0.0), v)
-        for q, vs in est.items():
-            values.setdefault(q, 0.0)            # every branch constant: forecast exactly
+                values[q] = max(values[q], v)
         return {q: q.decide(values.get(q)) for q in requests}
 
     def _run(self, bound, batched, rows, run: list, coords: dict, n: int):

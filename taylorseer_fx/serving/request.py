@@ -127,22 +127,13 @@ class ServingRequest:
                              "sigmas=..., or use a policy with coordinate='step'")
         return float(timestep_value)
 
-    def estimate(self, x: float, branches):
-        """The estimated errors of forecasting ``branches`` at ``x`` (0-dim device tensors, one per branch
-        whose outputs are not all constant; the decision takes the largest); None when a branch has no
-        state yet or cannot estimate."""
-        vals = []
-        for b in branches:
-            st = self._states.get(b)
-            if st is None or not st.ready:
-                return None
-            if st.all_constant:
-                continue
-            e = st.forecaster.error_estimate(x, self.policy.error_estimator, degree=self.policy.order)
-            if e is None:
-                return None
-            vals.append(e)
-        return vals
+    def estimate(self, x: float, branches) -> list:
+        """The estimated errors of forecasting ``branches`` at ``x``, one per branch
+        (:meth:`RegionState.estimate`: a 0-dim device tensor, ``0.0`` for constant outputs, ``math.inf``
+        for a branch with no state yet); the decision takes the largest."""
+        p = self.policy
+        return [math.inf if self._states.get(b) is None else self._states[b].estimate(x, p.error_estimator, p.order)
+                for b in branches]
 
     def forced(self) -> bool:
         """True when the step computes whatever an estimate says (warm-up, cooldown): nothing is read."""
