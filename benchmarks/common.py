@@ -10,6 +10,7 @@ reported, and ratios taken between medians measured side by side.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -226,6 +227,31 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], title: str | None = 
     if title:
         out.insert(0, f"\n{title}\n")
     return "\n".join(out)
+
+
+#: the Tensor methods that hand a value to the host (eager ``torch.cond`` reads its predicate with ``__bool__``)
+READ_METHODS = ("item", "tolist", "__float__", "__bool__", "__int__")
+
+
+@contextlib.contextmanager
+def counted_host_reads(counter: dict):
+    """Counts, into ``counter["reads"]``, every call in the block of a Tensor method that hands a value
+    to the host (:data:`READ_METHODS`), by patching them on ``torch.Tensor`` (restored on exit)."""
+    counter["reads"] = 0
+    saved = {n: getattr(torch.Tensor, n) for n in READ_METHODS}
+
+    def wrap(fn):
+        def counted(self, *a, **k):
+            counter["reads"] += 1
+            return fn(self, *a, **k)
+        return counted
+    for n in READ_METHODS:
+        setattr(torch.Tensor, n, wrap(saved[n]))
+    try:
+        yield counter
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.Tensor, n, fn)
 
 
 def _fmt(c) -> str:

@@ -18,33 +18,10 @@ Writes ``benchmarks/results/device_decisions.json`` (with the commit).
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 
-from common import interleave, iqr_rel, machine, med, rel_l2, setup, table, write_json
-
-
-@contextlib.contextmanager
-def host_reads():
-    """Counts the values tensors hand to the host in the block (``item``, ``tolist``, ``__bool__``,
-    ``__float__``, ``__int__``: eager ``torch.cond`` reads its predicate with ``__bool__``)."""
-    counted = {"reads": 0}
-    names = ("item", "tolist", "__bool__", "__float__", "__int__")
-    saved = {n: getattr(torch.Tensor, n) for n in names}
-
-    def wrap(fn):
-        def counting(self, *a, **k):
-            counted["reads"] += 1
-            return fn(self, *a, **k)
-        return counting
-    for n in names:
-        setattr(torch.Tensor, n, wrap(saved[n]))
-    try:
-        yield counted
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.Tensor, n, fn)
+from common import counted_host_reads, interleave, iqr_rel, machine, med, rel_l2, setup, table, write_json
 
 
 def main(argv=None) -> None:
@@ -102,7 +79,7 @@ def main(argv=None) -> None:
     reads = {}
     for name, v in variants.items():     # warm up (dynamo traces torch.cond's branches at its first call) ...
         v()
-        with host_reads() as counted:    # ... then one counted sample
+        with counted_host_reads({}) as counted:    # ... then one counted sample
             v()
         reads[name] = counted["reads"]
     times = interleave(variants, args.reps)

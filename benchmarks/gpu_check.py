@@ -31,7 +31,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, med, table, write_json  # noqa: E402
+from common import counted_host_reads, machine, med, table, write_json  # noqa: E402
 
 from taylorseer_fx import FixedPolicy, taylorseer_backend  # noqa: E402
 
@@ -90,21 +90,8 @@ def host_reads(counter: dict):
         finally:
             torch.cuda.set_sync_debug_mode(0)
         return
-    names = ("item", "tolist", "__float__", "__bool__", "__int__")
-    saved = {n: getattr(torch.Tensor, n) for n in names}
-
-    def wrap(fn):
-        def counted(self, *a, **k):
-            counter["reads"] += 1
-            return fn(self, *a, **k)
-        return counted
-    for n in names:
-        setattr(torch.Tensor, n, wrap(saved[n]))
-    try:
+    with counted_host_reads(counter):
         yield counter
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.Tensor, n, fn)
 
 
 def check_hot_path(device, dtype, inner, size) -> dict:

@@ -4,6 +4,7 @@ forecaster's, and a step reads nothing on the host (counted)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -107,31 +108,50 @@ def test_device_decisions_estimates_and_forecasts_are_the_hosts(policy, n, seed,
     assert all(torch.equal(a, b) for a, b in zip(outs, sel))
 
 
+@contextlib.contextmanager
+def python_reads(names, log: list):
+    """Appends to ``log`` the name of every call in the block of the ``torch.Tensor`` methods ``names``
+    (patched on the class, restored on exit)."""
+    saved = {k: getattr(torch.Tensor, k) for k in names}
+
+    def counting(k, fn):
+        def counted(t, *a, **kw):
+            log.append(k)
+            return fn(t, *a, **kw)
+        return counted
+    for k in names:
+        setattr(torch.Tensor, k, counting(k, saved[k]))
+    try:
+        yield log
+    finally:
+        for k, fn in saved.items():
+            setattr(torch.Tensor, k, fn)
+
+
 class HostReads(TorchDispatchMode):
     """Counts every scalar a tensor hands to the host: ``_local_scalar_dense`` (``item``, ``bool``,
     ``float``, ``int``) in the dispatcher, and ``tolist`` / ``numpy`` at the Python level."""
 
     def __init__(self):
         super().__init__()
-        self.reads = 0
+        self.dispatched, self.python = 0, []
+
+    @property
+    def reads(self) -> int:
+        return self.dispatched + len(self.python)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
-            self.reads += 1
+            self.dispatched += 1
         return func(*args, **(kwargs or {}))
 
     def __enter__(self):
-        self._saved = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy")}
-        for name, orig in self._saved.items():
-            def counted(t, *a, _orig=orig, **k):
-                self.reads += 1
-                return _orig(t, *a, **k)
-            setattr(torch.Tensor, name, counted)
+        self._patch = python_reads(("tolist", "numpy"), self.python)
+        self._patch.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
-        for name, orig in self._saved.items():
-            setattr(torch.Tensor, name, orig)
+        self._patch.__exit__(*exc)
         return super().__exit__(*exc)
 
 
@@ -167,25 +187,13 @@ def test_eager_cond_reads_its_predicate_and_nothing_else():  # which dynamo woul
     ts = [1 - i / n for i in range(n)]
     cache = DeviceStepCache(traj, policy, num_steps=n, mode="cond")
     names = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
-    saved = {k: getattr(torch.Tensor, k) for k in names}
     reads = []
-
-    def counting(k, fn):
-        def counted(t, *a, **kw):
-            reads.append(k)
-            return fn(t, *a, **kw)
-        return counted
     with torch.no_grad():
         for t in ts[:policy.warmup_steps + 1]:        # the first device step traces the branches
             cache(torch.zeros(2, 16), torch.tensor([t]))
-        for k in names:
-            setattr(torch.Tensor, k, counting(k, saved[k]))
-        try:
+        with python_reads(names, reads):
             for t in ts[policy.warmup_steps + 1:]:
                 cache(torch.zeros(2, 16), torch.tensor([t]))
-        finally:
-            for k, fn in saved.items():
-                setattr(torch.Tensor, k, fn)
     assert reads == ["__bool__"] * (n - policy.warmup_steps - 1)
 
 
