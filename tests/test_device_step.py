@@ -298,3 +298,31 @@ def test_a_new_run_of_the_same_length_reuses_the_memory():
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     fresh, _ = run(policy, traj, ts)
     assert cache.decisions() == fresh.decisions() and 0 < sum(cache.decisions()) < n
+
+
+def test_changed_weights_never_reach_a_forecast():
+    """A LoRA swap mid-run: the next step computes with the new weights, warned, then forecasts resume
+    from points made with them only."""
+    class Module(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2, 16))
+
+        def forward(self, x, timestep):
+            return self.w * (1.0 + timestep.reshape(-1)[0])
+    model = Module()
+    cache = DeviceStepCache(model, FixedPolicy(interval=2, order=1, coordinate="timestep"), num_steps=8)
+    ts = [1 - i / 8 for i in range(8)]
+    with torch.no_grad():
+        for t in ts[:3]:                                   # steps 0, 1 compute, 2 forecasts
+            cache(torch.zeros(2, 16), torch.tensor([t]))
+        model.w.mul_(2.0)
+        with pytest.warns(UserWarning, match="weights changed"):
+            y = cache(torch.zeros(2, 16), torch.tensor([ts[3]]))
+        assert torch.equal(y, model(None, torch.tensor([ts[3]])))
+        rest = [cache(torch.zeros(2, 16), torch.tensor([t])) for t in ts[4:]]
+    assert cache.decisions() == [True, True, False, True, False, True, False, True]
+    # step 4: one point since the change -- the new weights' value, not a line through an old point
+    torch.testing.assert_close(rest[0], model(None, torch.tensor([ts[3]])))
+    # step 6: a line through two points made with the new weights (the output is linear in t): exact
+    torch.testing.assert_close(rest[2], model(None, torch.tensor([ts[6]])), rtol=1e-5, atol=1e-5)

@@ -36,8 +36,9 @@ import warnings
 
 import torch
 
-from ..graph.boundary import timestep_parameter
+from ..graph.boundary import InstanceTensors, timestep_parameter
 from ..graph.options import resolve_policy
+from ..runtime.region_state import weights_fingerprint
 from ..torch_internals import pytree as _pytree
 from .device_math import DeviceForecaster, DeviceRule
 
@@ -96,6 +97,8 @@ class DeviceStepCache:
         self.rule = DeviceRule(self.policy) if self.policy.reads_estimate else None
         named = getattr(model, "_orig_mod", model)
         forward = named.forward if isinstance(named, torch.nn.Module) else named
+        self._tensors = InstanceTensors(named) if isinstance(named, torch.nn.Module) else None
+        self._weights = None
         self.timestep_arg, self._position = timestep_parameter(forward, timestep_arg)
         try:
             self._signature = inspect.signature(forward)
@@ -168,6 +171,7 @@ class DeviceStepCache:
                              "start(num_steps) for the next run")
         if torch.is_grad_enabled():
             raise ValueError("DeviceStepCache: call it under torch.no_grad() (a cached step has no gradient)")
+        self._check_weights()
         known = self._host_decision(self.step)
         device = self._device(args, kwargs)
         if self._buffers is None:
@@ -192,6 +196,20 @@ class DeviceStepCache:
         index.add_(1)
         self.step += 1
         return out
+
+    def _check_weights(self) -> None:
+        """A change of the model's weights (version counters and data pointers: host-side, no read) drops
+        the run's stored points, with a warning: the step computes, and nothing made with the old
+        weights reaches a forecast. (A replayed capture runs no Python: it is not checked there.)"""
+        if self._tensors is None:
+            return
+        fp = weights_fingerprint(self._tensors())
+        if self._weights is not None and fp != self._weights and not self._fresh:
+            warnings.warn("DeviceStepCache: the model's weights changed during the run; its cached state was "
+                          "dropped (this step computes)", stacklevel=3)
+            self._state[-3].zero_()                          # no stored point
+            self._fresh = True
+        self._weights = fp
 
     def _device(self, args, kwargs) -> torch.device:
         for v in list(args) + list(kwargs.values()):
