@@ -62,6 +62,30 @@ def test_a_schedule_starting_mid_run_spends_the_budget_over_its_own_steps(policy
                                        policy.max_forecast_run)
 
 
+@FAST
+@given(S.budget_policies(), st.integers(1, 60), st.data())
+def test_an_estimate_that_cannot_be_made_computes_like_a_missing_one(policy, n, data):
+    """+inf (the runtime's "cannot estimate yet": one point stored, or a non-finite output) decides
+    exactly as NaN (no estimate) does: compute where the budget allows, and the pacer's later
+    decisions are not thrown off by it. (It used to forecast and make every later free step forecast
+    until the budget forced computes at the end.)"""
+    missing = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    rates = data.draw(st.lists(st.floats(1e-4, 2), min_size=n, max_size=n))
+    steps = {bad: policy.compute_steps(n, lambda s, k, bad=bad: bad if missing[s] else rates[s] * k)
+             for bad in (math.nan, math.inf)}
+    assert steps[math.inf] == steps[math.nan]
+
+
+def test_a_budget_with_a_warm_up_of_one_computes_while_it_cannot_estimate():
+    """With one stored point the pair estimate cannot be made (+inf): the step after a warm-up of one
+    computes, and the computes are spread over the run, not piled at its end."""
+    p = AutoPolicy(budget=0.25, form="hermite", order=2, warmup=1)
+    steps = p.compute_steps(28, lambda s, k: math.inf if s == 1 else 0.02 * k)
+    assert steps[:2] == [0, 1] and len(steps) == 7
+    assert max(forecast_runs(steps, 28)) <= longest_run(28, 7)
+    assert sum(s >= 24 for s in steps) <= 2
+
+
 def test_computes_go_where_the_estimate_grows_fastest():
     """The same budget on 40 steps: an estimate growing 10x faster in steps 14..23 than elsewhere gets
     more computes there than in the ten steps before or after; one growing faster in the first half

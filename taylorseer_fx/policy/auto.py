@@ -98,7 +98,7 @@ class _AutoSchedule(Schedule):
         value = None if estimate is None else estimate()
         value = math.nan if value is None else float(value)
         if in_min_run:
-            if not math.isnan(value):
+            if math.isfinite(value):         # a step with no estimate (NaN, +inf) adds nothing to the total
                 self.total = self._add(value)
             return False
         return self._rule(value)
@@ -158,16 +158,16 @@ class _AutoSchedule(Schedule):
         else:
             value = None if estimate is None else estimate()
             value = math.nan if value is None else float(value)
-            combined = self._combined(value) if not math.isnan(value) else value
+            combined = self._combined(value) if math.isfinite(value) else value
             if self.tau is not None:         # a tuned threshold: the rule's own decision, the count kept above
-                compute = math.isnan(combined) or combined > self.tau
+                compute = not math.isfinite(combined) or combined > self.tau
             else:
                 compute = self.pacer.decide(combined, free_budget / free_left, run + 1)
             self.total = 0.0 if compute else self._add(value)
             return compute
         if not must:
             value = None if estimate is None else estimate()
-            if value is not None and not math.isnan(float(value)):
+            if value is not None and math.isfinite(float(value)):   # as in _threshold
                 self.total = self._add(float(value))
         else:
             self.total = 0.0

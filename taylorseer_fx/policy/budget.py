@@ -105,7 +105,9 @@ class Pacer:
     the rates seen so far in the generation and ``L`` the forecasts per compute the budget left
     affords (``1 / pace - 1``), the step computes when ``run > L * (ā / a) ** (1 / g)``: every run ends
     at about the same estimated error, the one that spends the budget. Scale-free (no level to
-    guess); ``threshold`` (optional) also computes a step whose estimate reaches it. NaN computes."""
+    guess); ``threshold`` (optional) also computes a step whose estimate reaches it. A value that is not
+    finite (NaN: no estimate; +inf: the forecaster cannot estimate yet) computes and leaves the mean as
+    it was."""
 
     def __init__(self, rule: str = "rss", threshold: float | None = None):
         self.growth = GROWTH[rule]
@@ -115,7 +117,7 @@ class Pacer:
     def decide(self, value: float, pace: float, run: int) -> bool:
         """``value``: the combined estimate with this step forecast (``run`` >= 1 forecasts in a row);
         ``pace``: the remaining free computes per remaining free step."""
-        if math.isnan(value):
+        if not math.isfinite(value):       # no estimate (NaN) or none possible yet (+inf): compute
             return True
         if self.threshold is not None and value >= self.threshold:
             return True
