@@ -3,9 +3,9 @@
 For each step count (28, 50) and compute fraction (0.25, 0.35, 0.5) of the arena (``arena.py``: the
 shipped Flux, a real ``FluxPipeline``, true CFG 3, ``regions="stack"``):
 
-1. ``taylorseer_fx.tune`` searches a placement and a threshold on **calibration inputs** -- ``--inputs`` batches of
-   two digit labels, the last ``--holdout`` held out -- with the pipeline's own noise (generator
-   seeds), as a user would tune;
+1. ``taylorseer_fx.tune`` searches a forecaster (its default candidates), a placement and a threshold on
+   **calibration inputs** -- ``--inputs`` batches of two digit labels, the last ``--holdout`` held out --
+   with the pipeline's own noise (generator seeds), as a user would tune;
 2. the tuned preset (the placement or the threshold, whichever validated better), both variants,
    ``AutoPolicy(budget=k / N)`` (budget-auto; ``k = floor(fraction * N)``: at most
    the cell's fraction, as the arena counts its rows) and the preset read back from the
@@ -115,7 +115,8 @@ def main(argv=None) -> dict:
                     "budget_auto": auto_err, "budget_auto_fraction": auto_frac, "budget_auto_steps": auto_steps,
                     "best_peer": peer and {k: peer[k] for k in ("method", "setting", "compute_fraction", "rel_l2")},
                     "best_fixed": fixed and {k: fixed[k] for k in ("method", "setting", "compute_fraction", "rel_l2")},
-                    "tune_seconds": time.perf_counter() - t1, "evaluations": c["evaluations"]}
+                    "tune_seconds": time.perf_counter() - t1, "evaluations": c["evaluations"],
+                    "forecast": c["forecast"], "forecasts": c["forecasts"]}
             cell["budget_auto_over_peer"] = auto_err / peer["rel_l2"] if peer else None
             cell["tuned_over_peer"] = tuned_err / peer["rel_l2"] if peer else None
             cell["tuned_over_fixed"] = tuned_err / fixed["rel_l2"] if fixed else None
@@ -125,7 +126,7 @@ def main(argv=None) -> dict:
             print(f"{steps} steps, {f}: tuned {tuned_err:.4g} ({tuned_frac:.3f}), budget-auto {auto_err:.4g} "
                   f"({auto_frac:.3f}), best peer {peer and peer['rel_l2']}, our best fixed {fixed and fixed['rel_l2']}",
                   flush=True)
-    rows = [[c["steps"], c["fraction"], f"{c['tuned_fraction']:.3f}", c["chosen"],
+    rows = [[c["steps"], c["fraction"], f"{c['tuned_fraction']:.3f}", c["forecast"], c["chosen"],
              f"{c['arena_placement']:.4f}", "-" if c["arena_threshold"] is None else f"{c['arena_threshold']:.4f}",
              f"{c['tuned']:.4f}",
              f"{c['budget_auto']:.4f}",
@@ -133,7 +134,7 @@ def main(argv=None) -> dict:
              "-" if not c["best_peer"] else f"{c['best_peer']['rel_l2']:.4f} ({c['best_peer']['method']})",
              c["budget_auto_over_peer"], c["tuned_over_peer"], c["tuned_over_fixed"], c["arena_over_calibration"]]
             for c in cells]
-    print(table(["steps", "fraction", "measured", "preset holds", "placement: arena", "threshold: arena",
+    print(table(["steps", "fraction", "measured", "forecast", "preset holds", "placement: arena", "threshold: arena",
                  "preset: arena", "budget-auto",
                  "our best fixed", "best peer", "budget-auto / peer", "tuned / peer", "tuned / our fixed",
                  "arena / calibration"], rows,

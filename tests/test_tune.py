@@ -5,6 +5,7 @@ repeating a run, and a checkpoint of another tuning is refused."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import warnings
@@ -17,7 +18,9 @@ from taylorseer_fx import AutoPolicy, load_policy, policy_to_toml, tune
 from taylorseer_fx.integrations.targets import Case
 from taylorseer_fx.policy.budget import target_computes
 from taylorseer_fx.policy.presets import policy_to_dict
+from taylorseer_fx.tuning.forecasts import FORECASTS, KEEP, label, ranked
 from taylorseer_fx.tuning.search import descend, even_placement, feasible, pinned_steps
+from taylorseer_fx.tuning.tuner import _base_policy
 
 runs = st.tuples(st.integers(2, 80), st.integers(2, 5), st.integers(0, 3), st.none() | st.integers(1, 8),
                  st.floats(0.05, 1.0))
@@ -202,10 +205,49 @@ def test_an_interrupted_tuning_resumes_from_its_checkpoint_without_repeating_a_r
         _tune(checkpoint=ck, budget=0.5)
 
 
+@pytest.mark.usefixtures("one_thread_fresh_dynamo")
+def test_tune_searches_the_forecaster_and_the_preset_keeps_the_one_that_validates_best(tmp_path):
+    """Every candidate is ranked by its best start, the best two are searched in full, and the preset
+    holds the searched one with the lowest validation error -- its form, order and warm-up."""
+    r = _tune()
+    cell = r.cells[0]
+    got = cell["forecasts"]
+    assert list(got)[0] == label(_base_policy(None, 0.4)) and len(got) == 1 + len(FORECASTS)
+    starts = {k: v["start"] for k, v in got.items()}
+    searched = {k: v["validation"] for k, v in got.items() if v["validation"] is not None}
+    assert sorted(searched) == sorted(sorted(starts, key=starts.get)[:KEEP])
+    assert cell["forecast"] == min(searched, key=searched.get)
+    assert label(r.policy) == cell["forecast"] and r.policy.budget == 0.4
+    assert policy_to_dict(load_policy(r.write(tmp_path / "t.toml"))) == policy_to_dict(r.policy)
+    assert cell["forecast"] in r.table() and cell["forecast"] in r.description()
+
+
+@pytest.mark.usefixtures("one_thread_fresh_dynamo")
+def test_tune_with_forecasts_none_keeps_the_policys_own_forecaster():
+    base = AutoPolicy(budget=0.4, order=2, warmup=3)
+    r = _tune(policy=base, forecasts=None)
+    assert list(r.cells[0]["forecasts"]) == [label(base)] == [r.cells[0]["forecast"]]
+    assert (r.policy.form, r.policy.order, r.policy.warmup_steps) == (base.form, 2, 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text("abc", min_size=1, max_size=3),
+                       st.lists(st.floats(0, 10) | st.just(float("inf")), min_size=2, max_size=2),
+                       min_size=1, max_size=6), st.integers(1, 4))
+def test_forecasters_rank_by_the_geometric_mean_of_their_starts(scores, keep):
+    top = ranked(scores, keep)
+    assert len(top) == min(keep, len(scores)) and len(set(top)) == len(top)
+
+    def geo(v):
+        logs = [math.log(max(x, 1e-300)) for x in v]
+        return math.inf if max(v) == math.inf else math.exp(sum(logs) / len(logs))
+    assert [geo(scores[k]) for k in top] == sorted(geo(scores[k]) for k in top)
+    rest = [geo(v) for k, v in scores.items() if k not in top]
+    assert not rest or min(rest) >= geo(scores[top[-1]])
+
+
 def test_a_tuned_preset_as_the_base_is_tuned_afresh():
     """Passing a tuned preset as ``policy`` keeps its forecaster, not its placements or thresholds."""
-    from taylorseer_fx.tuning.tuner import _base_policy
-
     tuned = AutoPolicy(budget=0.5, placements={8: [0, 1, 2, 5]}, thresholds={12: 0.1}, order=2, warmup=3)
     base = _base_policy(tuned, 0.25)
     assert base.placements is None and base.thresholds is None and base.budget == 0.25 and base.order == 2
@@ -217,6 +259,10 @@ def test_a_tuned_preset_as_the_base_is_tuned_afresh():
     ({"holdout": 3}, r"holdout \(3\) must leave at least one"),
     ({"progress": "yes"}, "progress must be True, False or a callable"),
     ({"policy": "official-flux"}, "policy must be an AutoPolicy"),
+    ({"forecasts": "hermite"}, "forecasts must be a sequence of dicts"),
+    ({"forecasts": [{}]}, r"forecasts\[0\] must be a non-empty dict"),
+    ({"forecasts": [{"form": "taylor"}, {"shape": 2}]}, r"forecasts\[1\] sets \['shape'\]; a candidate may set only"),
+    ({"forecasts": [{"order": -1}]}, r"forecasts\[0\] = \{'order': -1\}: AutoPolicy: order must be"),
 ])
 def test_bad_tune_arguments_are_refused_naming_the_field(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -251,10 +297,11 @@ def test_the_command_writes_a_preset_and_refuses_a_bad_budget(tmp_path):
     out = tmp_path / "tuned.toml"
     cmd = [sys.executable, "-m", "taylorseer_fx.tuning", "--budget", "2x", "--steps", "8", "--inputs", "2",
            "--sweeps", "1", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd + ["--forecasts", "own"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "run 1:" in done.stderr and "chosen" in done.stdout and "threshold" in done.stderr
     back = load_policy(str(out))
+    assert back.form == AutoPolicy(budget=0.5).form and "forecasters by their best start" not in done.stderr
     assert 8 in dict(back.placements or ()) or 8 in dict(back.thresholds or ())
     assert len(back.compute_steps(8, lambda s, k: 0.1 * k)) == 4
     assert (tmp_path / "tuned.toml.progress.json").exists()
@@ -271,7 +318,9 @@ def test_the_example_tunes_writes_and_runs_the_preset(tmp_path):
     if tuned.placements:                     # the tuned placement is what runs, exactly
         assert f"16 steps: computed {list(dict(tuned.placements)[16])}" in done.stdout
     else:                                    # a tuned threshold: the budget's count, 6 of 16
-        assert 16 in dict(tuned.thresholds) and "16 steps: computed [0, 1, 2," in done.stdout
+        line = next(x for x in done.stdout.splitlines() if x.startswith("16 steps: computed "))
+        ran = eval(line.split("computed ", 1)[1])
+        assert 16 in dict(tuned.thresholds) and len(ran) == 6 and ran[0] == 0
     assert "no tuned placement or threshold for a run of 20 steps" in done.stderr
 
 

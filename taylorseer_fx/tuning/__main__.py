@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=int, default=None, help="inputs held out for validation (default a third)")
     p.add_argument("--seeds", default="0", help="calibration noise seeds, comma-separated (default 0)")
     p.add_argument("--policy", default=None, help="the base AutoPolicy preset or TOML (default AutoPolicy(budget))")
+    p.add_argument("--forecasts", choices=("search", "own"), default="search",
+                   help="search: try Hermite and Taylor forecasters beside the policy's own and keep the one that "
+                        "validates better (default); own: the policy's own forecaster only")
     p.add_argument("--reach", type=int, default=2, help="how far one compute moves per try, in steps (default 2)")
     p.add_argument("--sweeps", type=int, default=2, help="passes of the descent (default 2)")
     p.add_argument("--inner", default="eager", help="inner backend: eager (default) or inductor")
@@ -49,6 +52,7 @@ def main(argv=None) -> int:
 
         from ..check import load_pipeline
         from ..policy.budget import budget_fraction
+        from .forecasts import FORECASTS
         from .tuner import tune
 
         try:
@@ -64,7 +68,7 @@ def main(argv=None) -> int:
         checkpoint = args.checkpoint or args.out + ".progress.json"
         result = tune(pipe, inputs, budget=budget, steps=steps, seeds=seeds, holdout=args.holdout,
                       policy=args.policy, reach=args.reach, sweeps=args.sweeps, inner=args.inner,
-                      checkpoint=checkpoint)
+                      checkpoint=checkpoint, forecasts=FORECASTS if args.forecasts == "search" else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
 """Where a run's computes go: placements and the local search over them. Pure arithmetic on step indices
-(no models, no tensors).
+(no models, no tensors), and the golden-section search of a tuned threshold.
 
 A *placement* is the sorted tuple of a run's compute steps (0-based, counted from the run's first step).
 Its *pinned* steps (the warm-up and the cooldown) never move; the others move one at a time
@@ -9,9 +9,10 @@ number of computes never changes.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable
 
-__all__ = ["descend", "even_placement", "feasible", "fit_count", "pinned_steps"]
+__all__ = ["bracket", "descend", "even_placement", "feasible", "fit_count", "golden", "pinned_steps"]
 
 
 def pinned_steps(steps: int, warmup: int, cooldown: int) -> frozenset:
@@ -109,3 +110,29 @@ def descend(evaluate: Callable[[tuple], float], start: tuple, steps: int, *, pin
         if not moved:
             break
     return best, best_value
+
+
+def bracket(probes: list, count: int) -> tuple:
+    """The probes whose counts are the closest at or below and at or above ``count`` (None if none)."""
+    below = [f for f in probes if len(f[1]) <= count]
+    above = [f for f in probes if len(f[1]) >= count]
+    return (max(below, key=lambda f: (len(f[1]), -f[0])) if below else None,
+            min(above, key=lambda f: (len(f[1]), -f[0])) if above else None)
+
+
+def golden(f: Callable[[float], float], lo: float, hi: float, evals: int) -> tuple:
+    """``(x, f(x))``: the lowest of a golden-section search of ``f`` on ``[lo, hi]`` (``evals`` calls)."""
+    g = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(max(evals - 2, 0)):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return (c, fc) if fc <= fd else (d, fd)

@@ -10,10 +10,14 @@ warm-up and cooldown force). The tuner searches *which* ones, on a few calibrati
 3. coordinate descent (:func:`~taylorseer_fx.tuning.search.descend`) moves one compute at a time
    while the mean relative L2 error over the calibration cases drops;
 4. the placement found is validated on held-out inputs and on the calibration inputs with fresh
-   noise (``fresh_seeds``), beside the budget-auto policy on the same cases.
+   noise (``fresh_seeds``), beside the budget-auto policy on the same cases; so is a threshold tuned
+   for the count, and the preset keeps the one that validates better.
 
-Every candidate runs with exactly the forecaster of the preset written (an ``AutoPolicy`` whose
-``placements`` hold it), so what was measured is what ships. Step counts not tuned fall back to the
+The forecaster is searched too (:mod:`~taylorseer_fx.tuning.forecasts`): every candidate is ranked by
+its best start (steps 1-2, the even and the budget's placement), the best two are searched in full
+(steps 2-4), and the one that validates better is the preset's. Every candidate runs with exactly the
+forecaster of the preset written (an ``AutoPolicy`` whose ``placements`` hold it), so what was
+measured is what ships. Step counts not tuned fall back to the
 budget's own placement (the policy warns once per count). Units: steps are 0-based step indices of a
 run, counted from its first step; errors are relative L2 over the whole output.
 """
@@ -28,12 +32,13 @@ from typing import Callable, Sequence
 
 from ..policy.budget import budget_fraction, target_computes
 from ..policy.auto import AutoPolicy
-from ..policy.presets import load_policy, policy_to_dict, policy_to_toml
-from ..runtime.report import format_table
+from ..policy.presets import load_policy, policy_to_dict
 from ..integrations.measures import relative_l2
 from ..integrations.targets import Case, make_target
 from .checkpoint import Checkpoint, fingerprint
-from .search import descend, even_placement, fit_count, pinned_steps
+from .forecasts import FORECASTS, candidates, ranked
+from .result import TuneResult
+from .search import bracket, descend, even_placement, fit_count, golden, pinned_steps
 
 #: thresholds whose rule's placements (brought to the budget's count) are tried as starts
 START_THRESHOLDS = (0.01, 0.02, 0.04, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0)
@@ -41,64 +46,6 @@ START_THRESHOLDS = (0.01, 0.02, 0.04, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0)
 TAU_EVALS = 8
 
 __all__ = ["TuneResult", "tune"]
-
-
-@dataclasses.dataclass
-class TuneResult:
-    """What :func:`tune` found: ``policy`` (an AutoPolicy with the budget and the tuned ``placements``),
-    ``cells`` (one dict per step count: the placement, its error on the calibration, held-out and
-    fresh-noise cases beside the budget-auto policy's, the evaluations run) and ``seconds``."""
-
-    policy: AutoPolicy
-    cells: list
-    target: str
-    seconds: float = 0.0
-
-    def table(self) -> str:
-        """Per step count: the tuned placement, the tuned threshold and budget-auto, each as mean
-        relative L2 on the calibration / held-out / fresh-noise cases, and which one the preset holds."""
-        def trio(c, cal, held, fresh):
-            return " / ".join("-" if c[k] is None else f"{c[k]:.4g}" for k in (cal, held, fresh))
-        rows = [{"steps": c["steps"], "computes": f"{c['computes']} ({c['computes'] / c['steps']:.2f})",
-                 "placement": ",".join(map(str, c["placement"])),
-                 "placement: cal / held / fresh": trio(c, "calibration", "heldout", "fresh"),
-                 "threshold": "-" if c["threshold"] is None else f"{c['threshold']:.4g}",
-                 "threshold: cal / held / fresh": trio(c, "threshold_calibration", "threshold_heldout",
-                                                       "threshold_fresh"),
-                 "budget-auto: cal / held / fresh": trio(c, "calibration_budget_auto", "heldout_budget_auto",
-                                                         "fresh_budget_auto"),
-                 "chosen": c["chosen"], "runs": c["evaluations"]} for c in self.cells]
-        cols = ["steps", "computes", "placement", "placement: cal / held / fresh", "threshold",
-                "threshold: cal / held / fresh", "budget-auto: cal / held / fresh", "chosen", "runs"]
-        return (f"Tuned on {self.target}: mean relative L2 to the uncached output on the calibration, held-out "
-                f"and fresh-noise cases; the preset holds the one that validates better\n" + format_table(rows, cols))
-
-    def description(self) -> str:
-        parts = []
-        for c in self.cells:
-            pre = "threshold" if c["chosen"] == "threshold" else None
-            cal, fresh, held = ((c["threshold_calibration"], c["threshold_fresh"], c["threshold_heldout"]) if pre
-                                else (c["calibration"], c["fresh"], c["heldout"]))
-            what = f"threshold {c['threshold']:g}" if pre else "placement"
-            parts.append(f"{c['steps']} steps ({what}): calibration {cal:.4g}, fresh noise {fresh:.4g} (budget-auto "
-                         f"{c['fresh_budget_auto']:.4g})" + ("" if held is None else f", held-out {held:.4g}"))
-        return (f"Tuned by taylorseer_fx.tune on {self.target}: budget {self.policy.budget!r} for "
-                f"{[c['steps'] for c in self.cells]} steps (others: the budget's own placement); mean relative "
-                f"L2 to the uncached output: " + "; ".join(parts))
-
-    def to_toml(self) -> str:
-        """The preset's text (:func:`~taylorseer_fx.policy.presets.load_policy` reads it back)."""
-        return policy_to_toml(self.policy, self.description())
-
-    def write(self, path) -> str:
-        """Write the preset TOML to ``path``; returns the path."""
-        with open(path, "w") as fh:
-            fh.write(self.to_toml())
-        return str(path)
-
-    def to_dict(self) -> dict:
-        return {"target": self.target, "policy": policy_to_dict(self.policy), "cells": self.cells,
-                "seconds": self.seconds}
 
 
 def _say(progress) -> Callable[[str], None]:
@@ -129,8 +76,13 @@ def _base_policy(policy, budget) -> AutoPolicy:
 class _Search:
     """The runs of one step count: references, the evaluation of a placement, the validation."""
 
-    def __init__(self, run, refs: dict, base: AutoPolicy, steps: int, store: Checkpoint, say):
+    def __init__(self, run, refs: dict, base: AutoPolicy, steps: int, store: Checkpoint, say, name=None):
         self.run, self.refs, self.base, self.steps, self.store, self.say = run, refs, base, steps, store, say
+        self.name = name      # the forecaster's label, prefixed to its checkpoint keys (None: one forecaster)
+
+    def _key(self, candidate) -> str:
+        key = Checkpoint.key(candidate)
+        return key if self.name is None else f"{self.name}: {key}"
 
     def policy(self, placement: tuple) -> AutoPolicy:
         return dataclasses.replace(self.base, placements={self.steps: list(placement)})
@@ -151,6 +103,7 @@ class _Search:
     def _measured(self, key, policy, cases: Sequence[Case], check) -> float:
         """The mean error of ``policy`` over ``cases`` (each run's compute steps passed to ``check``),
         read from the checkpoint under ``key`` when it was measured before, else measured and recorded."""
+        key = self._key(key)
         got = self.store.get(self.steps, key)
         if got is not None:
             return got
@@ -191,7 +144,7 @@ class _Search:
 def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Callable | None = None,
          holdout: int | None = None, seeds=(0,), fresh_seeds=None, policy=None, reach: int = 2,
          sweeps: int = 2, inner="eager", regions=None, guidance_arg: str = "guidance_scale",
-         checkpoint=None, progress=True, **options) -> TuneResult:
+         checkpoint=None, progress=True, forecasts=FORECASTS, **options) -> TuneResult:
     """Search where a compute ``budget`` (a fraction in (0, 1] or ``"4x"``) computes, for each step
     count in ``steps``: a placement (compute steps) and a threshold (the count kept by the budget),
     the one that validates better kept; returns a :class:`TuneResult` (``.policy``, ``.write(path)``
@@ -203,6 +156,11 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
     search. ``seeds``: the noise seeds of the calibration cases; ``fresh_seeds`` (default seed + 1000)
     the fresh noise of the validation. ``policy``: the AutoPolicy (or preset) whose forecaster and
     warm-up/cooldown/max_forecast_run the placement is tuned for (default ``AutoPolicy(budget=...)``).
+    ``forecasts``: forecasters tried beside the policy's own, each a dict of AutoPolicy fields
+    (:data:`~taylorseer_fx.tuning.forecasts.FIELDS`; default
+    :data:`~taylorseer_fx.tuning.forecasts.FORECASTS`, Hermite and Taylor of orders 2 and 1 from a
+    warm-up of one); all are ranked by their best start, the best two searched in full, and the preset
+    keeps the one that validates better (``None``: the policy's own only).
     ``reach``/``sweeps``: the descent's moves (steps) and passes. ``checkpoint``: a JSON path; every
     run is recorded there and an interrupted tuning called again resumes (a file of another tuning is
     refused). ``progress``: True (lines on stderr), False, or ``callable(str)``. ``inner``,
@@ -222,23 +180,96 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
     store = Checkpoint(checkpoint, fingerprint(
         target=runner.name, inputs=list(inputs) if inputs is not None else None, n_inputs=n_inputs, holdout=held,
         seeds=seeds, fresh=fresh, fraction=fraction, policy=policy_to_dict(base), reach=reach, sweeps=sweeps,
+        forecasts=list(candidates(base, forecasts)),
         inner=inner if isinstance(inner, str) else repr(inner), regions=repr(regions), options=repr(options)))
     if store.resumed:
         say(f"[tune] resuming from {checkpoint}: {store.resumed} runs already measured")
-    t0, cells = time.perf_counter(), []
+    forecasters = candidates(base, forecasts)
+    t0 = time.perf_counter()
     try:
-        for n in step_counts:
-            cells.append(_tune_steps(runner, base, n, fraction, calib_inputs, held_inputs, seeds, fresh,
-                                     reach, sweeps, store, say))
+        cases = {n: _cases(runner, n, calib_inputs, held_inputs, seeds, fresh, say) for n in step_counts}
+        finalists, starts = list(forecasters), {}
+        if len(forecasters) > 1:
+            starts = {name: [_start_error(runner, p, n, fraction, cases[n], store, say, name) for n in step_counts]
+                      for name, p in forecasters.items()}
+            finalists = ranked(starts)
+            say("[tune] forecasters by their best start: " + "; ".join(
+                f"{k}: {', '.join(f'{e:.4g}' for e in v)}" for k, v in starts.items())
+                + f"; searched in full: {finalists}")
+        searched = {}
+        for name in finalists:
+            tag = name if len(forecasters) > 1 else None
+            searched[name] = [_tune_steps(runner, forecasters[name], n, fraction, cases[n], reach, sweeps, store,
+                                          say, tag) for n in step_counts]
     except KeyboardInterrupt:
         where = (f"call tune again with checkpoint={str(checkpoint)!r} to resume" if checkpoint is not None
                  else "pass checkpoint=PATH to be able to resume")
-        say(f"[tune] interrupted: {store.resumed} placements measured; {where}")
+        say(f"[tune] interrupted after {sum(len(d) for d in store.values.values())} measured candidates; {where}")
         raise
+    best = min(searched, key=lambda name: _geomean([_validated(c) for c in searched[name]]))
+    cells = searched[best]
+    for i, c in enumerate(cells):
+        c["forecast"] = best
+        c["evaluations"] = len(store.values.get(c["steps"], {}))     # every forecaster's runs
+        c["forecasts"] = {name: {"start": starts[name][i] if starts else None,
+                                 "validation": _validated(searched[name][i]) if name in searched else None}
+                          for name in forecasters}
+    if len(forecasters) > 1:
+        say(f"[tune] forecaster: {best} (validation " + ", ".join(
+            f"{k} {_geomean([_validated(c) for c in v]):.4g}" for k, v in searched.items()) + ")")
     placements = {c["steps"]: c["placement"] for c in cells if c["chosen"] == "placement"}
     thresholds = {c["steps"]: c["threshold"] for c in cells if c["chosen"] == "threshold"}
-    policy = dataclasses.replace(base, placements=placements or None, thresholds=thresholds or None)
+    policy = dataclasses.replace(forecasters[best], placements=placements or None, thresholds=thresholds or None)
     return TuneResult(policy, cells, runner.name, time.perf_counter() - t0)
+
+
+@dataclasses.dataclass
+class _Cases:
+    """The cases of one step count and their uncached outputs."""
+
+    calib: list
+    held: list
+    fresh: list
+    refs: dict
+
+
+def _cases(runner, n, calib_inputs, held_inputs, seeds, fresh, say) -> _Cases:
+    calib = [Case(steps=n, seed=s, input=i) for i in calib_inputs for s in seeds]
+    held = [Case(steps=n, seed=s, input=i) for i in held_inputs for s in seeds]
+    fresh_cases = [Case(steps=n, seed=s, input=i) for i in calib_inputs for s in fresh]
+    say(f"[tune {n} steps] {len(calib)} calibration, {len(held)} held-out and {len(fresh_cases)} fresh-noise cases")
+    return _Cases(calib, held, fresh_cases, {c: runner.plain(c) for c in calib + held + fresh_cases})
+
+
+def _geomean(values) -> float:
+    if any(not math.isfinite(v) for v in values):
+        return math.inf
+    return math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values))
+
+
+def _validated(cell: dict) -> float:
+    """A searched cell's validation error: that of the variant (placement or threshold) it chose."""
+    if cell["chosen"] == "threshold":
+        return _validation(cell["threshold_heldout"], cell["threshold_fresh"])
+    return _validation(cell["heldout"], cell["fresh"])
+
+
+def _count(policy: AutoPolicy, fraction: float, n: int) -> int:
+    return target_computes(fraction, n, policy.warmup_steps, policy.cooldown, policy.max_forecast_run)
+
+
+def _start_error(runner, policy, n, fraction, cases: _Cases, store, say, name) -> float:
+    """A forecaster's best start for runs of ``n`` steps: the lower calibration error of the even
+    placement and of the budget's own placement (memoised in the checkpoint, as the search's are)."""
+    count = _count(policy, fraction, n)
+    with runner.open(policy) as run:
+        s = _Search(run, cases.refs, policy, n, store, say, name)
+        evaluate = s.evaluate(cases.calib)
+        starts = [even_placement(n, count, policy.warmup_steps, policy.cooldown, policy.max_forecast_run)]
+        own = s.error(cases.calib[0], policy)[1]
+        if len(own) == count and own[0] == 0:
+            starts.append(own)
+        return min(evaluate(p) for p in starts)
 
 
 def _probe(search: "_Search", case: Case, base: AutoPolicy) -> list:
@@ -248,19 +279,11 @@ def _probe(search: "_Search", case: Case, base: AutoPolicy) -> list:
             for t in START_THRESHOLDS]
 
 
-def _bracket(probes: list, count: int) -> tuple:
-    """The probes whose counts are the closest at or below and at or above ``count`` (None if none)."""
-    below = [f for f in probes if len(f[1]) <= count]
-    above = [f for f in probes if len(f[1]) >= count]
-    return (max(below, key=lambda f: (len(f[1]), -f[0])) if below else None,
-            min(above, key=lambda f: (len(f[1]), -f[0])) if above else None)
-
-
 def _threshold_starts(probes: list, count: int, n: int, pinned, max_run) -> dict:
     """``{"threshold t": placement}``: the bracketing probes' placements brought to exactly ``count``
     (:func:`~taylorseer_fx.tuning.search.fit_count`)."""
     out = {}
-    for pick in _bracket(probes, count):
+    for pick in bracket(probes, count):
         if pick is None:
             continue
         try:
@@ -270,24 +293,6 @@ def _threshold_starts(probes: list, count: int, n: int, pinned, max_run) -> dict
     return out
 
 
-def _golden(f: Callable[[float], float], lo: float, hi: float, evals: int) -> tuple:
-    """``(x, f(x))``: the lowest of a golden-section search of ``f`` on ``[lo, hi]`` (``evals`` calls)."""
-    g = (math.sqrt(5) - 1) / 2
-    a, b = lo, hi
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = f(c), f(d)
-    for _ in range(max(evals - 2, 0)):
-        if fc <= fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = f(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = f(d)
-    return (c, fc) if fc <= fd else (d, fd)
-
-
 def _validation(heldout, fresh) -> float:
     """What decides between a tuned placement and a tuned threshold: the mean of the held-out and
     fresh-noise errors (fresh alone without held-out inputs)."""
@@ -295,20 +300,16 @@ def _validation(heldout, fresh) -> float:
     return sum(vals) / len(vals)
 
 
-def _tune_steps(runner, base, n, fraction, calib_inputs, held_inputs, seeds, fresh, reach, sweeps, store,
-                say) -> dict:
-    """The search and validation for runs of ``n`` steps (see the module docstring)."""
+def _tune_steps(runner, base, n, fraction, cases: _Cases, reach, sweeps, store, say, name=None) -> dict:
+    """The search and validation for runs of ``n`` steps with ``base``'s forecaster (see the module
+    docstring); ``name``: its label in the checkpoint and the progress lines (None: the only one)."""
     w, cooldown, max_run = base.warmup_steps, base.cooldown, base.max_forecast_run
-    count = target_computes(fraction, n, w, cooldown, max_run)
+    count = _count(base, fraction, n)
     pinned = pinned_steps(n, w, cooldown)
-    calib = [Case(steps=n, seed=s, input=i) for i in calib_inputs for s in seeds]
-    held = [Case(steps=n, seed=s, input=i) for i in held_inputs for s in seeds]
-    fresh_cases = [Case(steps=n, seed=s, input=i) for i in calib_inputs for s in fresh]
-    refs = {c: runner.plain(c) for c in calib + held + fresh_cases}
-    say(f"[tune {n} steps] {count} of {n} steps compute ({count / n:.2f}); {len(calib)} calibration, "
-        f"{len(held)} held-out and {len(fresh_cases)} fresh-noise cases")
+    calib, held, fresh_cases = cases.calib, cases.held, cases.fresh
+    say(f"[tune {n} steps]{'' if name is None else f' {name}:'} {count} of {n} steps compute ({count / n:.2f})")
     with runner.open(base) as run:
-        s = _Search(run, refs, base, n, store, say)
+        s = _Search(run, cases.refs, base, n, store, say, name)
         evaluate = s.evaluate(calib)
         auto_err, auto_placement = s.error(calib[0], base)
         auto_calib = (auto_err + sum(s.error(c, base)[0] for c in calib[1:])) / len(calib)
@@ -335,17 +336,17 @@ def _tune_steps(runner, base, n, fraction, calib_inputs, held_inputs, seeds, fre
         fresh_err = s.mean(fresh_cases, tuned)
         tau = tau_err = tau_held = tau_fresh = None
         if not forced:                  # the threshold rule, its threshold tuned, the count kept by the budget
-            lo, hi = _bracket(probes, count)
+            lo, hi = bracket(probes, count)
             a = math.log(hi[0] / 1.5) if hi else math.log(START_THRESHOLDS[0])
             b = math.log(lo[0] * 1.5) if lo else math.log(START_THRESHOLDS[-1])
-            log_tau, tau_err = _golden(s.evaluate_tau(calib, count), min(a, b), max(a, b), TAU_EVALS)
+            log_tau, tau_err = golden(s.evaluate_tau(calib, count), min(a, b), max(a, b), TAU_EVALS)
             tau = float(f"{math.exp(log_tau):.6g}")
             tau_held = s.mean(held, s.policy_tau(tau)) if held else None
             tau_fresh = s.mean(fresh_cases, s.policy_tau(tau))
     chosen = "threshold" if tau is not None and \
         _validation(tau_held, tau_fresh) < _validation(heldout, fresh_err) else "placement"
     cell = {"steps": n, "computes": count, "placement": list(best), "start": how, "start_placement": list(start),
-            "calibration": best_err, "calibration_start": store.get(n, start),
+            "calibration": best_err, "calibration_start": store.get(n, s._key(start)),
             "calibration_budget_auto": auto_calib, "heldout": heldout, "heldout_budget_auto": heldout_auto,
             "fresh": fresh_err, "fresh_budget_auto": fresh_auto,
             "fresh_over_calibration": fresh_err / best_err if best_err > 0 else None,
