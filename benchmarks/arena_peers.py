@@ -148,6 +148,11 @@ def ours_settings(quick: bool) -> dict[str, list[tuple]]:
         fixed("stack", [2, 3, 4, 5, 6, 8], [1, 2], ["newton"])
         fixed("stack", [3, 4, 5, 6], [2], ["heun"])
         fixed("stack", [3, 4, 5, 6, 8], [1, 2], ["hermite"])
+        for i in [3, 4, 5, 6, 8]:        # from a warm-up of one step: the step-recursion forms need one point
+            for o in [1, 2]:
+                for f in ["hermite", "taylor"]:
+                    out["stack"].append(("fixed stack", f"interval {i}, order {o}, {f}, warm-up 1",
+                                         FixedPolicy(interval=i, order=o, form=f, warmup=1)))
         out["stack"].append(("fixed stack", "interval 1 (never forecast: our overhead)", FixedPolicy(interval=1)))
     else:
         fixed("stack", [4], [2], ["newton"])

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 from ..policy.auto import AutoPolicy
 
-__all__ = ["FIELDS", "FORECASTS", "KEEP", "candidates", "label", "ranked"]
+__all__ = ["FIELDS", "FORECASTS", "KEEP", "candidates", "geomean", "label", "ranked"]
 
 #: the AutoPolicy fields a candidate may set: how it forecasts, and the warm-up it needs for that
 FIELDS = ("form", "order", "warmup", "select_order", "max_order", "order_margin", "coordinate",
@@ -70,12 +70,14 @@ def candidates(base: AutoPolicy, forecasts) -> dict:
     return out
 
 
+def geomean(values: Sequence[float]) -> float:
+    """The geometric mean of errors (inf when one is not finite; a zero counts as 1e-300)."""
+    if not values or any(not math.isfinite(v) for v in values):
+        return math.inf
+    return math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values))
+
+
 def ranked(scores: Mapping[str, Sequence[float]], keep: int = KEEP) -> list:
-    """The labels of the ``keep`` candidates with the lowest geometric mean of their start errors (one
-    per step count; a non-finite one ranks last), best first; ties keep the given order."""
-    def geo(errs):
-        if not errs or any(not math.isfinite(e) for e in errs):
-            return math.inf
-        return math.exp(sum(math.log(max(e, 1e-300)) for e in errs) / len(errs))
-    order = sorted(scores, key=lambda k: geo(scores[k]))
-    return order[:keep]
+    """The labels of the ``keep`` candidates with the lowest :func:`geomean` of their start errors (one
+    per step count), best first; ties keep the given order."""
+    return sorted(scores, key=lambda k: geomean(scores[k]))[:keep]

@@ -36,7 +36,7 @@ from ..policy.presets import load_policy, policy_to_dict
 from ..integrations.measures import relative_l2
 from ..integrations.targets import Case, make_target
 from .checkpoint import Checkpoint, fingerprint
-from .forecasts import FORECASTS, candidates, ranked
+from .forecasts import FORECASTS, candidates, geomean, ranked
 from .result import TuneResult
 from .search import bracket, descend, even_placement, fit_count, golden, pinned_steps
 
@@ -177,14 +177,14 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
     if held >= n_inputs:
         raise ValueError(f"tune: holdout ({held}) must leave at least one of the {n_inputs} inputs to calibrate on")
     calib_inputs, held_inputs = range(n_inputs - held), range(n_inputs - held, n_inputs)
+    forecasters = candidates(base, forecasts)
     store = Checkpoint(checkpoint, fingerprint(
         target=runner.name, inputs=list(inputs) if inputs is not None else None, n_inputs=n_inputs, holdout=held,
         seeds=seeds, fresh=fresh, fraction=fraction, policy=policy_to_dict(base), reach=reach, sweeps=sweeps,
-        forecasts=list(candidates(base, forecasts)),
+        forecasts=list(forecasters),
         inner=inner if isinstance(inner, str) else repr(inner), regions=repr(regions), options=repr(options)))
     if store.resumed:
         say(f"[tune] resuming from {checkpoint}: {store.resumed} runs already measured")
-    forecasters = candidates(base, forecasts)
     t0 = time.perf_counter()
     try:
         cases = {n: _cases(runner, n, calib_inputs, held_inputs, seeds, fresh, say) for n in step_counts}
@@ -206,7 +206,7 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
                  else "pass checkpoint=PATH to be able to resume")
         say(f"[tune] interrupted after {sum(len(d) for d in store.values.values())} measured candidates; {where}")
         raise
-    best = min(searched, key=lambda name: _geomean([_validated(c) for c in searched[name]]))
+    best = min(searched, key=lambda name: geomean([_validated(c) for c in searched[name]]))
     cells = searched[best]
     for i, c in enumerate(cells):
         c["forecast"] = best
@@ -216,7 +216,7 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
                           for name in forecasters}
     if len(forecasters) > 1:
         say(f"[tune] forecaster: {best} (validation " + ", ".join(
-            f"{k} {_geomean([_validated(c) for c in v]):.4g}" for k, v in searched.items()) + ")")
+            f"{k} {geomean([_validated(c) for c in v]):.4g}" for k, v in searched.items()) + ")")
     placements = {c["steps"]: c["placement"] for c in cells if c["chosen"] == "placement"}
     thresholds = {c["steps"]: c["threshold"] for c in cells if c["chosen"] == "threshold"}
     policy = dataclasses.replace(forecasters[best], placements=placements or None, thresholds=thresholds or None)
@@ -239,12 +239,6 @@ def _cases(runner, n, calib_inputs, held_inputs, seeds, fresh, say) -> _Cases:
     fresh_cases = [Case(steps=n, seed=s, input=i) for i in calib_inputs for s in fresh]
     say(f"[tune {n} steps] {len(calib)} calibration, {len(held)} held-out and {len(fresh_cases)} fresh-noise cases")
     return _Cases(calib, held, fresh_cases, {c: runner.plain(c) for c in calib + held + fresh_cases})
-
-
-def _geomean(values) -> float:
-    if any(not math.isfinite(v) for v in values):
-        return math.inf
-    return math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values))
 
 
 def _validated(cell: dict) -> float:
