@@ -170,6 +170,7 @@ def test_tune_finds_a_placement_no_worse_than_its_start_and_the_preset_runs_it(t
     assert cell["start"] in ("even", "budget-auto") and cell["heldout"] is not None   # 3 inputs: 1 held out
     assert any("run 1:" in m for m in said) and any("fresh noise" in m for m in said)
     assert cell["threshold"] is not None and cell["chosen"] in ("placement", "threshold")
+    assert cell["gain_fresh"] == cell["fresh"] / cell["fresh_budget_auto"] and "placement / budget alone" in r.table()
     if cell["chosen"] == "placement":         # the one that validates better is the one the preset holds
         assert tuple(r.policy.compute_steps(12)) == tuple(cell["placement"]) and r.policy.thresholds is None
     else:

@@ -39,9 +39,12 @@ class TuneResult:
                                                        "threshold_fresh"),
                  "budget alone: cal / held / fresh": trio(c, "calibration_budget_auto", "heldout_budget_auto",
                                                           "fresh_budget_auto"),
+                 "placement / budget alone: cal / fresh": " / ".join(
+                     "-" if c.get(k) is None else f"{c[k]:.3g}" for k in ("gain_calibration", "gain_fresh")),
                  "chosen": c["chosen"], "runs": c["evaluations"]} for c in self.cells]
         cols = ["steps", "forecast", "computes", "placement", "placement: cal / held / fresh", "threshold",
-                "threshold: cal / held / fresh", "budget alone: cal / held / fresh", "chosen", "runs"]
+                "threshold: cal / held / fresh", "budget alone: cal / held / fresh",
+                "placement / budget alone: cal / fresh", "chosen", "runs"]
         return (f"Tuned on {self.target}: mean relative L2 to the uncached output on the calibration, held-out "
                 "and fresh-noise cases; the preset holds the one that validates better (budget alone: the "
                 "preset's budget without its tuned placement or threshold, what an untuned length runs)\n"

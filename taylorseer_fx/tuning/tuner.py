@@ -344,6 +344,10 @@ def _tune_steps(runner, base, n, fraction, cases: _Cases, reach, sweeps, store, 
             "calibration_budget_auto": auto_calib, "heldout": heldout, "heldout_budget_auto": heldout_auto,
             "fresh": fresh_err, "fresh_budget_auto": fresh_auto,
             "fresh_over_calibration": fresh_err / best_err if best_err > 0 else None,
+            # the placement's gain over the budget alone, on the cases searched and on fresh noise: equal
+            # gains say the search did not overfit (fresh / calibration also holds how hard the new noise is)
+            "gain_calibration": best_err / auto_calib if auto_calib > 0 else None,
+            "gain_fresh": fresh_err / fresh_auto if fresh_auto > 0 else None,
             "threshold": tau, "threshold_calibration": tau_err, "threshold_heldout": tau_held,
             "threshold_fresh": tau_fresh, "chosen": chosen,
             "evaluations": len(store.values.get(n, {})), "cases": len(calib)}
