@@ -116,7 +116,9 @@ def main(argv=None) -> dict:
                     "best_peer": peer and {k: peer[k] for k in ("method", "setting", "compute_fraction", "rel_l2")},
                     "best_fixed": fixed and {k: fixed[k] for k in ("method", "setting", "compute_fraction", "rel_l2")},
                     "tune_seconds": time.perf_counter() - t1, "evaluations": c["evaluations"],
-                    "forecast": c["forecast"], "forecasts": c["forecasts"]}
+                    "forecast": c["forecast"], "forecasts": c["forecasts"],
+                    "calibration_budget_alone": c["calibration_budget_auto"], "fresh_budget_alone": c["fresh_budget_auto"],
+                    "gain_calibration": c.get("gain_calibration"), "gain_fresh": c.get("gain_fresh")}
             cell["budget_auto_over_peer"] = auto_err / peer["rel_l2"] if peer else None
             cell["tuned_over_peer"] = tuned_err / peer["rel_l2"] if peer else None
             cell["tuned_over_fixed"] = tuned_err / fixed["rel_l2"] if fixed else None
