@@ -19,7 +19,7 @@ from taylorseer_fx.integrations.targets import Case
 from taylorseer_fx.policy.budget import target_computes
 from taylorseer_fx.policy.presets import policy_to_dict
 from taylorseer_fx.tuning.forecasts import FORECASTS, KEEP, label, ranked
-from taylorseer_fx.tuning.search import descend, even_placement, feasible, pinned_steps
+from taylorseer_fx.tuning.search import descend, even_placement, even_starts, feasible, pinned_steps
 from taylorseer_fx.tuning.tuner import _base_policy
 
 runs = st.tuples(st.integers(2, 80), st.integers(2, 5), st.integers(0, 3), st.none() | st.integers(1, 8),
@@ -37,6 +37,17 @@ def test_the_even_placement_keeps_the_count_the_pinned_steps_and_the_longest_run
     assert feasible(p, steps, max_run)
     gaps = [b - a - 1 for a, b in zip(p, p[1:] + (steps,)) if a >= warmup - 1 and b < steps - cooldown]
     assert not gaps or max(gaps) - min(gaps) <= 1 or cooldown > 0      # even: runs equal within one
+    try:
+        last = even_placement(steps, count, warmup, cooldown, max_run, final=True)
+    except ValueError:           # only a bound on the forecast runs can rule it out
+        assert max_run is not None and list(even_starts(steps, count, warmup, cooldown, max_run)) == ["even"]
+        return
+    assert list(even_starts(steps, count, warmup, cooldown, max_run).values()) == [p, last]
+    assert len(last) == count and pinned_steps(steps, warmup, cooldown) <= set(last) and feasible(last, steps, max_run)
+    if count > len(pinned_steps(steps, warmup, cooldown)):      # a compute to spare: the last step is one
+        assert last[-1] == steps - 1
+        inner = [b - a - 1 for a, b in zip(last, last[1:]) if a >= warmup - 1]
+        assert not inner or max(inner) - min(inner) <= 1 or cooldown > 0
 
 
 @settings(max_examples=200, deadline=None)
@@ -167,7 +178,7 @@ def test_tune_finds_a_placement_no_worse_than_its_start_and_the_preset_runs_it(t
     cell = r.cells[0]
     assert len(cell["placement"]) == cell["computes"] == target_computes(0.4, 12, 3, 0, None) == 5
     assert cell["calibration"] <= cell["calibration_start"]
-    assert cell["start"] in ("even", "budget-auto") and cell["heldout"] is not None   # 3 inputs: 1 held out
+    assert cell["start"] in ("even", "even, last step", "budget-auto") and cell["heldout"] is not None   # 3 inputs: 1 held out
     assert any("run 1:" in m for m in said) and any("fresh noise" in m for m in said)
     assert cell["threshold"] is not None and cell["chosen"] in ("placement", "threshold")
     assert cell["gain_fresh"] == cell["fresh"] / cell["fresh_budget_auto"] and "placement / budget alone" in r.table()

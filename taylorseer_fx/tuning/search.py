@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable
 
-__all__ = ["bracket", "descend", "even_placement", "feasible", "fit_count", "golden", "pinned_steps"]
+__all__ = ["bracket", "descend", "even_placement", "even_starts", "feasible", "fit_count", "golden", "pinned_steps"]
 
 
 def pinned_steps(steps: int, warmup: int, cooldown: int) -> frozenset:
@@ -30,11 +30,16 @@ def feasible(placement: Iterable[int], steps: int, max_run: int | None) -> bool:
     return max_run is None or all(b - a - 1 <= max_run for a, b in zip(p, p[1:] + [steps]))
 
 
-def even_placement(steps: int, computes: int, warmup: int, cooldown: int, max_run: int | None) -> tuple:
+def even_placement(steps: int, computes: int, warmup: int, cooldown: int, max_run: int | None,
+                   final: bool = False) -> tuple:
     """``computes`` compute steps of a run of ``steps``: the pinned ones, the rest spread evenly over the
-    steps between warm-up and cooldown (each forecast run as long as the others, within one). ValueError
-    when ``computes`` is fewer than the pinned steps need or more than ``steps``, or cannot keep
-    ``max_run``."""
+    steps between warm-up and cooldown (each forecast run as long as the others, within one). With
+    ``final`` the last step is one of them (where the cooldown does not compute it already and a compute
+    is left for it) and the others spread evenly before it: the last step's forecast error goes
+    straight into the output. ValueError when ``computes`` is fewer than the pinned steps need or more
+    than ``steps``, or cannot keep ``max_run``."""
+    if final and cooldown == 0 and steps >= 2 and computes > len(pinned_steps(steps, warmup, 0)):
+        return even_placement(steps - 1, computes - 1, warmup, 0, max_run) + (steps - 1,)
     pinned = pinned_steps(steps, warmup, cooldown)
     lead = min(max(warmup, 1), steps)
     free = [s for s in range(lead, steps) if s not in pinned]
@@ -49,6 +54,17 @@ def even_placement(steps: int, computes: int, warmup: int, cooldown: int, max_ru
     if not feasible(out, steps, max_run):
         raise ValueError(f"even_placement: {computes} computes of {steps} steps cannot keep forecast runs "
                          f"<= max_forecast_run={max_run}")
+    return out
+
+
+def even_starts(steps: int, computes: int, warmup: int, cooldown: int, max_run: int | None) -> dict:
+    """``{"even": ..., "even, last step": ...}``: the two :func:`even_placement` starts of a search, the
+    second only where it keeps ``max_run`` (the first raises as :func:`even_placement` does)."""
+    out = {"even": even_placement(steps, computes, warmup, cooldown, max_run)}
+    try:
+        out["even, last step"] = even_placement(steps, computes, warmup, cooldown, max_run, final=True)
+    except ValueError:      # its last forecast run would be too long for max_run: the even one only
+        pass
     return out
 
 

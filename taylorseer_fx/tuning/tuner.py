@@ -5,8 +5,9 @@ warm-up and cooldown force). The tuner searches *which* ones, on a few calibrati
 
 1. the uncached outputs of the calibration cases (inputs x ``seeds``) are the references;
 2. starts of the budget's count are measured -- the budget-auto policy's own placement (its decisions
-   on the first calibration case), the even spacing, and the threshold rule's placements whose counts
-   bracket the budget's, brought to its count -- and the best one is kept;
+   on the first calibration case), the even spacing, the even spacing that computes the last step,
+   and the threshold rule's placements whose counts bracket the budget's, brought to its count -- and
+   the best one is kept;
 3. coordinate descent (:func:`~taylorseer_fx.tuning.search.descend`) moves one compute at a time
    while the mean relative L2 error over the calibration cases drops;
 4. the placement found is validated on held-out inputs and on the calibration inputs with fresh
@@ -14,7 +15,7 @@ warm-up and cooldown force). The tuner searches *which* ones, on a few calibrati
    for the count, and the preset keeps the one that validates better.
 
 The forecaster is searched too (:mod:`~taylorseer_fx.tuning.forecasts`): every candidate is ranked by
-its best start (steps 1-2, the even and the budget's placement), the best two are searched in full
+its best start (the even placements and the budget's own), the best two are searched in full
 (steps 2-4), and the one that validates better is the preset's. Every candidate runs with exactly the
 forecaster of the preset written (an ``AutoPolicy`` whose ``placements`` hold it), so what was
 measured is what ships. Step counts not tuned fall back to the
@@ -38,7 +39,7 @@ from ..integrations.targets import Case, make_target
 from .checkpoint import Checkpoint, fingerprint
 from .forecasts import FORECASTS, candidates, geomean, ranked
 from .result import TuneResult
-from .search import bracket, descend, even_placement, fit_count, golden, pinned_steps
+from .search import bracket, descend, even_placement, even_starts, fit_count, golden, pinned_steps
 
 #: thresholds whose rule's placements (brought to the budget's count) are tried as starts
 START_THRESHOLDS = (0.01, 0.02, 0.04, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0)
@@ -253,13 +254,13 @@ def _count(policy: AutoPolicy, fraction: float, n: int) -> int:
 
 
 def _start_error(runner, policy, n, fraction, cases: _Cases, store, say, name) -> float:
-    """A forecaster's best start for runs of ``n`` steps: the lower calibration error of the even
-    placement and of the budget's own placement (memoised in the checkpoint, as the search's are)."""
+    """A forecaster's best start for runs of ``n`` steps: the lowest calibration error of the even
+    placements (with and without the last step) and of the budget's own placement (memoised in the checkpoint, as the search's are)."""
     count = _count(policy, fraction, n)
     with runner.open(policy) as run:
         s = _Search(run, cases.refs, policy, n, store, say, name)
         evaluate = s.evaluate(cases.calib)
-        starts = [even_placement(n, count, policy.warmup_steps, policy.cooldown, policy.max_forecast_run)]
+        starts = list(even_starts(n, count, policy.warmup_steps, policy.cooldown, policy.max_forecast_run).values())
         own = s.error(cases.calib[0], policy)[1]
         if len(own) == count and own[0] == 0:
             starts.append(own)
@@ -314,7 +315,7 @@ def _tune_steps(runner, base, n, fraction, cases: _Cases, reach, sweeps, store, 
             best, best_err = start, evaluate(start)
         else:
             probes = _probe(s, calib[0], base)
-            starts = {"even": even_placement(n, count, w, cooldown, max_run)}
+            starts = even_starts(n, count, w, cooldown, max_run)
             if len(auto_placement) == count and auto_placement[0] == 0:
                 starts["budget-auto"] = auto_placement
             starts.update(_threshold_starts(probes, count, n, pinned, max_run))
