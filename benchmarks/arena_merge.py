@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arena import FAMILIES, _finite, pareto, plot, summarize  # noqa: E402
+from arena_summary import _finite, fronts_of, plot, summarize  # noqa: E402
 from common import ROOT, _json_default  # noqa: E402
 
 
@@ -30,13 +30,7 @@ def merge(full: dict, part: dict, note: str) -> dict:
         [r for r in part["rows"] if r["family"] != "uncached"]
     steps_list = full["steps"]
     out = dict(full, rows=rows, summary=summarize(rows, steps_list))
-    out["fronts"] = {str(s): {"family": {f: [r["setting"] for r in pareto([r for r in rows if r["steps"] == s
-                                                                            and r["family"] == f])]
-                                         for f in FAMILIES},
-                              "method": {m: [(r["setting"], r["compute_fraction"], r["rel_l2"]) for r in
-                                             pareto([r for r in rows if r["steps"] == s and r["method"] == m])]
-                                         for m in sorted({r["method"] for r in rows if r["family"] in FAMILIES})}}
-                     for s in steps_list}
+    out["fronts"] = fronts_of(rows, steps_list)
     before = full.get("merged") or {"peers_commit": full["machine"]["commit"], "peers_wall_s": full["wall_s"]}
     out["merged"] = {"peers_commit": before["peers_commit"], "peers_wall_s": before["peers_wall_s"],
                      "ours_commit": part["machine"]["commit"], "ours_wall_s": part["wall_s"],

@@ -234,3 +234,30 @@ def test_families_filter_and_a_missing_package_skips_its_family(tmp_path, monkey
     assert all(r["error"] is None for r in res["rows"])
     best = [s["best_peer"] for s in res["summary"] if s["best_peer"]]
     assert best and all(b["family"] == "Spectrum (our implementation)" for b in best)
+
+
+def _run(family, method, fraction, err, steps=28):
+    return {"steps": steps, "family": family, "method": method, "setting": f"{method} {fraction}",
+            "unit": "blocks", "compute_fraction": fraction, "rel_l2": err}
+
+
+def test_a_partial_run_replaces_its_families_rows_and_the_summary_follows():
+    """arena_merge: our re-run rows replace our old ones, the peers' stay, the summary and fronts are
+    recomputed from the merged rows, both commits are kept; runs of another arena are refused."""
+    with benchmark_module("arena_merge") as m:
+        full = {"samples": 4, "steps": [28], "cfg": 3.0, "wall_s": 10.0, "machine": {"commit": "aaa"},
+                "rows": [_run("uncached", "uncached", 1.0, 0.0), _run("taylorseer_fx", "fixed stack", 0.25, 0.05),
+                         _run("hicache-pp", "HiCache++ DMD", 0.25, 0.04)]}
+        part = {"samples": 4, "steps": [28], "cfg": 3.0, "wall_s": 5.0, "machine": {"commit": "bbb"},
+                "families": ["taylorseer_fx"],
+                "rows": [_run("uncached", "uncached", 1.0, 0.0), _run("taylorseer_fx", "fixed stack", 0.25, 0.03)]}
+        out = m.merge(full, part, "note")
+        ours = [r for r in out["rows"] if r["family"] == "taylorseer_fx"]
+        assert [r["rel_l2"] for r in ours] == [0.03] and len(out["rows"]) == 3
+        cell = next(s for s in out["summary"] if s["target"] == 0.25)
+        assert cell["taylorseer_fx"]["rel_l2"] == 0.03 and cell["best_peer"]["rel_l2"] == 0.04
+        assert cell["ours_over_best_peer"] == pytest.approx(0.75)
+        assert out["fronts"]["28"]["family"]["taylorseer_fx"] == ["fixed stack 0.25"]
+        assert out["merged"]["peers_commit"] == "aaa" and out["merged"]["ours_commit"] == "bbb"
+        with pytest.raises(SystemExit, match="differ in samples"):
+            m.merge(full, dict(part, samples=40), "note")
