@@ -21,7 +21,7 @@ samples over the calibration error, a different noise *and* more labels).
 
     python benchmarks/tune_arena.py                       # 2 step counts x 3 fractions (~40 min, 1 thread)
     python benchmarks/tune_arena.py --steps 28 --fractions 0.5 --out tune_arena_quick.json
-    python benchmarks/tune_arena.py --steps 28 --seeds 0,1 --tag _seeds2 --out tune_arena_28_seeds2.json
+    python benchmarks/tune_arena.py --seeds 0,1 --tag _seeds2 --out tune_arena_seeds2.json
                                                           # twice the calibration noise
 
 Writes ``benchmarks/results/tune_arena.json``; the presets as ``benchmarks/results/presets/
@@ -124,6 +124,8 @@ def main(argv=None) -> dict:
             cell["tuned_over_fixed"] = tuned_err / fixed["rel_l2"] if fixed else None
             chosen_cal = c["threshold_calibration"] if c["chosen"] == "threshold" else c["calibration"]
             cell["arena_over_calibration"] = tuned_err / chosen_cal if chosen_cal > 0 else None
+            chosen_fresh = c["threshold_fresh"] if c["chosen"] == "threshold" else c["fresh"]
+            cell["fresh_over_calibration"] = chosen_fresh / chosen_cal if chosen_cal > 0 else None
             cells.append(cell)
             print(f"{steps} steps, {f}: tuned {tuned_err:.4g} ({tuned_frac:.3f}), budget-auto {auto_err:.4g} "
                   f"({auto_frac:.3f}), best peer {peer and peer['rel_l2']}, our best fixed {fixed and fixed['rel_l2']}",
@@ -134,12 +136,13 @@ def main(argv=None) -> dict:
              f"{c['budget_auto']:.4f}",
              "-" if not c["best_fixed"] else f"{c['best_fixed']['rel_l2']:.4f} ({c['best_fixed']['setting']})",
              "-" if not c["best_peer"] else f"{c['best_peer']['rel_l2']:.4f} ({c['best_peer']['method']})",
-             c["budget_auto_over_peer"], c["tuned_over_peer"], c["tuned_over_fixed"], c["arena_over_calibration"]]
+             c["budget_auto_over_peer"], c["tuned_over_peer"], c["tuned_over_fixed"], c["fresh_over_calibration"],
+             c["arena_over_calibration"]]
             for c in cells]
     print(table(["steps", "fraction", "measured", "forecast", "preset holds", "placement: arena", "threshold: arena",
                  "preset: arena", "budget-auto",
                  "our best fixed", "best peer", "budget-auto / peer", "tuned / peer", "tuned / our fixed",
-                 "arena / calibration"], rows,
+                 "fresh / calibration", "arena / calibration"], rows,
                 title=f"Tuned presets and budget-auto on the arena Flux ({args.samples} samples, CFG {CFG:g}, stack; "
                       f"tuned on {args.inputs - args.holdout} inputs of 2 labels)"))
     data = {"machine": machine(), "samples": args.samples, "inputs": args.inputs, "holdout": args.holdout,
