@@ -3,10 +3,11 @@ policy's own, their labels, and the ranking of their starts.
 
 A placement is only as good as the forecast between its computes, and the best forecast depends on
 how far apart the computes are: on the arena's Flux at a quarter of 28 steps, HiCache's scaled Hermite
-basis of order 2 from a warm-up of one step reached half the error of the auto policy's own
-forecaster on the best placement found for each (docs/tuning.md). So the tuner ranks every candidate
-by its best start (the even placement and the budget's own, on the calibration cases), searches the
-best :data:`KEEP` in full, and keeps the one that validates better. Units: steps are 0-based step
+basis of order 2 from a warm-up of one step reached about half the error of the auto policy's own
+forecaster, each on the best placement a search found for it (docs/tuning.md); on the DiT of
+``benchmarks/quality.py`` the policy's own stays best. So the tuner ranks every candidate by its best
+start (the even placements and the budget's own, on the calibration cases), searches the best
+:data:`KEEP` in full, and keeps the one that validates better. Units: steps are 0-based step
 indices; errors are mean relative L2 over the calibration cases.
 """
 
