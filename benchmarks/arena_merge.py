@@ -25,7 +25,7 @@ def merge(full: dict, part: dict, note: str) -> dict:
     for key in ("samples", "steps", "cfg"):
         if full[key] != part[key]:
             raise SystemExit(f"arena_merge: the runs differ in {key} ({full[key]} vs {part[key]}); run the same arena")
-    ran = set(part["families"])
+    ran = set(part["families"]) - set(part.get("skipped") or {})     # a skipped family measured nothing
     rows = [r for r in full["rows"] if r["family"] not in ran or r["family"] == "uncached"] + \
         [r for r in part["rows"] if r["family"] != "uncached"]
     steps_list = full["steps"]

@@ -259,5 +259,9 @@ def test_a_partial_run_replaces_its_families_rows_and_the_summary_follows():
         assert cell["ours_over_best_peer"] == pytest.approx(0.75)
         assert out["fronts"]["28"]["family"]["taylorseer_fx"] == ["fixed stack 0.25"]
         assert out["merged"]["peers_commit"] == "aaa" and out["merged"]["ours_commit"] == "bbb"
+        skipped = dict(part, families=["taylorseer_fx", "hicache-pp"], skipped={"hicache-pp": "not installed"})
+        kept = m.merge(full, skipped, "note")                  # a family the partial run skipped keeps its rows
+        assert [r["rel_l2"] for r in kept["rows"] if r["family"] == "hicache-pp"] == [0.04]
+        assert kept["merged"]["families_rerun"] == ["taylorseer_fx"]
         with pytest.raises(SystemExit, match="differ in samples"):
             m.merge(full, dict(part, samples=40), "note")

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from taylorseer_fx import AutoPolicy, FixedPolicy, Forecaster
@@ -326,3 +326,25 @@ def test_changed_weights_never_reach_a_forecast():
     torch.testing.assert_close(rest[0], model(None, torch.tensor([ts[3]])))
     # step 6: a line through two points made with the new weights (the output is linear in t): exact
     torch.testing.assert_close(rest[2], model(None, torch.tensor([ts[6]])), rtol=1e-5, atol=1e-5)
+
+
+@FAST
+@given(st.sampled_from(["step", "sum", "rss"]), st.integers(0, 3), st.none() | st.integers(3, 6),
+       st.lists(st.floats(0, 0.3) | st.just(math.nan) | st.just(math.inf), min_size=2, max_size=30))
+@example("rss", 2, None, [math.inf, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01])   # +inf inside min_forecast_run
+def test_the_device_rule_decides_as_the_host_on_missing_and_impossible_estimates(rule, min_run, max_run, est):
+    """NaN (no estimate) and +inf (cannot estimate yet) compute on the device as on the host, and
+    inside ``min_forecast_run`` neither adds to the run's total (the host's rule, step by step)."""
+    from taylorseer_fx.serving.device_math import DeviceRule
+    if max_run is not None and max_run < min_run:
+        max_run = min_run
+    p = AutoPolicy(threshold=0.1, accumulate=rule, min_forecast_run=min_run, max_forecast_run=max_run,
+                   form="hermite", warmup=1, select_order=False, min_steps=0)
+    sched = p.start(len(est) + 1)
+    sched.decide(0)                                     # the warm-up's compute
+    device = DeviceRule(p)
+    run, total = DeviceRule.empty("cpu")
+    for step, e in enumerate(est, start=1):
+        host = sched.decide(step, lambda e=e: e)
+        forecast, run, total = device.decide(torch.tensor(e, dtype=torch.float64), run, total)
+        assert host == (not bool(forecast)), (step, e)

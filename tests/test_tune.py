@@ -18,7 +18,7 @@ from taylorseer_fx import AutoPolicy, load_policy, policy_to_toml, tune
 from taylorseer_fx.integrations.targets import Case
 from taylorseer_fx.policy.budget import target_computes
 from taylorseer_fx.policy.presets import policy_to_dict
-from taylorseer_fx.tuning.forecasts import FORECASTS, KEEP, label, ranked
+from taylorseer_fx.tuning.forecasts import FORECASTS, KEEP, candidates, label, ranked
 from taylorseer_fx.tuning.search import descend, even_placement, even_starts, feasible, pinned_steps
 from taylorseer_fx.tuning.tuner import _base_policy
 
@@ -240,6 +240,37 @@ def test_tune_with_forecasts_none_keeps_the_policys_own_forecaster():
     r = _tune(policy=base, forecasts=None)
     assert list(r.cells[0]["forecasts"]) == [label(base)] == [r.cells[0]["forecast"]]
     assert (r.policy.form, r.policy.order, r.policy.warmup_steps) == (base.form, 2, 3)
+
+
+def test_forecasters_that_differ_in_any_field_are_kept_apart_and_the_checkpoint_keys_say_which(tmp_path):
+    """Two candidates differing only in coordinate, max_order, order_margin or derivatives_from are
+    different forecasters: each keeps its own name, so its own checkpoint entries (a shared name once
+    read another forecaster's errors back as its own)."""
+    import json
+    base = AutoPolicy(budget=0.4)
+    got = candidates(base, [{"form": "newton", "coordinate": "timestep"}, {"form": "newton", "coordinate": "step"},
+                            {"max_order": 3}, {"order_margin": 0.5}, {"derivatives_from": 2}])
+    assert len(got) == 6 and len(set(map(label, got.values()))) == 6
+    r = _tune(checkpoint=tmp_path / "ck.json")
+    keys = json.loads((tmp_path / "ck.json").read_text())["evaluations"]["12"]
+    by_placement = {}
+    for key, value in keys.items():
+        name, _, placement = key.rpartition(": ")
+        assert name in r.cells[0]["forecasts"], key          # every entry names its forecaster
+        by_placement.setdefault(placement, {})[name] = value
+    shared = [v for v in by_placement.values() if len(v) >= 2]
+    assert shared and any(len(set(v.values())) > 1 for v in shared)   # one placement, two forecasters, two errors
+
+
+def test_a_default_candidate_the_policy_refuses_is_left_out_and_said_a_given_one_is_an_error(monkeypatch):
+    import taylorseer_fx.tuning.forecasts as fc
+    refused, fine = {"form": "newton", "warmup": 1}, {"form": "hermite", "order": 1, "warmup": 1}
+    monkeypatch.setattr(fc, "FORECASTS", (refused, fine))
+    said = []
+    got = fc.candidates(AutoPolicy(budget=0.4), fc.FORECASTS, said.append)
+    assert [p.form for p in got.values()] == ["heun", "hermite"] and "left out" in said[0] and "warmup" in said[0]
+    with pytest.raises(ValueError, match=r"forecasts\[0\] = \{'form': 'newton', 'warmup': 1\}: AutoPolicy: warmup"):
+        fc.candidates(AutoPolicy(budget=0.4), [refused, fine])
 
 
 @settings(max_examples=200, deadline=None)

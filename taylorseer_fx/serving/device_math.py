@@ -155,7 +155,8 @@ class DeviceRule:
         return torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), dtype=torch.float64, device=device)
 
     def decide(self, estimate: torch.Tensor, run: torch.Tensor, total: torch.Tensor) -> tuple:
-        """``(forecast?, run', total')`` for this step's ``estimate`` (NaN computes)."""
+        """``(forecast?, run', total')`` for this step's ``estimate`` (NaN or +inf computes, and inside
+        ``min_forecast_run`` adds nothing to the run's total, as on the host)."""
         forced = run >= self.max_run if self.max_run is not None else torch.zeros_like(run, dtype=torch.bool)
         in_min = run < self.min_run
         if self.rule == "step":
@@ -167,5 +168,5 @@ class DeviceRule:
             added = total + estimate * estimate
             bound = added.sqrt()
         forecast = ~forced & (in_min | (bound <= self.tau))
-        kept = torch.where(in_min & torch.isnan(estimate), total, added)
+        kept = torch.where(in_min & ~torch.isfinite(estimate), total, added)
         return forecast, torch.where(forecast, run + 1, 0), torch.where(forecast, kept, 0.0)

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 from ..policy.auto import AutoPolicy
 
-__all__ = ["FIELDS", "FORECASTS", "KEEP", "candidates", "geomean", "label", "ranked"]
+__all__ = ["FIELDS", "FORECASTS", "KEEP", "candidates", "fields", "geomean", "label", "ranked"]
 
 #: the AutoPolicy fields a candidate may set: how it forecasts, and the warm-up it needs for that
 FIELDS = ("form", "order", "warmup", "select_order", "max_order", "order_margin", "coordinate",
@@ -28,45 +28,62 @@ FIELDS = ("form", "order", "warmup", "select_order", "max_order", "order_margin"
 #: the candidates tried beside the policy's own forecaster: HiCache's scaled Hermite basis and the
 #: official Taylor series, orders 2 and 1, each at a fixed order from one point (the step-recursion
 #: forms forecast from one compute, so the warm-up's computes go where the search puts them)
-FORECASTS = (
-    {"form": "hermite", "order": 2, "warmup": 1, "select_order": False},
-    {"form": "hermite", "order": 1, "warmup": 1, "select_order": False},
-    {"form": "taylor", "order": 2, "warmup": 1, "select_order": False},
-    {"form": "taylor", "order": 1, "warmup": 1, "select_order": False},
-)
+FORECASTS = tuple({"form": f, "order": o, "warmup": 1, "select_order": False, "max_order": None,
+                   "coordinate": "step"} for f, o in (("hermite", 2), ("hermite", 1), ("taylor", 2), ("taylor", 1)))
 
 #: how many candidates, the best starts first, are searched in full (placement and threshold)
 KEEP = 2
 
 
+def fields(policy: AutoPolicy) -> dict:
+    """The candidate's :data:`FIELDS` as the policy resolves them (every ``None`` replaced by what it
+    means: what tells two forecasters apart)."""
+    return {**dataclasses.asdict(policy.forecast), "warmup": policy.warmup_steps,
+            "derivatives_from": policy.derivatives_from}
+
+
 def label(policy: AutoPolicy) -> str:
     """A candidate's name in progress lines, tables and checkpoints: ``"hermite 2, warm-up 1"``, with
-    ``", order chosen"`` where the order is chosen per run."""
-    chosen = ", order chosen" if policy.select_order else ""
-    return f"{policy.form} {policy.order}, warm-up {policy.warmup_steps}{chosen}"
+    ``", order chosen"`` where the order is chosen per run, and every other field of :data:`FIELDS`
+    that differs from what the policy would resolve from those alone (``", coordinate timestep"``), so
+    two different forecasters never share a name."""
+    mine = fields(policy)
+    core = {k: mine[k] for k in ("form", "order", "warmup", "select_order")}
+    try:
+        plain = fields(AutoPolicy(threshold=1.0, **core))
+    except ValueError:             # the core alone is refused (e.g. a coordinate its form needs): name all
+        plain = {}
+    extra = "".join(f", {k} {v}" for k, v in mine.items() if k not in core and plain.get(k, object()) != v)
+    chosen = ", order chosen" if core["select_order"] else ""
+    return f"{core['form']} {core['order']}, warm-up {core['warmup']}{chosen}{extra}"
 
 
-def candidates(base: AutoPolicy, forecasts) -> dict:
+def candidates(base: AutoPolicy, forecasts, say=None) -> dict:
     """``{label: policy}``: ``base`` first, then ``base`` with each of ``forecasts`` (a sequence of
     dicts of :data:`FIELDS`; ``None`` or empty: ``base`` alone). Duplicates are dropped. ValueError
     naming ``forecasts`` for anything but a sequence of such dicts, and naming the field for a value
-    the policy refuses."""
+    the policy refuses -- except for the default :data:`FORECASTS`, where a candidate ``base`` cannot
+    take (its other fields rule it out) is left out and ``say`` (a callable) is told why."""
     if forecasts is None:
         forecasts = ()
     if isinstance(forecasts, (str, bytes, Mapping)) or not isinstance(forecasts, Sequence):
         raise ValueError(f"tune: forecasts must be a sequence of dicts of {list(FIELDS)} (or None: the policy's "
                          f"own forecaster only), got {forecasts!r}")
     out = {label(base): base}
-    for i, fields in enumerate(forecasts):
-        if not isinstance(fields, Mapping) or not fields:
-            raise ValueError(f"tune: forecasts[{i}] must be a non-empty dict of {list(FIELDS)}, got {fields!r}")
-        unknown = sorted(set(fields) - set(FIELDS))
+    for i, given in enumerate(forecasts):
+        if not isinstance(given, Mapping) or not given:
+            raise ValueError(f"tune: forecasts[{i}] must be a non-empty dict of {list(FIELDS)}, got {given!r}")
+        unknown = sorted(set(given) - set(FIELDS))
         if unknown:
             raise ValueError(f"tune: forecasts[{i}] sets {unknown}; a candidate may set only {list(FIELDS)}")
         try:
-            policy = dataclasses.replace(base, **fields)
+            policy = dataclasses.replace(base, **given)
         except ValueError as e:
-            raise ValueError(f"tune: forecasts[{i}] = {dict(fields)!r}: {e}") from None
+            if forecasts is not FORECASTS:
+                raise ValueError(f"tune: forecasts[{i}] = {dict(given)!r}: {e}") from None
+            if say is not None:
+                say(f"[tune] forecaster {dict(given)} left out: with the policy's other fields, {e}")
+            continue
         out.setdefault(label(policy), policy)
     return out
 

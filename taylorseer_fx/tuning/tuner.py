@@ -37,7 +37,7 @@ from ..policy.presets import load_policy, policy_to_dict
 from ..integrations.measures import relative_l2
 from ..integrations.targets import Case, make_target
 from .checkpoint import Checkpoint, fingerprint
-from .forecasts import FORECASTS, candidates, geomean, ranked
+from .forecasts import FORECASTS, candidates, fields, geomean, ranked
 from .result import TuneResult
 from .search import bracket, descend, even_placement, even_starts, fit_count, golden, pinned_steps
 
@@ -178,11 +178,11 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
     if held >= n_inputs:
         raise ValueError(f"tune: holdout ({held}) must leave at least one of the {n_inputs} inputs to calibrate on")
     calib_inputs, held_inputs = range(n_inputs - held), range(n_inputs - held, n_inputs)
-    forecasters = candidates(base, forecasts)
+    forecasters = candidates(base, forecasts, say)
     store = Checkpoint(checkpoint, fingerprint(
         target=runner.name, inputs=list(inputs) if inputs is not None else None, n_inputs=n_inputs, holdout=held,
         seeds=seeds, fresh=fresh, fraction=fraction, policy=policy_to_dict(base), reach=reach, sweeps=sweeps,
-        forecasts=list(forecasters),
+        forecasts=[fields(p) for p in forecasters.values()],
         inner=inner if isinstance(inner, str) else repr(inner), regions=repr(regions), options=repr(options)))
     if store.resumed:
         say(f"[tune] resuming from {checkpoint}: {store.resumed} runs already measured")
@@ -212,9 +212,10 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
     for i, c in enumerate(cells):
         c["forecast"] = best
         c["evaluations"] = len(store.values.get(c["steps"], {}))     # every forecaster's runs
-        c["forecasts"] = {name: {"start": starts[name][i] if starts else None,
+        c["forecasts"] = {name: {"start": starts[name][i] if starts else None,     # at its own count (its
+                                 "computes": _count(p, fraction, c["steps"]),     # warm-up may raise it)
                                  "validation": _validated(searched[name][i]) if name in searched else None}
-                          for name in forecasters}
+                          for name, p in forecasters.items()}
     if len(forecasters) > 1:
         say(f"[tune] forecaster: {best} (validation " + ", ".join(
             f"{k} {geomean([_validated(c) for c in v]):.4g}" for k, v in searched.items()) + ")")
