@@ -254,18 +254,25 @@ def _count(policy: AutoPolicy, fraction: float, n: int) -> int:
     return target_computes(fraction, n, policy.warmup_steps, policy.cooldown, policy.max_forecast_run)
 
 
+def _plain_starts(s: "_Search", policy: AutoPolicy, case: Case, n: int, count: int) -> tuple:
+    """``(starts, err)``: the starts that need no probe -- the two even placements and the budget's own
+    on ``case`` (where it has the count and starts at step 0) -- and that budget run's error."""
+    err, own = s.error(case, policy)
+    starts = even_starts(n, count, policy.warmup_steps, policy.cooldown, policy.max_forecast_run)
+    if len(own) == count and own[0] == 0:
+        starts["budget-auto"] = own
+    return starts, err
+
+
 def _start_error(runner, policy, n, fraction, cases: _Cases, store, say, name) -> float:
-    """A forecaster's best start for runs of ``n`` steps: the lowest calibration error of the even
-    placements (with and without the last step) and of the budget's own placement (memoised in the checkpoint, as the search's are)."""
+    """A forecaster's best start for runs of ``n`` steps: the lowest calibration error of
+    :func:`_plain_starts` (memoised in the checkpoint, as the search's are)."""
     count = _count(policy, fraction, n)
     with runner.open(policy) as run:
         s = _Search(run, cases.refs, policy, n, store, say, name)
         evaluate = s.evaluate(cases.calib)
-        starts = list(even_starts(n, count, policy.warmup_steps, policy.cooldown, policy.max_forecast_run).values())
-        own = s.error(cases.calib[0], policy)[1]
-        if len(own) == count and own[0] == 0:
-            starts.append(own)
-        return min(evaluate(p) for p in starts)
+        starts, _ = _plain_starts(s, policy, cases.calib[0], n, count)
+        return min(evaluate(p) for p in starts.values())
 
 
 def _probe(search: "_Search", case: Case, base: AutoPolicy) -> list:
@@ -307,7 +314,7 @@ def _tune_steps(runner, base, n, fraction, cases: _Cases, reach, sweeps, store, 
     with runner.open(base) as run:
         s = _Search(run, cases.refs, base, n, store, say, name)
         evaluate = s.evaluate(calib)
-        auto_err, auto_placement = s.error(calib[0], base)
+        starts, auto_err = _plain_starts(s, base, calib[0], n, count)
         auto_calib = (auto_err + sum(s.error(c, base)[0] for c in calib[1:])) / len(calib)
         forced = count >= n or count == len(pinned)
         if forced:
@@ -316,9 +323,6 @@ def _tune_steps(runner, base, n, fraction, cases: _Cases, reach, sweeps, store, 
             best, best_err = start, evaluate(start)
         else:
             probes = _probe(s, calib[0], base)
-            starts = even_starts(n, count, w, cooldown, max_run)
-            if len(auto_placement) == count and auto_placement[0] == 0:
-                starts["budget-auto"] = auto_placement
             starts.update(_threshold_starts(probes, count, n, pinned, max_run))
             how = min(starts, key=lambda k: evaluate(starts[k]))
             start = starts[how]
