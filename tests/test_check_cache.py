@@ -78,31 +78,73 @@ def test_a_healthy_auto_configuration_passes_with_varied_batch_and_guidance(tiny
     assert {row.case.guidance for row in r.rows} <= {1.5, 3.0}
 
 
-def test_a_model_with_a_sampling_callable_is_checked_in_requests():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+class _Denoiser(torch.nn.Module):
+    """A one-block denoiser called as ``model(x, timestep)``, with a ``(batch,)`` timestep."""
 
-    class Denoiser(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.blocks = torch.nn.ModuleList([model])
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.GELU(),
+                                                               torch.nn.Linear(16, 4))])
 
-        def forward(self, x, timestep):
-            for b in self.blocks:
-                x = b(x) * (1 + timestep[:, None] / 1000)
-            return x
-
-    @torch.no_grad()          # as sampling runs (with grad enabled the cache stays off, and says so)
-    def sample(m, case: Case):
-        x = torch.randn(case.batch_size or 1, 4, generator=torch.Generator().manual_seed(case.seed))
-        for t in torch.linspace(999, 0, case.steps):
-            x = x - 0.01 * m(x, t.reshape(1).expand(x.shape[0]))
+    def forward(self, x, timestep):
+        for b in self.blocks:
+            x = b(x) * (1 + timestep[:, None] / 1000)
         return x
 
-    r = check_cache(Denoiser(), FIXED, sample=sample, steps=(8, 12), batch_sizes=[1, 2], examples=3,
+
+@torch.no_grad()              # as sampling runs (with grad enabled the cache stays off, and says so)
+def _sample(m, case: Case):
+    x = torch.randn(case.batch_size or 1, 4, generator=torch.Generator().manual_seed(case.seed))
+    for t in torch.linspace(999, 0, case.steps):
+        x = x - 0.01 * m(x, t.reshape(1).expand(x.shape[0]))
+    return x
+
+
+def test_a_model_with_a_sampling_callable_is_checked_in_requests():
+    r = check_cache(_Denoiser(), FIXED, sample=_sample, steps=(8, 12), batch_sizes=[1, 2], examples=3,
                     tolerance=0.05)
     r.assert_ok()
     assert "sample(model, Case(" in r.rows[0].call
+
+
+def test_many_checks_of_one_model_in_one_process_all_reach_the_cache():
+    # a test suite parametrised over policies with one model: each check compiled the model with a new
+    # backend, a dynamo cache entry each, and the ninth hit the recompile limit and ran uncompiled
+    model = _Denoiser()
+    for i, policy in enumerate(["official-flux", AutoPolicy(threshold=0.1)] * 6):
+        r = check_cache(model, policy, sample=_sample, steps=8, examples=1, tolerance=0.2)
+        assert r.ok, (i, r.table())
+        assert r.rows[0].forecasts > 0
+
+
+def test_a_sampler_that_does_not_call_the_model_it_is_given_fails_saying_why():
+    elsewhere = _Denoiser()
+    r = check_cache(_Denoiser(), FIXED, sample=lambda m, case: _sample(elsewhere, case), steps=8, examples=1)
+    assert not r.ok
+    with pytest.raises(AssertionError, match="no call of the model reached the cache: sample"):
+        r.assert_ok()
+
+
+def test_two_open_checks_of_one_model_never_share_a_backend():
+    from taylorseer_fx.integrations.targets import make_target
+
+    def planned(policy, n=8):
+        steps = policy.compute_steps(n)
+        return "".join("C" if i in steps else "F" for i in range(n))
+    every2, every3 = FixedPolicy(interval=2, order=0, warmup=1), FixedPolicy(interval=3, order=0, warmup=1)
+    assert planned(every2) != planned(every3)
+    model = _Denoiser()
+    first, _ = make_target(model, None, _sample, who="check_cache")
+    second, _ = make_target(model, None, _sample, who="check_cache")
+    with first.open(every2) as run_a:
+        with second.open(every3) as run_b:
+            assert first.backend is not second.backend      # one policy swap cannot reach the other's runs
+            a, b = run_a(Case(steps=8)), run_b(Case(steps=8))
+            assert (a.decisions["model"], b.decisions["model"]) == (planned(every2), planned(every3))
+        kept = first.backend
+    with second.open(every2) as run:                    # closed: the model's backend is reused
+        assert second.backend is kept and run(Case(steps=8)).decisions["model"] == planned(every2)
 
 
 # ---------------------------------------------------------------------------------- the faults

@@ -40,7 +40,7 @@ from ..graph.backend import TaylorSeerBackend, taylorseer_backend
 from .pipeline_hooks import (HOLDERS, hold_cache_context, hold_scheduler, open_request, release_cache_context,
                              release_scheduler)
 
-__all__ = ["DENOISERS", "CompiledPipeline", "compile_pipeline"]
+__all__ = ["BACKENDS", "DENOISERS", "CompiledPipeline", "backend_for", "compile_pipeline", "options_key"]
 
 #: the pipeline attributes that hold denoisers, in the order they run
 DENOISERS = ("transformer", "transformer_2", "unet")
@@ -155,14 +155,14 @@ class CompiledPipeline:
 
 
 #: per denoiser module: {arguments key: the backend compile_pipeline made for it}
-_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 #: backend options that apply at run time: a reused backend takes the new values (with the policy)
 _RUN_OPTIONS = ("num_steps", "strict")
 
 
-def _options_key(regions, inner, options):
+def options_key(regions, inner, options):
     """A hashable key of the compile-time arguments (not the policy, ``num_steps`` or ``strict``: a
     backend takes new ones without recompiling), or None (an unhashable argument: no reuse)."""
     key = (regions, inner, tuple(sorted((k, v) for k, v in options.items() if k not in _RUN_OPTIONS)))
@@ -173,11 +173,11 @@ def _options_key(regions, inner, options):
     return key
 
 
-def _backend_for(module, key, policy, regions, inner, options) -> TaylorSeerBackend:
+def backend_for(module, key, policy, regions, inner, options) -> TaylorSeerBackend:
     """The backend an earlier handle made for ``module`` with the same compile-time arguments, given this
     call's policy and run-time options and reset, else a new one: the same backend object means the
     same dynamo cache entry for the module's forward, however many handles and policies come and go."""
-    made = _BACKENDS.setdefault(module, {})
+    made = BACKENDS.setdefault(module, {})
     fresh = taylorseer_backend(policy, regions=regions, inner=inner, **options)    # validates every argument
     backend = made.get(key) if key is not None else None
     if backend is None:
@@ -199,7 +199,7 @@ def _shared_backend(name: str, module, key, policy, regions, inner, options) -> 
         return None
     backend = held.backend
     fresh = taylorseer_backend(policy, regions=regions, inner=inner, **options)
-    same = (key is not None and _BACKENDS.get(module, {}).get(key) is backend and fresh.policy == backend.policy
+    same = (key is not None and BACKENDS.get(module, {}).get(key) is backend and fresh.policy == backend.policy
             and (fresh.runtime.num_steps, fresh.runtime.strict) == (backend.runtime.num_steps, backend.runtime.strict))
     if not same:
         raise ValueError(f"compile_pipeline: pipe.{name} is compiled by another live compile_pipeline handle "
@@ -273,9 +273,9 @@ def compile_pipeline(pipe, policy=None, regions=None, inner="inductor", **option
     for n in names:
         _check_denoiser(n, getattr(pipe, n))
     kinds = {n: _kind_for(n, regions) for n in names}
-    keys = {n: _options_key(kinds[n][0], inner, options) for n in names}
+    keys = {n: options_key(kinds[n][0], inner, options) for n in names}
     shared = {n: _shared_backend(n, getattr(pipe, n), keys[n], policy, kinds[n][0], inner, options) for n in names}
-    backends = {n: shared[n] or _backend_for(getattr(pipe, n), keys[n], policy, kinds[n][0], inner, options)
+    backends = {n: shared[n] or backend_for(getattr(pipe, n), keys[n], policy, kinds[n][0], inner, options)
                 for n in names}
     handle = CompiledPipeline(pipe, backends, type(pipe))
     try:

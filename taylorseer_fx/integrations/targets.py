@@ -15,7 +15,9 @@ Outputs are float64 CPU tensors (PIL images and numpy arrays converted, values u
 from __future__ import annotations
 
 import json
+import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -23,10 +25,16 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..graph.backend import taylorseer_backend
-from .pipeline import DENOISERS, compile_pipeline
+from .pipeline import BACKENDS, DENOISERS, backend_for, compile_pipeline, options_key
+from .pipeline_hooks import HOLDERS
 from ..runtime.request import Request
+from ..runtime.tally import CAUSES
 
 __all__ = ["Case", "Run", "PipelineTarget", "ModelTarget", "as_tensor", "decisions_of", "make_target"]
+
+#: the backends a ModelTarget has open now (a reused backend is never shared by two opens at once)
+_LEASED: weakref.WeakSet = weakref.WeakSet()
+_LEASE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -233,8 +241,8 @@ class ModelTarget:
         if not callable(sample):
             raise ValueError(f"{who}: sample must be a callable (model, case) -> output, got {sample!r}")
         self.model, self.sample = model, sample
-        self.backend = taylorseer_backend(policy="never", regions=regions, inner=inner, **dict(options or {}))
-        self.compiled = torch.compile(model, backend=self.backend)
+        self._args = (regions, inner, dict(options or {}))
+        self.backend = taylorseer_backend(policy="never", regions=regions, inner=inner, **self._args[2])  # validates
         self.name = type(model).__name__
 
     def call_text(self, case: Case) -> str:
@@ -249,14 +257,37 @@ class ModelTarget:
 
     @contextmanager
     def open(self, policy):
-        """Yields ``run(case, policy=None) -> Run`` (the compiled model, its backend's policy swapped)."""
-        self.backend.policy = policy
+        """Yields ``run(case, policy=None) -> Run`` (the compiled model, its backend's policy swapped).
+
+        The model is compiled with the backend an earlier target (or ``compile_pipeline``) made for it
+        with the same ``regions``, ``inner`` and options, where no one else is using that backend: one
+        dynamo cache entry however many checks and tunings run on one model in one process (a new
+        backend per call added an entry each, and the ninth call on a model hit dynamo's recompile
+        limit and ran uncompiled). Another open on the model at the same time gets a backend of its own."""
+        backend = self._lease()
+        self.backend, self.compiled = backend, torch.compile(self.model, backend=backend)
+        backend.policy = policy
 
         def run(case: Case, policy=None) -> Run:
             if policy is not None:
-                self.backend.policy = policy
+                backend.policy = policy
             return self._run(case)
-        yield run
+        try:
+            yield run
+        finally:
+            with _LEASE_LOCK:
+                _LEASED.discard(backend)
+
+    def _lease(self):
+        regions, inner, options = self._args
+        key = options_key(regions, inner, options)
+        with _LEASE_LOCK:
+            reused = BACKENDS.get(self.model, {}).get(key) if key is not None else None
+            if key is None or reused in _LEASED or HOLDERS.held(self.model) is not None:
+                return taylorseer_backend(policy="never", regions=regions, inner=inner, **options)
+            backend = backend_for(self.model, key, "never", regions, inner, options)
+            _LEASED.add(backend)
+            return backend
 
     def _run(self, case: Case) -> Run:
         before = self.backend.stats()["calls"]
@@ -265,7 +296,9 @@ class ModelTarget:
         try:
             with request:
                 out = as_tensor(self.sample(self.compiled, case))
-            error = None
+            error = None if self.backend.stats()["calls"] > before else (
+                "no call of the model reached the cache: sample(model, case) must call the model it is "
+                f"given, with the arguments it was compiled for ({CAUSES['never-reached']})")
         except Exception as e:
             out, error = None, f"{type(e).__name__}: {e}"
         finally:
