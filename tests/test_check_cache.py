@@ -118,11 +118,16 @@ def test_many_checks_of_one_model_in_one_process_all_reach_the_cache():
         assert r.rows[0].forecasts > 0
 
 
-def test_a_sampler_that_does_not_call_the_model_it_is_given_fails_saying_why():
+@pytest.mark.parametrize("fault", ["another model", "grad enabled"])
+def test_a_sampler_whose_calls_never_reach_the_cache_fails_saying_why(fault):
     elsewhere = _Denoiser()
-    r = check_cache(_Denoiser(), FIXED, sample=lambda m, case: _sample(elsewhere, case), steps=8, examples=1)
+    if fault == "another model":
+        sample = lambda m, case: _sample(elsewhere, case)        # noqa: E731
+    else:
+        sample = lambda m, case: _sample.__wrapped__(m, case).detach()   # noqa: E731  (no torch.no_grad())
+    r = check_cache(_Denoiser(), FIXED, sample=sample, steps=8, examples=1)
     assert not r.ok
-    with pytest.raises(AssertionError, match="no call of the model reached the cache: sample"):
+    with pytest.raises(AssertionError, match="no call of the model reached the cache: sample.*torch.no_grad"):
         r.assert_ok()
 
 

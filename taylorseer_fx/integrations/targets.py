@@ -298,7 +298,8 @@ class ModelTarget:
                 out = as_tensor(self.sample(self.compiled, case))
             error = None if self.backend.stats()["calls"] > before else (
                 "no call of the model reached the cache: sample(model, case) must call the model it is "
-                f"given, with the arguments it was compiled for ({CAUSES['never-reached']})")
+                "given, under torch.no_grad() or torch.inference_mode() (with grad enabled every call runs "
+                f"uncached); or {CAUSES['never-reached']}")
         except Exception as e:
             out, error = None, f"{type(e).__name__}: {e}"
         finally:
