@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, setup, table, write_json  # noqa: E402
 from placement_arena import Runner, descend  # noqa: E402
-from quality import Bench, best_fixed, fixed_count, levels_for, run_fixed  # noqa: E402
+from quality import Bench, best_fixed, fixed_count, geo, levels_for, run_fixed  # noqa: E402
 from tune_dit import CONFIGS  # noqa: E402
 
 from taylorseer_fx import AutoPolicy, MaskPolicy, load_policy  # noqa: E402
@@ -59,10 +58,6 @@ FORECASTERS = {
 }
 #: the forecasters of the placement search (``--oracle``): (form, order), fixed order, warm-up 1
 ORACLE_FORMS = (("taylor", 2), ("hermite", 2), ("taylor", 1))
-
-
-def geo(xs) -> float:
-    return math.exp(sum(map(math.log, xs)) / len(xs))
 
 
 def arena_cells() -> list[dict]:

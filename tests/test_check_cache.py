@@ -147,6 +147,9 @@ def test_two_open_checks_of_one_model_never_share_a_backend():
             assert first.backend is not second.backend      # one policy swap cannot reach the other's runs
             a, b = run_a(Case(steps=8)), run_b(Case(steps=8))
             assert (a.decisions["model"], b.decisions["model"]) == (planned(every2), planned(every3))
+            own = second.backend
+        with second.open(every3):                       # the shared one still busy: the same own backend again,
+            assert second.backend is own                # not a new one (a dynamo cache entry) per open
         kept = first.backend
     with second.open(every2) as run:                    # closed: the model's backend is reused
         assert second.backend is kept and run(Case(steps=8)).decisions["model"] == planned(every2)

@@ -242,7 +242,8 @@ class ModelTarget:
             raise ValueError(f"{who}: sample must be a callable (model, case) -> output, got {sample!r}")
         self.model, self.sample = model, sample
         self._args = (regions, inner, dict(options or {}))
-        self.backend = taylorseer_backend(policy="never", regions=regions, inner=inner, **self._args[2])  # validates
+        # this target's own backend (and the argument check): used where the model's shared one is not free
+        self._own = self.backend = taylorseer_backend(policy="never", regions=regions, inner=inner, **self._args[2])
         self.name = type(model).__name__
 
     def call_text(self, case: Case) -> str:
@@ -263,7 +264,7 @@ class ModelTarget:
         with the same ``regions``, ``inner`` and options, where no one else is using that backend: one
         dynamo cache entry however many checks and tunings run on one model in one process (a new
         backend per call added an entry each, and the ninth call on a model hit dynamo's recompile
-        limit and ran uncompiled). Another open on the model at the same time gets a backend of its own."""
+        limit and ran uncompiled). Another target open on the model at the same time uses its own backend."""
         backend = self._lease()
         self.backend, self.compiled = backend, torch.compile(self.model, backend=backend)
         backend.policy = policy
@@ -284,7 +285,7 @@ class ModelTarget:
         with _LEASE_LOCK:
             reused = BACKENDS.get(self.model, {}).get(key) if key is not None else None
             if key is None or reused in _LEASED or HOLDERS.held(self.model) is not None:
-                return taylorseer_backend(policy="never", regions=regions, inner=inner, **options)
+                return self._own            # one per target, as every open of it had before: no entry per open
             backend = backend_for(self.model, key, "never", regions, inner, options)
             _LEASED.add(backend)
             return backend
