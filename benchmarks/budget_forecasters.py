@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, setup, table, write_json  # noqa: E402
 from placement_arena import Runner, descend  # noqa: E402
-from quality import Bench, best_fixed, fixed_count, geo, levels_for, run_fixed  # noqa: E402
+from quality import Bench, budget_row, fixed_count, geo, levels_for, run_fixed  # noqa: E402
 from tune_dit import CONFIGS  # noqa: E402
 
 from taylorseer_fx import AutoPolicy, MaskPolicy, load_policy  # noqa: E402
@@ -85,11 +85,9 @@ def dit_rows(bench, fields: dict, fixed: dict) -> list[dict]:
             bench.reference(steps, shift)
             fixed[key] = run_fixed(bench, steps, shift, warmup, levels_for(steps, warmup))
         for interval in sorted(levels_for(steps, warmup).values()):
-            k = fixed_count(steps, warmup, interval)
-            r = bench.run(AutoPolicy(budget=k / steps, **dict(fields, warmup=warmup)), "stack", steps, shift)
-            ref = best_fixed(fixed[key], r["computes"])
-            out.append({"config": f"{steps}/{shift:g}/{warmup}", "level": k, "error": r["error"],
-                        "best_fixed": ref["error"], "over_fixed": r["error"] / ref["error"]})
+            r = budget_row(bench, steps, shift, warmup, fixed_count(steps, warmup, interval), fixed[key], **fields)
+            out.append({"config": f"{steps}/{shift:g}/{warmup}", "level": r["level"], "error": r["error"],
+                        "best_fixed": r["ref"]["error"], "over_fixed": r["ratio"]})
     return out
 
 

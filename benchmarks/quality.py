@@ -238,6 +238,14 @@ def best_fixed(fixed: list[dict], k: int) -> dict | None:
     return min((f for f in fixed if f["computes"] == level), key=lambda f: f["error"])
 
 
+def budget_row(bench: Bench, steps: int, shift: float, warmup: int, k: int, fixed: list[dict], **fields) -> dict:
+    """Budget-auto at level ``k`` (``AutoPolicy(budget=k / steps, warmup=warmup, **fields)``, exactly k
+    computes): its run, the level, the best fixed schedule at that count (``ref``) and ``ratio`` to it."""
+    r = bench.run(AutoPolicy(budget=k / steps, **dict(fields, warmup=warmup)), "stack", steps, shift)
+    ref = best_fixed(fixed, r["computes"])
+    return dict(r, level=k, ref=ref, ratio=r["error"] / ref["error"] if ref else float("nan"))
+
+
 def run_config(bench: Bench, steps: int, shift: float, warmup: int, variants: dict, taus: dict) -> dict:
     t0 = time.perf_counter()
     bench.reference(steps, shift)
@@ -269,11 +277,8 @@ def run_config(bench: Bench, steps: int, shift: float, warmup: int, variants: di
         autos[name] = {"rows": rows, "geomean_ratio": geo([r["ratio"] for r in rows])}
     budget = []                     # the budget: exactly the level's computes, no threshold search
     for frac, interval in sorted(lv.items()):
-        k = fixed_count(steps, warmup, interval)
-        r = bench.run(AutoPolicy(budget=k / steps, warmup=warmup), "stack", steps, shift)
-        ref = best_fixed(fixed, r["computes"])
-        budget.append(dict(r, fraction_target=frac, level=k, ref=ref,
-                           ratio=r["error"] / ref["error"] if ref else float("nan")))
+        row = budget_row(bench, steps, shift, warmup, fixed_count(steps, warmup, interval), fixed)
+        budget.append(dict(row, fraction_target=frac))
     autos[BUDGET] = {"rows": budget, "geomean_ratio": geo([r["ratio"] for r in budget])}
     return {"steps": steps, "shift": shift, "warmup": warmup, "levels": lv, "fixed": fixed, "auto": autos,
             "seconds": time.perf_counter() - t0}

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, parse_configs, setup, table, write_json  # noqa: E402
-from quality import CFG, TARGET, Bench, best_fixed, fixed_count, geo, levels_for, run_fixed  # noqa: E402
+from quality import CFG, TARGET, Bench, budget_row, fixed_count, geo, levels_for, run_fixed  # noqa: E402
 
 from taylorseer_fx import AutoPolicy, tune  # noqa: E402
 from taylorseer_fx.demo import sample  # noqa: E402
@@ -89,8 +89,8 @@ def main(argv=None) -> dict:
                      checkpoint=presets / f"tune_dit_{steps}_{shift:g}_{warmup}_{k}.progress.json")
             c = r.cells[0]
             tuned = bench.run(r.policy, "stack", steps, shift)
-            auto = bench.run(AutoPolicy(budget=k / steps, warmup=warmup), "stack", steps, shift)
-            ref = best_fixed(fixed, k)
+            auto = budget_row(bench, steps, shift, warmup, k, fixed)
+            ref = auto["ref"]
             row = {"level": k, "forecast": c["forecast"], "chosen": c["chosen"], "placement": c["placement"],
                    "threshold": c["threshold"], "calibration": c["calibration"], "fresh": c["fresh"],
                    "tuned": tuned["error"], "tuned_computes": tuned["computes"], "tuned_steps": tuned["compute_steps"],

@@ -57,3 +57,24 @@ def test_the_dit_tuners_sampler_calls_its_model_with_noise_of_its_own():
     assert not torch.equal(calls[0][0], first[0])                  # another seed, other noise
     bench_noise = torch.randn(20, 1, 16, 16, generator=torch.Generator().manual_seed(0))   # quality.py's
     assert not any(torch.allclose(first[0][i], bench_noise[j]) for i in range(2) for j in range(20))
+
+
+def test_budget_row_runs_the_level_as_a_budget_and_compares_with_the_best_fixed_at_its_count():
+    with benchmark_module("quality") as quality:
+        budget_row = quality.budget_row
+    runs = []
+
+    class Bench:                                       # records the policy; computes what the budget says
+        def run(self, policy, regions, steps, shift):
+            runs.append((policy, regions, steps, shift))
+            k = target_computes(policy.compute_fraction, steps, policy.warmup_steps, 0, None)
+            return {"error": 0.02, "computes": k, "compute_steps": list(range(k))}
+
+    fixed = [{"computes": 6, "error": 0.001}, {"computes": 7, "error": 0.05}, {"computes": 7, "error": 0.04},
+             {"computes": 9, "error": 0.01}]
+    row = budget_row(Bench(), 28, 3.0, 3, 7, fixed, form="taylor", order=2)
+    policy, regions, steps, shift = runs[0]
+    assert (policy.budget, policy.warmup_steps, policy.form, policy.order) == (7 / 28, 3, "taylor", 2)
+    assert (regions, steps, shift) == ("stack", 28, 3.0)
+    assert row["level"] == 7 and row["ref"]["error"] == 0.04        # the best at the count, never a cheaper one
+    assert row["ratio"] == pytest.approx(0.02 / 0.04)
