@@ -382,7 +382,7 @@ def test_presets_are_ordered():
     (dict(threshold=0.1, accumulate=1), "accumulate"), (dict(threshold=0.1, per_region="no"), "per_region"),
     (dict(threshold=0.1, order=-1), "order"), (dict(threshold=0.1, order=1.5), "order"),
     (dict(threshold=0.1, form="euler"), "form"), (dict(threshold=0.1, warmup=0), "warmup"),
-    (dict(threshold=0.1, order=2, form="newton", warmup=2), "warmup"),
+    (dict(threshold=0.1, order=2, form="newton", warmup=2.5), "warmup"),
     (dict(threshold=0.1, cooldown=-1), "cooldown"), (dict(threshold=0.1, max_forecast_run=0), "max_forecast_run"),
     (dict(threshold=0.1, min_forecast_run=-1), "min_forecast_run"),
     (dict(threshold=0.1, min_forecast_run=3, max_forecast_run=2), "min_forecast_run"),
@@ -433,3 +433,14 @@ def test_one_host_read_per_step(monkeypatch, per_region):
     assert len(be.stats()["regions"]) == 6
     assert per_step[:3] == [[], [], []]                       # warm-up: nothing read
     assert all(r == ["tolist"] for r in per_step[3:])         # one read per decided step
+
+
+def test_a_warm_up_below_the_divided_forms_order_is_gated_by_the_estimate():
+    """AutoPolicy takes any warm-up >= 1 for newton / heun too (a fixed schedule needs order + 1): with
+    one compute stored there is no estimate yet, so a threshold computes the next step, and the first
+    forecast comes once the pair of the stored points says it may."""
+    p = AutoPolicy(threshold=0.1, order=2, form="newton", warmup=1)
+    assert p.warmup_steps == 1
+    sched = p.start(10)
+    assert sched.decide(0) and sched.decide(1, lambda: math.nan)        # no estimate yet: compute
+    assert not sched.decide(2, lambda: 0.01)                              # an estimate under the threshold

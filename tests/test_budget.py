@@ -64,21 +64,56 @@ def test_a_schedule_starting_mid_run_spends_the_budget_over_its_own_steps(policy
 
 @FAST
 @given(S.budget_policies(), st.integers(1, 60), st.data())
-def test_an_estimate_that_cannot_be_made_computes_like_a_missing_one(policy, n, data):
-    """+inf (the runtime's "cannot estimate yet": one point stored, or a non-finite output) decides
-    exactly as NaN (no estimate) does: compute where the budget allows, and the pacer's later
-    decisions are not thrown off by it. (It used to forecast and make every later free step forecast
-    until the budget forced computes at the end.)"""
+def test_a_failed_estimate_computes_wherever_a_compute_fits(policy, n, data):
+    """+inf (a non-finite output: the forecaster cannot estimate) computes at every free step where the
+    budget can still afford a compute (and ``min_forecast_run`` is over); the count stays exact."""
     missing = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
     rates = data.draw(st.lists(st.floats(1e-4, 2), min_size=n, max_size=n))
-    steps = {bad: policy.compute_steps(n, lambda s, k, bad=bad: bad if missing[s] else rates[s] * k)
-             for bad in (math.nan, math.inf)}
-    assert steps[math.inf] == steps[math.nan]
+    sched, got = policy.start(n), []
+    for s in range(n):
+        k = s - sched.last_compute if sched.last_compute is not None else 0
+        fits = False
+        if sched.target is not None and s >= policy.warmup_steps and k - 1 >= policy.min_forecast_run:
+            end = sched.end if sched.end is not None else n
+            free_budget = sched.target - sched.spent - (n - end)
+            m = policy.max_forecast_run if sched.soft is None else sched.soft
+            fits = s < end and free_budget >= 1 and free_budget - 1 >= computes_needed(end - s - 1, 0, m)
+        if sched.decide(s, lambda s=s, k=k: math.inf if missing[s] else rates[s] * k):
+            got.append(s)
+        elif missing[s] and fits:
+            raise AssertionError(f"step {s} forecast with +inf while a compute fitted: {got}")
+    if n >= policy.min_steps:
+        assert len(got) == target_computes(policy.compute_fraction, n, policy.warmup_steps, policy.cooldown,
+                                           policy.max_forecast_run)
+
+
+@FAST
+@given(st.floats(0.05, 1.0), st.integers(8, 80), st.integers(0, 3), st.sampled_from([None, True, False]),
+       st.sampled_from(["heun", "newton", "taylor"]))
+def test_with_no_estimate_yet_a_budget_spaces_its_computes_evenly(budget, n, cooldown, final, form):
+    """NaN (no estimate yet: fewer computes stored than the estimator needs) is not a reason to compute:
+    with no estimate at all, the free computes are spread at the budget's even spacing (the forecast
+    runs between them differ by at most one step), and the count is exact."""
+    policy = AutoPolicy(budget=budget, warmup=1, cooldown=cooldown, final_compute=final, form=form)
+    steps = policy.compute_steps(n, lambda s, k: math.nan)
+    assert len(steps) == target_computes(budget, n, 1, cooldown, None)
+    runs = forecast_runs(steps, n)
+    if len(runs) >= 2:
+        assert max(runs) - min(runs) <= 1, (steps, runs)
+
+
+def test_a_budget_with_a_warm_up_of_one_forecasts_from_one_compute_at_its_spacing():
+    """After a warm-up of one the estimate needs a second compute (the pair: two points): until then
+    the budget forecasts the first output at its even spacing instead of computing the next step
+    (measured on the arena Flux: 0.77x the best peer, geomean of six cells, against 1.33x computing it)."""
+    p = AutoPolicy(budget=0.25, warmup=1)
+    steps = p.compute_steps(28, lambda s, k: math.nan if s <= 4 else 0.02 * k)
+    assert steps[0] == 0 and steps[1] in (4, 5) and len(steps) == 7
 
 
 def test_a_budget_with_a_warm_up_of_one_computes_while_it_cannot_estimate():
-    """With one stored point the pair estimate cannot be made (+inf): the step after a warm-up of one
-    computes, and the computes are spread over the run, not piled at its end."""
+    """A step whose estimate cannot be made (+inf: a non-finite output) after a warm-up of one computes,
+    and the computes are spread over the run, not piled at its end."""
     p = AutoPolicy(budget=0.25, form="hermite", order=2, warmup=1)
     steps = p.compute_steps(28, lambda s, k: math.inf if s == 1 else 0.02 * k)
     assert steps[:2] == [0, 1] and len(steps) == 7

@@ -124,7 +124,7 @@ def test_a_tuned_preset_round_trips_through_load_policy(tmp_path_factory, case):
 ])
 def test_a_bad_placement_is_refused_naming_the_step_count(placements, match):
     with pytest.raises(ValueError, match=match):
-        AutoPolicy(budget=0.5, placements=placements)
+        AutoPolicy(budget=0.5, warmup=3, placements=placements)
 
 
 def test_a_run_longer_than_max_forecast_run_is_refused():
@@ -264,12 +264,13 @@ def test_forecasters_that_differ_in_any_field_are_kept_apart_and_the_checkpoint_
 
 def test_a_default_candidate_the_policy_refuses_is_left_out_and_said_a_given_one_is_an_error(monkeypatch):
     import taylorseer_fx.tuning.forecasts as fc
-    refused, fine = {"form": "newton", "warmup": 1}, {"form": "hermite", "order": 1, "warmup": 1}
+    refused, fine = {"form": "hermite", "coordinate": "timestep"}, {"form": "hermite", "order": 1, "warmup": 1}
     monkeypatch.setattr(fc, "FORECASTS", (refused, fine))
     said = []
     got = fc.candidates(AutoPolicy(budget=0.4), fc.FORECASTS, said.append)
-    assert [p.form for p in got.values()] == ["heun", "hermite"] and "left out" in said[0] and "warmup" in said[0]
-    with pytest.raises(ValueError, match=r"forecasts\[0\] = \{'form': 'newton', 'warmup': 1\}: AutoPolicy: warmup"):
+    assert [p.form for p in got.values()] == ["heun", "hermite"] and "left out" in said[0] and "coordinate" in said[0]
+    with pytest.raises(ValueError, match=r"forecasts\[0\] = \{'form': 'hermite', 'coordinate': 'timestep'\}: "
+                                         r"AutoPolicy: coordinate"):
         fc.candidates(AutoPolicy(budget=0.4), [refused, fine])
 
 

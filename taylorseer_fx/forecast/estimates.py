@@ -5,15 +5,30 @@ stays on the device: 0-dim tensors, no host sync.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .coordinates import as_coordinate
 
-__all__ = ["ESTIMATORS", "EPS", "NORM_EPS", "ErrorEstimates"]
+__all__ = ["ESTIMATORS", "EPS", "NORM_EPS", "ErrorEstimates", "worst"]
 
 ESTIMATORS = ("remainder", "pair")
 EPS = 1e-30  # added to ||D_0|| so an all-zero output gives r = 0 instead of nan
 NORM_EPS = EPS     # the same, for whoever forms an estimate from Forecaster.error_terms
+
+
+def worst(values) -> float:
+    """The estimate a decision over several (regions, branches) takes, as host floats: ``+inf`` (one of
+    them cannot be estimated: a non-finite output, no state) above everything, then ``NaN`` (one has
+    no estimate yet: fewer computes stored than the estimator needs), then the largest. Python's
+    ``max`` would depend on the order of a NaN. Empty: ``+inf``."""
+    values = [float(v) for v in values]
+    if not values or any(v == math.inf for v in values):
+        return math.inf
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    return max(values)
 
 
 class ErrorEstimates:

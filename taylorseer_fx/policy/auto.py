@@ -163,7 +163,7 @@ class _AutoSchedule(Schedule):
                 compute = not math.isfinite(combined) or combined > self.tau
             else:
                 compute = self.pacer.decide(combined, free_budget / free_left, run + 1)
-            self.total = 0.0 if compute else self._add(value)
+            self.total = 0.0 if compute else self._add(value) if math.isfinite(value) else self.total
             return compute
         if not must:
             value = None if estimate is None else estimate()
@@ -240,9 +240,13 @@ class AutoPolicy(Policy):
     length. ``min_steps=0`` forecasts anyway; a tuned placement for that length is used as tuned.
     Unknown step counts (a bare loop without ``num_steps``) are not checked.
 
-    Warm-up (default ``max(order + 1, 3)``), cooldown and ``max_forecast_run`` force computes; after a
-    compute at least ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator,
-    or an estimate of None/NaN, computes. ``per_region``: the runtime keeps one schedule per region
+    Warm-up (default ``max(order + 1, 3)``, with a budget 1; any ``warmup >= 1``, also below
+    ``order + 1`` for the divided forms), cooldown and ``max_forecast_run`` force computes; after a compute at least
+    ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator, or an estimate
+    of None/NaN, computes -- except under a budget, where a step with no estimate yet (fewer computes
+    stored than the estimator needs, after a warm-up below that) is placed at the budget's even
+    spacing, forecasting from the computes there are (one: the last output repeated). An estimate
+    of +inf (a non-finite output) always computes. ``per_region``: the runtime keeps one schedule per region
     instead of one shared.
     """
 
@@ -273,7 +277,12 @@ class AutoPolicy(Policy):
     def _default_coordinate(self) -> str:
         return "step"
 
+    def _least_warmup(self) -> int:
+        return 1        # the estimate gates the first forecasts: none before the estimator has its computes
+
     def _default_warmup(self) -> int:
+        if self.budget is not None:        # a budget paces what it cannot estimate: one compute, then
+            return 1                       # its even spacing until the estimate has its points
         return max(self.order + 1, 3)      # the first steps change fastest: compute them
 
     def _default_select_order(self) -> bool:

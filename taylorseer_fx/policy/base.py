@@ -100,6 +100,11 @@ class Policy:
     def _default_coordinate(self) -> str:
         return "timestep" if self.form in DIVIDED else "step"
 
+    def _least_warmup(self) -> int:
+        """The smallest warm-up of a divided form (newton, heun): ``order + 1`` points before the first
+        forecast, so that a fixed schedule forecasts with the order it names."""
+        return self.order + 1
+
     def _default_warmup(self) -> int:
         return self.order + 1
 
@@ -163,7 +168,7 @@ class Policy:
         if self.form not in DIVIDED and f.coordinate != "step":
             raise ValueError(f"{n}: coordinate must be 'step' for form={self.form!r}, got {self.coordinate!r}")
         _check_int(n, "warmup", self.warmup, 1, optional=True)
-        if self.form in DIVIDED and self.warmup_steps < self.order + 1:
+        if self.form in DIVIDED and self.warmup_steps < self._least_warmup():
             raise ValueError(f"{n}: warmup must be >= order + 1 = {self.order + 1} for form={self.form!r} "
                              f"(order + 1 points before the first forecast), got {self.warmup_steps}")
         _check_int(n, "cooldown", self.cooldown, 0)

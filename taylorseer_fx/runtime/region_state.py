@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..forecast.estimates import NORM_EPS
+from ..forecast.estimates import NORM_EPS, worst
 from ..forecast.forecaster import Forecaster
 from ..forecast.buffers import Scratch, add_back, out_strides
 from ..forecast.forms import DIVIDED
@@ -107,15 +107,17 @@ class RegionState:
         return bool(self.kind)
 
     def estimate(self, x: float, method: str, degree: int | None):
-        """The estimated relative error of forecasting at ``x``: a 0-dim device tensor (no host read),
-        ``0.0`` when every output is a constant (forecast exactly), ``math.inf`` (compute) before a
-        compute was absorbed or while the forecaster cannot estimate."""
+        """The estimated relative error of forecasting at ``x``: a 0-dim device tensor (no host read;
+        +inf on the device while too few finite computes are stored), ``0.0`` when every output is a
+        constant (forecast exactly), ``math.inf`` (compute) before a compute was absorbed, ``math.nan``
+        while the forecaster holds fewer computes than ``method`` needs (no estimate yet: a threshold
+        computes, a budget paces the step at its even spacing)."""
         if not self.ready:
             return math.inf
         if self.all_constant:
             return 0.0
         e = self.forecaster.error_estimate(x, method, degree=degree)
-        return math.inf if e is None else e
+        return math.nan if e is None else e
 
     def _forecasts(self, x: float) -> tuple:
         fc = self.forecaster.forecast(x) if any(k == "f" for k, _ in self.kind) else ()
@@ -249,7 +251,7 @@ class Generation:
             compute = [s.decide(step, lambda i=i: estimate(i)) for i, s in enumerate(gs.schedules)]
         else:
             compute = [gs.schedules[0].decide(step, estimate)] * n_regions
-        est = max(cache["v"]) if cache.get("v") else None
+        est = worst(cache["v"]) if cache.get("v") else None
         gs.plan = StepPlan(step, compute, gs.schedules[0].derivatives(step),
                            est if est is not None and math.isfinite(est) else None)
         return gs.plan
@@ -267,26 +269,26 @@ class Generation:
             return self._estimates_sharded(graph, n_regions, x, method, device, per_region)
         states = [self.states.get((graph, i, 0)) for i in range(n_regions)]
         vals = [math.inf if st is None else st.estimate(x, method, self.policy.order) for st in states]
-        tensors = [v for v in vals if isinstance(v, torch.Tensor)]
-        if not tensors:
-            return vals if per_region else [max(vals, default=math.inf)]
-        dev = tensors[0].device
-        t = torch.stack([v.to(dev, torch.float32).reshape(()) if isinstance(v, torch.Tensor)
-                         else torch.tensor(float(v), dtype=torch.float32, device=dev) for v in vals])
-        t = torch.nan_to_num(t, nan=math.inf, posinf=math.inf)
-        if not per_region:
-            t = t.max().reshape(1)
-        return t.tolist()                              # the one host read
+        at = [i for i, v in enumerate(vals) if isinstance(v, torch.Tensor)]
+        if at:
+            dev = vals[at[0]].device
+            t = torch.stack([vals[i].to(dev, torch.float32).reshape(()) for i in at])
+            read = torch.nan_to_num(t, nan=math.inf, posinf=math.inf).tolist()    # the one host read
+            for i, v in zip(at, read):
+                vals[i] = v
+        return [float(v) for v in vals] if per_region else [worst(vals)]
 
     def _estimates_sharded(self, graph: int, n_regions: int, x: float, method: str, device, per_region: bool) -> list:
         """:meth:`estimates` under ``torch.distributed``: one SUM all-reduce of ``(num_sq, den_sq)`` per
         region (a region this rank cannot estimate contributes +inf, a constant one 0), then the ratio."""
-        terms, scales = [], []
+        terms, scales, unknown = [], [], []
         for i in range(n_regions):
             st = self.states.get((graph, i, 0))
             parts = None
             if st is not None and st.ready and not st.all_constant:
                 parts = st.forecaster.error_terms(x, method, degree=self.policy.order)
+            # no estimate yet (too few computes stored): the same on every rank, NaN after the read
+            unknown.append(parts is None and st is not None and st.ready and not st.all_constant)
             if st is not None and st.ready and st.all_constant:
                 terms.append((0.0, 1.0)), scales.append(0.0)
             elif parts is None:
@@ -301,10 +303,9 @@ class Generation:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
         scale = torch.tensor(scales, dtype=torch.float32, device=dev)
         est = (t[:, 0].sqrt() / (t[:, 1].sqrt() + NORM_EPS)) * scale
-        est = torch.nan_to_num(est, nan=math.inf, posinf=math.inf)
-        if not per_region:
-            est = est.max().reshape(1)
-        return est.tolist()                            # the one host read
+        est = torch.nan_to_num(est, nan=math.inf, posinf=math.inf).tolist()    # the one host read
+        est = [math.nan if u else v for u, v in zip(unknown, est)]
+        return est if per_region else [worst(est)]
 
     def chosen_orders(self, graph: int, names: Sequence[str]) -> dict:
         """``{region name: chosen degree (0-dim device tensor)}`` of stream 0, order-selecting policies."""

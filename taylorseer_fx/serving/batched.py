@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..forecast.estimates import worst
 from ..graph.boundary import InstanceTensors, timestep_parameter
 from ..graph.options import resolve_policy
 from ..runtime.region_state import weights_fingerprint
@@ -332,7 +333,7 @@ class BatchedCache:
             branches.setdefault(r.request, []).append(r.branch)
         est = {q: q.estimate(coords[q], branches[q]) for q in requests
                if q.policy.reads_estimate and not q.forced()}
-        values = {q: max((v for v in vs if not isinstance(v, torch.Tensor)), default=0.0) for q, vs in est.items()}
+        values = {q: [v for v in vs if not isinstance(v, torch.Tensor)] for q, vs in est.items()}
         tensors = [(q, v) for q, vs in est.items() for v in vs if isinstance(v, torch.Tensor)]
         if tensors:
             dev = tensors[0][1].device
@@ -340,8 +341,8 @@ class BatchedCache:
             t = torch.nan_to_num(t, nan=math.inf, posinf=math.inf).tolist()     # the one host read
             self.counts["host_reads"] += 1
             for (q, _), v in zip(tensors, t):
-                values[q] = max(values[q], v)
-        return {q: q.decide(values.get(q)) for q in requests}
+                values[q].append(v)
+        return {q: q.decide(worst(values[q]) if q in values else None) for q in requests}
 
     def _run(self, bound, batched, rows, run: list, coords: dict, n: int):
         """Model on the rows in ``run``, forecasts for the others, outputs in row order."""

@@ -114,7 +114,7 @@ def budget_policies(draw, max_order: int = 2) -> AutoPolicy:
     max_run = draw(st.one_of(st.none(), st.integers(1, 8)))
     return AutoPolicy(budget=budget, threshold=draw(st.one_of(st.none(), st.floats(1e-4, 1.0))), order=order,
                       form=draw(st.sampled_from(["heun", "newton", "taylor"])),
-                      warmup=draw(st.integers(order + 1, order + 4)), cooldown=draw(st.integers(0, 4)),
+                      warmup=draw(st.integers(1, order + 4)), cooldown=draw(st.integers(0, 4)),
                       max_forecast_run=max_run, min_forecast_run=draw(st.integers(0, max_run if max_run else 3)),
                       accumulate=draw(st.sampled_from(ACCUMULATE)), min_steps=draw(st.sampled_from([0, 4, 8, 12])),
                       final_compute=draw(st.sampled_from([None, True, False])))
