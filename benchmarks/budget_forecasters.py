@@ -2,16 +2,17 @@
 
 Issue 27 asks ``AutoPolicy(budget=k / N)`` (no tuning) for <= 0.5x the best peer in every cell of the
 arena (the trained Flux, ``arena.py``) and <= 0.8x the best fixed schedule in every configuration of
-``quality.py`` (the DiT). The shipped forecaster (``heun``, order 1 preferred, chosen per run among
-0-2 by back-test, warm-up 3) misses
-both. This runs the budget with each forecaster below on both models:
+``quality.py`` (the DiT). This runs the budget with each forecaster below on both models (the
+shipped one: ``heun``, order 1 preferred, chosen per run among 0-2 by back-test, under a budget a
+warm-up of one step):
 
 * **Flux**: the arena's 40 samples and noise (``placement_arena.Runner``: one compiled pipeline,
   ``regions="stack"``), at the arena's six cells (``k = floor(fraction * N)`` computes, as
   ``tune_arena.py``); error / the best peer's (``benchmarks/results/arena.json``);
 * **DiT**: ``quality.py``'s ``Bench`` (20 samples) at its four levels of each of its eight
-  configurations, the warm-up the configuration's (3 or 6; rows that differ only in warm-up are one
-  row there); error / the best fixed schedule at the same or a higher count.
+  configurations, with the warm-up the row names (else the budget's default, one step); error / the
+  best fixed schedule at the same or a higher count, at the configuration's warm-up (3 or 6) or at
+  a warm-up of one, whichever is better there.
 
 ``--oracle`` instead searches the placement itself on the Flux, per cell: coordinate descent
 (``placement_arena.descend``) on the arena's own 40 samples -- the samples scored, so an optimistic
@@ -44,17 +45,18 @@ from taylorseer_fx import AutoPolicy, MaskPolicy, load_policy  # noqa: E402
 from taylorseer_fx.tuning.search import even_starts  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-#: name -> AutoPolicy fields (the budget and, on the DiT, the warm-up added)
+#: name -> AutoPolicy fields (with the budget added); the warm-up each row names, on both models
 FORECASTERS = {
-    "shipped (heun 1, order chosen in 0-2, warm-up 3)": {},
+    "shipped (heun 1, order chosen in 0-2; warm-up 1, even pacing)": {},
+    "shipped forecaster, warm-up 1, estimate pacing": dict(pacing="estimate"),
+    "shipped forecaster, warm-up 1, estimate pacing, estimates summed": dict(pacing="estimate", accumulate="sum"),
+    "shipped forecaster, warm-up 3, estimate pacing (the budget before 0b4bc62)": dict(warmup=3, pacing="estimate"),
     "taylor 2, warm-up 1": dict(form="taylor", order=2, warmup=1, select_order=False),
     "taylor 2, order chosen, warm-up 1": dict(form="taylor", order=2, warmup=1),
     "taylor 2, warm-up 3": dict(form="taylor", order=2, warmup=3, select_order=False),
-    "taylor 2, order chosen, warm-up 3": dict(form="taylor", order=2, warmup=3),
     "heun 2, warm-up 3": dict(form="heun", order=2, warmup=3, select_order=False),
     "taylor 1, warm-up 1": dict(form="taylor", order=1, warmup=1, select_order=False),
     "hermite 2, order chosen, warm-up 1": dict(form="hermite", order=2, warmup=1),
-    "hermite 2, warm-up 1": dict(form="hermite", order=2, warmup=1, select_order=False),
 }
 #: the forecasters of the placement search (``--oracle``): (form, order), fixed order, warm-up 1
 ORACLE_FORMS = (("taylor", 2), ("hermite", 2), ("taylor", 1))
@@ -77,17 +79,22 @@ def flux_rows(runner: Runner, fields: dict) -> list[dict]:
 
 
 def dit_rows(bench, fields: dict, fixed: dict) -> list[dict]:
-    """quality.py's budget rows with ``fields``; ``fixed``: {configuration: its fixed rows}, filled once."""
+    """quality.py's budget rows with ``fields`` (its warm-up as the row names it, else the budget's
+    default); ``fixed``: {configuration: its fixed rows at its warm-up and at a warm-up of one}, filled
+    once, so the best fixed schedule is the better of the two warm-ups at each count."""
     out = []
     for steps, shift, warmup in CONFIGS:
         key = (steps, shift, warmup)
         if key not in fixed:
             bench.reference(steps, shift)
-            fixed[key] = run_fixed(bench, steps, shift, warmup, levels_for(steps, warmup))
+            lv = levels_for(steps, warmup)
+            fixed[key] = run_fixed(bench, steps, shift, warmup, lv) + run_fixed(bench, steps, shift, 1, lv)
         for interval in sorted(levels_for(steps, warmup).values()):
-            r = budget_row(bench, steps, shift, warmup, fixed_count(steps, warmup, interval), fixed[key], **fields)
+            r = budget_row(bench, steps, shift, fields.get("warmup"), fixed_count(steps, warmup, interval), fixed[key],
+                           **{k: v for k, v in fields.items() if k != "warmup"})
             out.append({"config": f"{steps}/{shift:g}/{warmup}", "level": r["level"], "error": r["error"],
-                        "best_fixed": r["ref"]["error"], "over_fixed": r["ratio"]})
+                        "best_fixed": r["ref"]["error"], "best_fixed_warmup": r["ref"]["warmup"],
+                        "over_fixed": r["ratio"], "compute_steps": r["compute_steps"]})
     return out
 
 

@@ -13,8 +13,11 @@ noise (CFG 2, batched), the uncached reference and:
   estimate of order 1 combined over the forecast run as the root of the sum of squares, forecast order
   0-2 chosen per run by back-test; regions ``stack``) with tau found by a search so that it computes at
   most as many steps as each fixed level;
-* **the budget** (``AutoPolicy(budget=k / steps, warmup=w)``, the shipped defaults otherwise): exactly
-  the level's ``k`` computes, placed by the estimate with no threshold search;
+* **the budget** (``AutoPolicy(budget=k / steps)``, the shipped defaults: a warm-up of one step, the
+  last step computed, the rest at the budget's even spacing): exactly the level's ``k`` computes, no
+  threshold search, and compared with the best fixed schedule at the configuration's warm-up *or* at
+  a warm-up of one (the fixed schedules are run again from one warm-up step for this row, so the
+  budget's warm-up is no edge);
 * the **presets** ``auto-fast`` / ``auto-balanced`` / ``auto-quality`` at 20, 28 and 50 steps (is the
   error independent of the step count, the computed fraction smaller at more steps?);
 * the **losing variants** at the same levels (so the choice stays visible): each step's own estimate
@@ -226,7 +229,7 @@ def run_fixed(bench: Bench, steps: int, shift: float, warmup: int, lv: dict) -> 
             w = max(warmup, order + 1) if form in DIVIDED else warmup   # newton/heun need order + 1 points
             p = FixedPolicy(interval=interval, warmup=w, order=order, form=form)
             r = bench.run(p, regions, steps, shift)
-            fixed.append(dict(r, interval=interval, regions=regions, order=order, form=form))
+            fixed.append(dict(r, interval=interval, regions=regions, order=order, form=form, warmup=w))
     return fixed
 
 
@@ -238,9 +241,11 @@ def best_fixed(fixed: list[dict], k: int) -> dict | None:
     return min((f for f in fixed if f["computes"] == level), key=lambda f: f["error"])
 
 
-def budget_row(bench: Bench, steps: int, shift: float, warmup: int, k: int, fixed: list[dict], **fields) -> dict:
+def budget_row(bench: Bench, steps: int, shift: float, warmup: int | None, k: int, fixed: list[dict],
+               **fields) -> dict:
     """Budget-auto at level ``k`` (``AutoPolicy(budget=k / steps, warmup=warmup, **fields)``, exactly k
-    computes): its run, the level, the best fixed schedule at that count (``ref``) and ``ratio`` to it."""
+    computes; ``warmup=None``: the policy's default): its run, the level, the best fixed schedule of
+    ``fixed`` at that count (``ref``) and ``ratio`` to it."""
     r = bench.run(AutoPolicy(budget=k / steps, **dict(fields, warmup=warmup)), "stack", steps, shift)
     ref = best_fixed(fixed, r["computes"])
     return dict(r, level=k, ref=ref, ratio=r["error"] / ref["error"] if ref else float("nan"))
@@ -276,11 +281,13 @@ def run_config(bench: Bench, steps: int, shift: float, warmup: int, variants: di
                              ratio=r["error"] / ref["error"] if ref else float("nan")))
         autos[name] = {"rows": rows, "geomean_ratio": geo([r["ratio"] for r in rows])}
     budget = []                     # the budget: exactly the level's computes, no threshold search
+    fixed_w1 = run_fixed(bench, steps, shift, 1, lv) if warmup != 1 else []    # the budget's own warm-up
     for frac, interval in sorted(lv.items()):
-        row = budget_row(bench, steps, shift, warmup, fixed_count(steps, warmup, interval), fixed)
+        row = budget_row(bench, steps, shift, None, fixed_count(steps, warmup, interval), fixed + fixed_w1)
         budget.append(dict(row, fraction_target=frac))
     autos[BUDGET] = {"rows": budget, "geomean_ratio": geo([r["ratio"] for r in budget])}
-    return {"steps": steps, "shift": shift, "warmup": warmup, "levels": lv, "fixed": fixed, "auto": autos,
+    return {"steps": steps, "shift": shift, "warmup": warmup, "levels": lv, "fixed": fixed, "fixed_w1": fixed_w1,
+            "auto": autos,
             "seconds": time.perf_counter() - t0}
 
 
@@ -298,7 +305,7 @@ def pareto(fixed: list[dict]) -> list[dict]:
 
 
 def name_fixed(f: dict) -> str:
-    return f"{f['regions']} {f['form']} {f['order']} /{f['interval']}"
+    return f"{f['regions']} {f['form']} {f['order']} /{f['interval']}, warm-up {f.get('warmup', '?')}"
 
 
 def report(res: dict, variants: dict) -> str:

@@ -66,7 +66,9 @@ def test_a_schedule_starting_mid_run_spends_the_budget_over_its_own_steps(policy
 @given(S.budget_policies(), st.integers(1, 60), st.data())
 def test_a_failed_estimate_computes_wherever_a_compute_fits(policy, n, data):
     """+inf (a non-finite output: the forecaster cannot estimate) computes at every free step where the
-    budget can still afford a compute (and ``min_forecast_run`` is over); the count stays exact."""
+    budget can still afford a compute (and ``min_forecast_run`` is over), wherever the estimate is read
+    (``pacing="estimate"``, or a threshold); the count stays exact."""
+    assume(policy.pacing == "estimate" or policy.threshold is not None)
     missing = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
     rates = data.draw(st.lists(st.floats(1e-4, 2), min_size=n, max_size=n))
     sched, got = policy.start(n), []
@@ -114,7 +116,7 @@ def test_a_budget_with_a_warm_up_of_one_forecasts_from_one_compute_at_its_spacin
 def test_a_budget_with_a_warm_up_of_one_computes_while_it_cannot_estimate():
     """A step whose estimate cannot be made (+inf: a non-finite output) after a warm-up of one computes,
     and the computes are spread over the run, not piled at its end."""
-    p = AutoPolicy(budget=0.25, form="hermite", order=2, warmup=1)
+    p = AutoPolicy(budget=0.25, form="hermite", order=2, warmup=1, pacing="estimate")
     steps = p.compute_steps(28, lambda s, k: math.inf if s == 1 else 0.02 * k)
     assert steps[:2] == [0, 1] and len(steps) == 7
     assert max(forecast_runs(steps, 28)) <= longest_run(28, 7)
@@ -126,7 +128,7 @@ def test_computes_go_where_the_estimate_grows_fastest():
     more computes there than in the ten steps before or after; one growing faster in the first half
     gets most of them there; the counts are exact, and no forecast run is longer than twice the
     budget's mean spacing (the pacer alone: final_compute=False)."""
-    p = AutoPolicy(budget=0.3, warmup=2, select_order=False, final_compute=False)
+    p = AutoPolicy(budget=0.3, warmup=2, select_order=False, final_compute=False, pacing="estimate")
     burst = p.compute_steps(40, lambda s, k: k * (0.1 if 14 <= s < 24 else 0.01))
     early = p.compute_steps(40, lambda s, k: k * (0.1 if s < 20 else 0.01))
     assert len(burst) == len(early) == 12
@@ -135,6 +137,24 @@ def test_computes_go_where_the_estimate_grows_fastest():
     assert sum(s < 20 for s in early) > sum(s >= 20 for s in early)
     longest = longest_run(40, 12)
     assert longest == 6 and max(forecast_runs(burst, 40)) <= longest and max(forecast_runs(early, 40)) <= longest
+
+
+def test_even_pacing_reads_no_estimate_unless_a_threshold_asks():
+    """The default pacing places the free computes at the budget's even spacing and never calls the
+    estimate (no host read); with a threshold it reads it, and an estimate reaching the threshold
+    computes at once, the count kept."""
+    def never(s, k):
+        raise AssertionError("the estimate was read")
+    p = AutoPolicy(budget=0.25)
+    assert p.pacing == "even" and p.warmup_steps == 1
+    steps = p.compute_steps(28, never)
+    assert len(steps) == 7 and steps[0] == 0 and steps[-1] == 27             # the final step computes
+    runs = forecast_runs(steps, 28)
+    assert max(runs) - min(runs) <= 1
+    spiky = AutoPolicy(budget=0.25, threshold=0.5).compute_steps(28, lambda s, k: 1.0 if s == 2 else 0.0)
+    assert 2 in spiky and len(spiky) == 7
+    with pytest.raises(ValueError, match="pacing must be one of"):
+        AutoPolicy(budget=0.25, pacing="uniform")
 
 
 def test_the_budget_needs_the_step_count_and_says_so():

@@ -28,6 +28,7 @@ from ..forecast.estimates import ESTIMATORS
 from ..forecast.forms import FORMS
 from ..policy.base import COORDINATES, MAX_ORDER, Forecast
 from ..policy.auto import ACCUMULATE, AutoPolicy
+from ..policy.budget import PACINGS
 from ..policy.policies import FixedPolicy, MaskPolicy
 from ..policy.presets import available_policies, load_policy
 
@@ -108,7 +109,8 @@ def auto_policies(draw, max_order: int = 3) -> AutoPolicy:
 def budget_policies(draw, max_order: int = 2) -> AutoPolicy:
     """An :class:`AutoPolicy` with a budget: a fraction in [0.05, 1] or a speed-up ``"<k>x"`` (k in 1..6),
     with any warm-up, cooldown, max_forecast_run, min_forecast_run, accumulate rule, starting
-    threshold, ``min_steps`` (0, 4, the default 8 or 12) and ``final_compute`` (None, True, False)."""
+    threshold, ``min_steps`` (0, 4, the default 8 or 12), ``final_compute`` (None, True, False) and
+    ``pacing`` (``"even"``, ``"estimate"``)."""
     order = draw(st.integers(0, max_order))
     budget = draw(st.one_of(st.floats(0.05, 1.0), st.integers(1, 6).map(lambda k: f"{k}x")))
     max_run = draw(st.one_of(st.none(), st.integers(1, 8)))
@@ -117,7 +119,8 @@ def budget_policies(draw, max_order: int = 2) -> AutoPolicy:
                       warmup=draw(st.integers(1, order + 4)), cooldown=draw(st.integers(0, 4)),
                       max_forecast_run=max_run, min_forecast_run=draw(st.integers(0, max_run if max_run else 3)),
                       accumulate=draw(st.sampled_from(ACCUMULATE)), min_steps=draw(st.sampled_from([0, 4, 8, 12])),
-                      final_compute=draw(st.sampled_from([None, True, False])))
+                      final_compute=draw(st.sampled_from([None, True, False])),
+                      pacing=draw(st.sampled_from(PACINGS)))
 
 
 def presets() -> st.SearchStrategy:
