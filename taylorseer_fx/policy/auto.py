@@ -253,13 +253,13 @@ class AutoPolicy(Policy):
     Unknown step counts (a bare loop without ``num_steps``) are not checked.
 
     Warm-up (default ``max(order + 1, 3)``, with a budget 1; any ``warmup >= 1``, also below
-    ``order + 1`` for the divided forms), cooldown and ``max_forecast_run`` force computes; after a compute at least
-    ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No estimator, or an estimate
-    of None/NaN, computes -- except under a budget, where a step with no estimate yet (fewer computes
-    stored than the estimator needs, after a warm-up below that) is placed at the budget's even
-    spacing, forecasting from the computes there are (one: the last output repeated). An estimate
-    of +inf (a non-finite output) always computes. ``per_region``: the runtime keeps one schedule per region
-    instead of one shared.
+    ``order + 1`` for the divided forms), cooldown and ``max_forecast_run`` force computes; after a
+    compute at least ``min_forecast_run`` steps are forecast (outside warm-up/cooldown). No
+    estimator, or an estimate of None/NaN, computes -- except under a budget, where a step with no
+    estimate yet (fewer computes stored than the estimator needs, after a warm-up below that) is
+    placed at the budget's even spacing, forecasting from the computes there are (one: the last
+    output repeated). An estimate of +inf (a non-finite output) computes wherever the estimate is
+    read. ``per_region``: the runtime keeps one schedule per region instead of one shared.
     """
 
     threshold: float | None = None
@@ -321,7 +321,8 @@ class AutoPolicy(Policy):
         _check_int(n, "min_forecast_run", self.min_forecast_run, 0)
         _check_int(n, "min_steps", self.min_steps, 0)
         if self.pacing not in PACINGS:
-            raise ValueError(f"{n}: pacing must be one of {PACINGS} (where a budget's computes go), got {self.pacing!r}")
+            raise ValueError(f"{n}: pacing must be one of {PACINGS} (where a budget's computes go), "
+                             f"got {self.pacing!r}")
         if self.final_compute is not None and not isinstance(self.final_compute, bool):
             raise ValueError(f"{n}: final_compute must be None (where the budget affords it), True or False, "
                              f"got {self.final_compute!r}")

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["FINAL_FREE", "GROWTH", "PACINGS", "Pacer", "budget_fraction", "computes_needed", "least_computes", "longest_run",
-           "reserves_final", "target_computes"]
+__all__ = ["FINAL_FREE", "GROWTH", "PACINGS", "Pacer", "budget_fraction", "computes_needed", "least_computes",
+           "longest_run", "reserves_final", "target_computes"]
 
 #: the free computes (after warm-up) a budget must leave for ``final_compute=None`` to reserve the
 #: last step: with fewer, the runs between them grow too long (measured on the arena Flux, 28 steps,
@@ -112,10 +112,8 @@ class Pacer:
     guess); ``threshold`` (optional) also computes a step whose estimate reaches it. ``+inf`` (the
     forecaster cannot estimate: a non-finite output) computes; ``NaN`` (no estimate yet: fewer computes
     than the estimator needs, e.g. after a warm-up of one) takes the usual rate, so the run lasts the
-    budget's even spacing. Neither moves the mean. ``even=True`` places every step so (the
-    estimate then only counts against ``threshold``, and +inf still computes). Measured on the arena Flux (warm-up 1, 40 samples,
-    six cells): the budget's error over the best peer's 0.77 (geomean) where computing at once gave
-    1.33 (``benchmarks/budget_forecasters.py``)."""
+    budget's even spacing. Neither moves the mean. ``even=True`` places every step so (the estimate
+    then only counts against ``threshold``, and +inf still computes): ``AutoPolicy(pacing="even")``."""
 
     def __init__(self, rule: str = "rss", threshold: float | None = None, even: bool = False):
         self.growth = GROWTH[rule]
