@@ -236,7 +236,7 @@ def test_demo_flux_decides_on_the_device():
 
 @pytest.mark.parametrize("policy, match", [
     (AutoPolicy(threshold=0.1), "select_order must be False"),
-    (AutoPolicy(budget=0.5, select_order=False), "budget"),
+    (AutoPolicy(budget=0.5, select_order=False, pacing="estimate"), "budget"),
     (FixedPolicy(interval=2, form="taylor"), "form must be one of"),
     (AutoPolicy(threshold=0.1, select_order=False, per_region=True), "per_region"),
     (FixedPolicy(interval=2, derivatives_from=2), "derivatives_from must be 0"),
@@ -244,6 +244,17 @@ def test_demo_flux_decides_on_the_device():
 def test_policies_the_device_cannot_follow_are_refused(policy, match):
     with pytest.raises(ValueError, match=match):
         DeviceStepCache(Trajectory(0, 1.0), policy, num_steps=10)
+
+
+@pytest.mark.parametrize("budget, n", [(0.5, 10), ("3x", 28), (0.25, 50)])
+def test_an_evenly_spaced_budget_is_decided_on_the_host_with_its_exact_count(budget, n):
+    """A budget at even spacing reads no estimate: its schedule follows from the step count, so the
+    device mode takes it as it takes a fixed schedule, and computes exactly the budget's steps."""
+    policy = AutoPolicy(budget=budget, select_order=False)
+    assert not policy.reads_estimate
+    ts = [1.0 - i / n for i in range(n)]
+    cache, _ = run(policy, Trajectory(0, 1.0), ts)
+    assert [i for i, c in enumerate(cache.decisions()) if c] == policy.compute_steps(n)
 
 
 def test_bad_calls():

@@ -224,7 +224,7 @@ def test_a_request_that_never_forecast_says_why():
         req.close()
 
 
-def test_told_sigmas_and_fixed_policies_read_nothing_on_the_host():
+def test_told_sigmas_fixed_policies_and_evenly_spaced_budgets_read_nothing_on_the_host():
     model = RowWise()
     cache = BatchedCache(model, FixedPolicy(interval=2), batch_args=("x", "timestep", "cond"))
     reqs = [cache.open(8, sigmas=sigmas(8)), cache.open(8, sigmas=sigmas(8))]
@@ -240,6 +240,13 @@ def test_told_sigmas_and_fixed_policies_read_nothing_on_the_host():
             auto(torch.ones(2, D), torch.full((2,), sigmas(8)[i]), torch.zeros(2, D), rows=reqs)
     # the two requests' estimates are read together, once per tick past the warm-up
     assert auto.stats()["host_reads"] == 8 - policy.warmup_steps
+    even = BatchedCache(model, "auto-2x", batch_args=("x", "timestep", "cond"))   # a budget at even spacing
+    reqs = [even.open(8), even.open(8)]
+    with torch.no_grad():
+        for i in range(8):
+            even(torch.ones(2, D), torch.full((2,), sigmas(8)[i]), torch.zeros(2, D), rows=reqs)
+    assert even.stats()["host_reads"] == 0 and reqs[0].decisions == [s in load_policy("auto-2x").compute_steps(8)
+                                                                      for s in range(8)]
 
 
 def _counting():

@@ -281,7 +281,10 @@ class AutoPolicy(Policy):
 
     @property
     def reads_estimate(self) -> bool:
-        return True
+        """False for a budget at even spacing with no threshold (given or tuned): its decisions follow
+        from the step count alone, so nothing is read and a replay is the schedule that ran."""
+        return not (self.budget is not None and self.pacing == "even" and self.threshold is None
+                    and not self.thresholds)
 
     @property
     def error_estimator(self) -> str:
