@@ -280,7 +280,8 @@ class Generation:
 
     def _estimates_sharded(self, graph: int, n_regions: int, x: float, method: str, device, per_region: bool) -> list:
         """:meth:`estimates` under ``torch.distributed``: one SUM all-reduce of ``(num_sq, den_sq)`` per
-        region (a region this rank cannot estimate contributes +inf, a constant one 0), then the ratio."""
+        region (a region this rank cannot estimate contributes +inf, a constant one 0), then the ratio;
+        a region with no estimate yet (too few computes, the same on every rank) is NaN after the read."""
         terms, scales, unknown = [], [], []
         for i in range(n_regions):
             st = self.states.get((graph, i, 0))
