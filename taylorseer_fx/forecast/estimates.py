@@ -11,7 +11,7 @@ import torch
 
 from .coordinates import as_coordinate
 
-__all__ = ["ESTIMATORS", "EPS", "NORM_EPS", "ErrorEstimates", "worst"]
+__all__ = ["ESTIMATORS", "EPS", "NORM_EPS", "ErrorEstimates", "read_host", "worst"]
 
 ESTIMATORS = ("remainder", "pair")
 EPS = 1e-30  # added to ||D_0|| so an all-zero output gives r = 0 instead of nan
@@ -29,6 +29,20 @@ def worst(values) -> float:
     if any(math.isnan(v) for v in values):
         return math.nan
     return max(values)
+
+
+def read_host(values) -> tuple[list[float], bool]:
+    """``values`` (host floats and 0-dim device tensors, mixed) as host floats, the tensors read in one
+    stacked read; a non-finite tensor reads ``+inf`` (its forecaster cannot estimate), a host float
+    stays as it is (``NaN``: no estimate yet). Returns ``(floats, whether a host read happened)``."""
+    values = list(values)
+    at = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+    if at:
+        dev = values[at[0]].device
+        t = torch.stack([values[i].to(dev, torch.float32).reshape(()) for i in at])
+        for i, v in zip(at, torch.nan_to_num(t, nan=math.inf, posinf=math.inf).tolist()):  # the one read
+            values[i] = v
+    return [float(v) for v in values], bool(at)
 
 
 class ErrorEstimates:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..forecast.estimates import NORM_EPS, worst
+from ..forecast.estimates import NORM_EPS, read_host, worst
 from ..forecast.forecaster import Forecaster
 from ..forecast.buffers import Scratch, add_back, out_strides
 from ..forecast.forms import DIVIDED
@@ -268,15 +268,8 @@ class Generation:
         if dist:
             return self._estimates_sharded(graph, n_regions, x, method, device, per_region)
         states = [self.states.get((graph, i, 0)) for i in range(n_regions)]
-        vals = [math.inf if st is None else st.estimate(x, method, self.policy.order) for st in states]
-        at = [i for i, v in enumerate(vals) if isinstance(v, torch.Tensor)]
-        if at:
-            dev = vals[at[0]].device
-            t = torch.stack([vals[i].to(dev, torch.float32).reshape(()) for i in at])
-            read = torch.nan_to_num(t, nan=math.inf, posinf=math.inf).tolist()    # the one host read
-            for i, v in zip(at, read):
-                vals[i] = v
-        return [float(v) for v in vals] if per_region else [worst(vals)]
+        vals, _ = read_host(math.inf if st is None else st.estimate(x, method, self.policy.order) for st in states)
+        return vals if per_region else [worst(vals)]
 
     def _estimates_sharded(self, graph: int, n_regions: int, x: float, method: str, device, per_region: bool) -> list:
         """:meth:`estimates` under ``torch.distributed``: one SUM all-reduce of ``(num_sq, den_sq)`` per
@@ -285,11 +278,10 @@ class Generation:
         terms, scales, unknown = [], [], []
         for i in range(n_regions):
             st = self.states.get((graph, i, 0))
-            parts = None
-            if st is not None and st.ready and not st.all_constant:
-                parts = st.forecaster.error_terms(x, method, degree=self.policy.order)
+            varies = st is not None and st.ready and not st.all_constant
+            parts = st.forecaster.error_terms(x, method, degree=self.policy.order) if varies else None
             # no estimate yet (too few computes stored): the same on every rank, NaN after the read
-            unknown.append(parts is None and st is not None and st.ready and not st.all_constant)
+            unknown.append(varies and parts is None)
             if st is not None and st.ready and st.all_constant:
                 terms.append((0.0, 1.0)), scales.append(0.0)
             elif parts is None:

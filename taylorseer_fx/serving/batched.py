@@ -31,14 +31,13 @@ Knows nothing of FX or of pipelines.
 from __future__ import annotations
 
 import inspect
-import math
 import threading
 import warnings
 from typing import Callable, Sequence
 
 import torch
 
-from ..forecast.estimates import worst
+from ..forecast.estimates import read_host, worst
 from ..graph.boundary import InstanceTensors, timestep_parameter
 from ..graph.options import resolve_policy
 from ..runtime.region_state import weights_fingerprint
@@ -333,15 +332,12 @@ class BatchedCache:
             branches.setdefault(r.request, []).append(r.branch)
         est = {q: q.estimate(coords[q], branches[q]) for q in requests
                if q.policy.reads_estimate and not q.forced()}
-        values = {q: [v for v in vs if not isinstance(v, torch.Tensor)] for q, vs in est.items()}
-        tensors = [(q, v) for q, vs in est.items() for v in vs if isinstance(v, torch.Tensor)]
-        if tensors:
-            dev = tensors[0][1].device
-            t = torch.stack([v.to(dev, torch.float32).reshape(()) for _, v in tensors])
-            t = torch.nan_to_num(t, nan=math.inf, posinf=math.inf).tolist()     # the one host read
-            self.counts["host_reads"] += 1
-            for (q, _), v in zip(tensors, t):
-                values[q].append(v)
+        owners = [q for q, vs in est.items() for _ in vs]
+        read, synced = read_host(v for vs in est.values() for v in vs)      # the one host read
+        self.counts["host_reads"] += synced
+        values: dict = {q: [] for q in est}
+        for q, v in zip(owners, read):
+            values[q].append(v)
         return {q: q.decide(worst(values[q]) if q in values else None) for q in requests}
 
     def _run(self, bound, batched, rows, run: list, coords: dict, n: int):
