@@ -116,10 +116,9 @@ class _AutoSchedule(Schedule):
         return True
 
     def _reads(self) -> bool:
-        """Whether the budget's decisions read the estimate: estimate pacing, or a threshold (given, or
-        tuned) that an estimate can reach."""
-        p = self.policy
-        return p.pacing == "estimate" or p.threshold is not None or self.tau is not None
+        """Whether this run's budgeted decisions read the estimate (a threshold tuned for its length
+        counts; ``AutoPolicy.reads_estimate`` asks the same of any length)."""
+        return self.policy._budget_reads(tuned_threshold=self.tau is not None)
 
     def _budgeted(self, step, estimate):
         """Exactly ``target`` computes over steps first_step..num_steps-1: forced steps compute; a free
@@ -283,8 +282,12 @@ class AutoPolicy(Policy):
     def reads_estimate(self) -> bool:
         """False for a budget at even spacing with no threshold (given or tuned): its decisions follow
         from the step count alone, so nothing is read and a replay is the schedule that ran."""
-        return not (self.budget is not None and self.pacing == "even" and self.threshold is None
-                    and not self.thresholds)
+        return self.budget is None or self._budget_reads(tuned_threshold=bool(self.thresholds))
+
+    def _budget_reads(self, tuned_threshold: bool) -> bool:
+        """Whether a budget's decisions read the estimate: estimate pacing, or a threshold (given, or
+        ``tuned_threshold``) that an estimate can reach."""
+        return self.pacing == "estimate" or self.threshold is not None or tuned_threshold
 
     @property
     def error_estimator(self) -> str:
