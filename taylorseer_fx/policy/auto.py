@@ -240,9 +240,10 @@ class AutoPolicy(Policy):
     the budget's count kept exact as always (table ``[thresholds]``).
 
     ``final_compute`` (budgets only): the run's last step computes, spent from the budget. ``None``
-    (default): where the budget leaves at least :data:`~taylorseer_fx.policy.budget.FINAL_FREE`
-    free computes after the warm-up (the final step's forecast error goes straight into the output;
-    measured on both shipped models, docs/tuning.md); ``True``: always; ``False``: never.
+    (default): where the budget leaves at least :func:`~taylorseer_fx.policy.budget.final_free`
+    free computes after the warm-up (4 after a warm-up of one step, 5 after a longer one; the final
+    step's forecast error goes straight into the output; measured on both shipped models,
+    docs/auto.md); ``True``: always; ``False``: never.
     A ``cooldown`` already computes it.
 
     ``min_steps`` (default 8): a run shorter than this (its steps counted from the schedule's first

@@ -17,13 +17,23 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["FINAL_FREE", "GROWTH", "PACINGS", "Pacer", "budget_fraction", "computes_needed", "least_computes",
-           "longest_run", "reserves_final", "target_computes"]
+__all__ = ["FINAL_FREE", "GROWTH", "PACINGS", "Pacer", "budget_fraction", "computes_needed", "final_free",
+           "least_computes", "longest_run", "reserves_final", "target_computes"]
 
-#: the free computes (after warm-up) a budget must leave for ``final_compute=None`` to reserve the
-#: last step: with fewer, the runs between them grow too long (measured on the arena Flux, 28 steps,
-#: 7 computes: 0.064 without, 0.10 with the final step reserved)
-FINAL_FREE = 5
+#: the free computes (after the warm-up) a budget must leave for ``final_compute=None`` to reserve the
+#: last step, after a warm-up of one step and after a longer one (:func:`final_free`): with fewer, the
+#: runs between them grow too long. Measured 2026-12-07, error with / without the last step reserved at
+#: 4 free computes: warm-up 1 (5 computes, even pacing) arena Flux 0.61 / 0.75 / 0.47 / 0.44 at 28 / 50
+#: / 20 / 12 steps, the DiT 1.16 / 0.85 / 1.19 / 0.95 (28, 50 steps x shift 1, 3); warm-up 3 (7 computes,
+#: estimate pacing) the Flux 1.14 / 1.29 / 0.87 at 28 / 50 / 20. At 3 free after a warm-up of one the
+#: models disagree (Flux 0.54-0.80, DiT 1.05-1.34), so it is not reserved there.
+FINAL_FREE = (4, 5)
+
+
+def final_free(warmup: int) -> int:
+    """The free computes :data:`FINAL_FREE` asks for after a warm-up of ``warmup`` steps."""
+    return FINAL_FREE[0] if warmup <= 1 else FINAL_FREE[1]
+
 
 def budget_fraction(budget) -> float:
     """The fraction of steps a budget computes: a number in (0, 1], or a string ``"<k>x"`` with
@@ -73,14 +83,14 @@ def target_computes(fraction: float, steps: int, warmup: int, cooldown: int, max
 def reserves_final(final_compute: bool | None, computes: int, steps: int, warmup: int,
                    max_run: int | None) -> bool:
     """Whether a budget of ``computes`` over ``steps`` computes the last step: ``final_compute`` when
-    given (and affordable), else when at least :data:`FINAL_FREE` computes are left after the warm-up
+    given (and affordable), else when at least :func:`final_free` computes are left after the warm-up
     (and ``max_run`` still holds with one compute fewer elsewhere)."""
     if final_compute is False or steps <= warmup:
         return False
     affordable = least_computes(steps, warmup, 1, max_run) <= computes
     if final_compute is True:
         return affordable
-    return affordable and computes - min(max(warmup, 1), steps) >= FINAL_FREE
+    return affordable and computes - min(max(warmup, 1), steps) >= final_free(warmup)
 
 
 def longest_run(steps: int, computes: int) -> int:
