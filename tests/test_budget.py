@@ -236,3 +236,18 @@ def test_the_final_step_is_reserved_from_four_free_computes_after_a_warm_up_of_o
     assert AutoPolicy(budget=4 / 20).compute_steps(20)[-1] != 19
     assert AutoPolicy(budget=7 / 28, warmup=3).compute_steps(28)[-1] != 27
     assert AutoPolicy(budget=8 / 28, warmup=3).compute_steps(28)[-1] == 27
+
+
+def test_a_tuned_threshold_paces_a_step_with_no_estimate_yet_like_a_given_one():
+    """NaN ("no estimate yet", after a warm-up of one) is placed at the budget's even spacing whether
+    the threshold was given or tuned for this length: a tuned one does not spend a compute on it."""
+    def estimate_after_two_computes(sched):
+        steps = []
+        for s in range(28):
+            value = math.nan if sum(steps) < 2 else 1e-4
+            steps.append(sched.decide(s, lambda v=value: v))
+        return [s for s, c in enumerate(steps) if c]
+    given_ = estimate_after_two_computes(AutoPolicy(budget=0.25, threshold=10.0).start(28))
+    tuned = estimate_after_two_computes(AutoPolicy(budget=0.25, thresholds={28: 10.0}).start(28))
+    assert tuned[:2] == given_[:2] == [0, 4]          # then each rule decides on the estimates it reads
+    assert len(tuned) == len(given_) == 7

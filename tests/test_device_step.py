@@ -257,6 +257,28 @@ def test_an_evenly_spaced_budget_is_decided_on_the_host_with_its_exact_count(bud
     assert [i for i, c in enumerate(cache.decisions()) if c] == policy.compute_steps(n)
 
 
+def test_an_evenly_spaced_budget_keeps_its_count_when_changed_weights_force_a_compute():
+    """The step after a LoRA swap computes whatever the schedule said; the budget counts it and
+    re-paces the rest, so the run computes exactly the budget's steps."""
+    class Module(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(8))
+
+        def forward(self, x, timestep):
+            return torch.tanh(x * self.w + timestep)
+    model, policy = Module(), AutoPolicy(budget="4x", form="newton", select_order=False)
+    cache = DeviceStepCache(model, policy, num_steps=28)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        for s in range(28):
+            if s == 2:
+                model.w.mul_(2.0)
+            cache(torch.ones(8), torch.tensor(1 - s / 28))
+    d = cache.decisions()
+    assert d[2] and sum(d) == len(policy.compute_steps(28)) == 7
+
+
 def test_bad_calls():
     traj = Trajectory(0, 1.0)
     with pytest.raises(ValueError, match="mode must be one of"):

@@ -206,6 +206,25 @@ def test_changed_weights_never_reach_a_forecast():
     assert cache.stats()["fallback_rows"] == 1 and req.tally.causes == {"weights": 1, "fallback": 1}
 
 
+@pytest.mark.parametrize("pacing", ["even", "estimate"])
+def test_a_budget_keeps_its_count_when_changed_weights_force_a_compute(pacing):
+    """A LoRA swap mid-run makes a step compute that the budget decided to forecast (nothing valid to
+    forecast from): the budget counts it and re-paces, so the request still computes exactly its
+    budget -- an evenly spaced budget reads no estimate, so it is told, not left to find out."""
+    model = RowWise()
+    policy = AutoPolicy(budget="4x", pacing=pacing, form="newton", select_order=False)
+    cache = BatchedCache(model, policy, batch_args=("x", "timestep", "cond"))
+    req = cache.open(28)
+    x, c = torch.randn(1, D), torch.zeros(1, D)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        for s in range(28):
+            if s == 2:
+                model.w.mul_(2.0)
+            cache(x, torch.full((1,), 1 - s / 28), c, rows=[req])
+    assert cache.stats()["computed_rows"] == len(policy.compute_steps(28)) == 7
+
+
 def test_a_request_that_never_forecast_says_why():
     model = RowWise()
     cache = BatchedCache(model, FixedPolicy(interval=2), batch_args=("x", "timestep", "cond"))

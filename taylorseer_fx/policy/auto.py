@@ -62,6 +62,10 @@ class _AutoSchedule(Schedule):
         self.spent += decision
         return decision
 
+    def _count_compute(self) -> None:
+        self.spent += 1          # a budget's count includes it: the free steps after it re-pace
+        self.total = 0.0
+
     def _too_short(self) -> bool:
         """True (and a warning, once per length) when the run, counted from first_step, has fewer
         than ``min_steps`` steps: too few to forecast well, so every step computes."""
@@ -166,8 +170,8 @@ class _AutoSchedule(Schedule):
             value = None if estimate is None else estimate()
             value = math.nan if value is None else float(value)
             combined = self._combined(value) if math.isfinite(value) else value
-            if self.tau is not None:         # a tuned threshold: the rule's own decision, the count kept above
-                compute = not math.isfinite(combined) or combined > self.tau
+            if self.tau is not None and not math.isnan(combined):   # a tuned threshold: the rule's own
+                compute = combined == math.inf or combined > self.tau     # decision, the count kept above
             else:
                 compute = self.pacer.decide(combined, free_budget / free_left, run + 1)
             self.total = 0.0 if compute else self._add(value) if math.isfinite(value) else self.total

@@ -262,6 +262,21 @@ class Schedule:
             self.last_compute = step
         return decision
 
+    def computed_anyway(self, step: int) -> None:
+        """The caller computed ``step`` although this schedule decided to forecast it (nothing to
+        forecast from: the weights changed, the state was forgotten). The step then counts as a
+        compute: forecast runs restart from it, and a budget spends one of its computes on it (the
+        steps after it are paced to keep the count, where the run still allows). Call after
+        :meth:`decide` at the same step; a step decided compute is left as it is."""
+        if step != self._step or self._decision:
+            return
+        self._decision = True
+        self.last_compute = step
+        self._count_compute()
+
+    def _count_compute(self) -> None:
+        """What a subclass counts for a compute it did not decide (:meth:`computed_anyway`)."""
+
     def derivatives(self, step: int) -> bool:
         """Whether a compute at ``step`` may form derivative factors (taylor warm-up gating)."""
         return step - self.first_step >= self.policy.derivatives_from

@@ -315,6 +315,7 @@ class BatchedCache:
         for i in run:
             if not compute[rows[i].request]:
                 rows[i].request.tally.cause("fallback")
+                rows[i].request.computed_anyway()      # a budget counts it: its count stays exact
         out = self._run(bound, batched, rows, run, coords, n)
         ran = set(run)
         for i, r in enumerate(rows):

@@ -143,7 +143,10 @@ class DeviceStepCache:
         """True/False when the host knows this step's decision without a read, None when the device decides."""
         p, sched = self.policy, self._host
         if not p.reads_estimate:
-            return sched.decide(step) or self._fresh        # step 0 is forced: nothing to forecast from
+            decided = sched.decide(step)
+            if self._fresh and not decided:       # nothing to forecast from: computes, and a budget counts it
+                sched.computed_anyway(step)
+            return decided or self._fresh
         if self._fresh or step < p.warmup_steps or (sched.end is not None and step >= sched.end):
             return True
         if p.min_steps and self.num_steps < p.min_steps:

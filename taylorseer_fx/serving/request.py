@@ -130,7 +130,8 @@ class ServingRequest:
     def estimate(self, x: float, branches) -> list:
         """The estimated errors of forecasting ``branches`` at ``x``, one per branch
         (:meth:`RegionState.estimate`: a 0-dim device tensor, ``0.0`` for constant outputs, ``math.inf``
-        for a branch with no state yet); the decision takes the largest."""
+        for a branch with no state yet, ``math.nan`` with no estimate yet); the decision takes
+        :func:`~taylorseer_fx.forecast.estimates.worst` of them."""
         p = self.policy
         return [math.inf if self._states.get(b) is None else self._states[b].estimate(x, p.error_estimator, p.order)
                 for b in branches]
@@ -146,6 +147,11 @@ class ServingRequest:
         if self.policy.reads_estimate and est is None:
             est = (lambda: math.inf)
         return self._schedule.decide(self.step, est)
+
+    def computed_anyway(self) -> None:
+        """A row of this request computed at :attr:`step` although its schedule decided to forecast
+        (a branch with no state to forecast from): the schedule counts the step as a compute."""
+        self._schedule.computed_anyway(self.step)
 
     def derivatives(self) -> bool:
         return self._schedule.derivatives(self.step)
