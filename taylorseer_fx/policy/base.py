@@ -84,7 +84,7 @@ class Policy:
     form: str = "newton"
     coordinate: str | None = None  # None: "step" for taylor/hermite, "timestep" for newton/heun
     #                                (AutoPolicy: "step")
-    warmup: int | None = None  # None: order + 1 (AutoPolicy: max(order + 1, 3))
+    warmup: int | None = None  # None: order + 1 (AutoPolicy: max(order + 1, 3), with a budget 1)
     cooldown: int = 0
     max_forecast_run: int | None = None
     num_steps: int | None = None

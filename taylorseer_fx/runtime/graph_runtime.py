@@ -23,7 +23,8 @@ Per call (``__call__``):
 * **Decision.** Once per step and graph, at its first call (``policy.start(num_steps, first_step)
   .decide(step, estimate)``; one schedule per region with ``per_region``); the step's other streams
   reuse it. A region whose forecaster of this stream is empty computes (fallback). The estimate
-  (adaptive policies) is the max over regions of ``Forecaster.error_estimate`` read with one host read.
+  (adaptive policies) is ``worst`` over the regions' ``Forecaster.error_estimate`` (+inf over NaN over
+  the largest), read with one host read.
 * **Paths.** The call runs the whole graph (``whole_graph.py``) when every region computes, when every
   region forecasts from a state the forecast version accepts, and when every region was to be
   forecast but none has a state yet (a fallback: all computed). Otherwise -- per-region or mixed

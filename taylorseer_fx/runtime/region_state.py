@@ -258,8 +258,10 @@ class Generation:
 
     def estimates(self, graph: int, n_regions: int, x: float, device=None, per_region: bool = False) -> list:
         """Estimated relative error of forecasting each region of ``graph`` (stream 0) at ``x``; one
-        host read. Regions that cannot forecast, or have no estimate yet, give +inf (compute). Returns
-        one value (the max) or one per region. Under ``torch.distributed`` (context parallelism: each
+        host read. A region that cannot forecast (no state, a non-finite output) gives +inf, one with
+        no estimate yet (fewer computes stored than the estimator needs) NaN. Returns one value
+        (:func:`~taylorseer_fx.forecast.estimates.worst` of them: +inf over NaN over the largest) or one
+        per region. Under ``torch.distributed`` (context parallelism: each
         rank holds a shard of every output) the squared norms behind each estimate are summed over the
         ranks before dividing (``Forecaster.error_terms``), so every rank takes exactly the decision of
         the single process that holds the whole output."""

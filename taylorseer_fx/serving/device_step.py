@@ -4,7 +4,8 @@ device: no host read per step, so a whole step can be captured in a CUDA graph.
 :class:`DeviceStepCache` (``cache(*args, **kwargs)``, one call per step, CFG branches batched in it):
 
 * steps the host knows -- the warm-up, the cooldown, a run too short to forecast, every step of a fixed
-  or mask policy -- are decided on the host, from the step index alone (no read);
+  or mask policy or of an evenly spaced budget (``AutoPolicy(budget=...)``, which reads no estimate) --
+  are decided on the host, from the step index alone (no read);
 * the other steps of an adaptive policy (``AutoPolicy(threshold=...)``) are decided on the device: the
   estimate (:class:`~taylorseer_fx.serving.device_math.DeviceForecaster`) and the threshold rule
   (:class:`~taylorseer_fx.serving.device_math.DeviceRule`) give a 0-dim bool tensor, and the step is
@@ -78,7 +79,9 @@ class DeviceStepCache:
     Args:
         model: the denoiser (any callable returning a tensor or a pytree of floating tensors).
         policy: an ``AutoPolicy(threshold=...)`` (form ``newton`` or ``heun``, ``select_order=False``),
-            or a fixed or mask policy of those forms (decided on the host, from the step index).
+            or a fixed or mask policy or an evenly paced ``AutoPolicy(budget=...)`` of those forms
+            (decided on the host, from the step index; a budget keeps its count when a step computes
+            for lack of state).
         num_steps: the run's step count (a cooldown, ``min_steps`` and a fixed policy's end count from it).
         mode: ``"cond"`` or ``"select"`` (module docstring).
         timestep_arg: the forward's timestep argument (default: found by name, as ``regions="model"``).
