@@ -5,6 +5,7 @@ without N, presets that round-trip."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 from hypothesis import assume, given, settings, strategies as st
@@ -251,3 +252,23 @@ def test_a_tuned_threshold_paces_a_step_with_no_estimate_yet_like_a_given_one():
     tuned = estimate_after_two_computes(AutoPolicy(budget=0.25, thresholds={28: 10.0}).start(28))
     assert tuned[:2] == given_[:2] == [0, 4]          # then each rule decides on the estimates it reads
     assert len(tuned) == len(given_) == 7
+
+
+def test_a_budget_preset_written_before_pacing_says_how_it_now_decides(tmp_path):
+    """A preset written by an older version pins every field it knew, not ``pacing``: it loads with
+    even pacing, and the loader says so and how to keep the old placement. A preset written now
+    pins ``pacing`` and loads silently, deciding as written."""
+    old = ('kind = "auto"\norder = 1\nform = "heun"\ncoordinate = "step"\nwarmup = 3\nmax_forecast_run = 8\n'
+           'select_order = true\nmax_order = 2\nbudget = "4x"\nestimator = "pair"\naccumulate = "rss"\n')
+    (tmp_path / "old.toml").write_text(old)
+    with pytest.warns(UserWarning, match='pacing = "estimate"'):
+        assert load_policy(tmp_path / "old.toml").pacing == "even"
+    (tmp_path / "kept.toml").write_text(old + 'pacing = "estimate"\n')
+    (tmp_path / "new.toml").write_text(policy_to_toml(AutoPolicy(budget=0.3, pacing="estimate", warmup=2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_policy(tmp_path / "kept.toml").pacing == "estimate"
+        est = lambda s, k: 0.01 * k * (1 + s % 3)          # noqa: E731
+        assert load_policy(tmp_path / "new.toml").compute_steps(28, est) == \
+            AutoPolicy(budget=0.3, pacing="estimate", warmup=2).compute_steps(28, est)
+        assert load_policy("auto-4x").pacing == "even"          # a shipped preset pins it

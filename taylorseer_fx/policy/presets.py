@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -42,9 +43,12 @@ def _fields_of(factory: Callable[..., Policy]) -> set[str]:
 
 def policy_to_dict(policy: Policy) -> dict:
     """The preset form of a policy: ``{"kind": "fixed" | "mask" | "auto", <fields>}`` with every field
-    it relies on pinned to its resolved value (``form``, ``coordinate``, ``warmup``, the order choice
-    ...: a later change of a default never changes a written preset); fields whose value is None
-    and has no resolved value (``num_steps``, ``max_forecast_run``) are left out; lists for tuples.
+    it relies on pinned to its resolved value (``form``, ``coordinate``, ``warmup``, the order choice,
+    ``pacing`` ...: a later change of those defaults never changes a written preset); fields whose
+    value is None and has no resolved value (``num_steps``, ``max_forecast_run``, ``final_compute``,
+    whose rule :func:`~taylorseer_fx.policy.budget.final_free` is the code's) are left out; lists for
+    tuples. A field added after a preset was written takes its default when read; where that changes
+    decisions (a budget preset from before ``pacing``) :func:`policy_from_dict` warns.
     :func:`policy_from_dict` reads it back to a policy that decides and forecasts the same."""
     kind = {FixedPolicy: "fixed", MaskPolicy: "mask", AutoPolicy: "auto"}.get(type(policy))
     if kind is None:
@@ -104,6 +108,13 @@ def policy_from_dict(spec: Mapping[str, Any], source: str = "policy spec") -> Po
     if unknown:
         raise ValueError(f"{source}: unknown field {unknown[0]!r} for kind {kind!r}; "
                          f"allowed: {sorted(allowed)}")
+    if kind == "auto" and "budget" in spec and "pacing" not in spec and "form" in spec:
+        # a written preset (every resolved field pinned) from before pacing existed: told, not guessed
+        warnings.warn(f"{source}: a budget preset written before AutoPolicy.pacing existed (it pins form "
+                      "but not pacing): its free computes are now placed at the budget's even spacing (the "
+                      "default, measured better on both shipped models: docs/auto.md); add "
+                      "pacing = \"estimate\" to keep the placement it was written with", UserWarning,
+                      stacklevel=3)
     try:
         return _KINDS[kind](**spec)
     except ValueError as e:           # the constructor names the field; say which file too
