@@ -102,3 +102,20 @@ def test_after_a_reset_the_branches_share_a_fresh_schedule():
     run = [(b, i) for i in range(10) for b in ("cond", "uncond")]
     _, said = _told(run + ["reset"] + run + ["reset"])
     assert not said
+
+
+@pytest.mark.parametrize("budget, n", [(0.5, 12), (0.25, 12), (0.5, 20)])
+def test_a_budget_is_exact_with_untold_cfg_calls_in_a_bare_loop(budget, n):
+    """A bare loop with cond and uncond as two calls per step and only ``num_steps`` told: step 1 must
+    compute (its streams are not known until step 2, ``steps.py``). The budget counts that compute
+    and re-paces the rest, so the run computes exactly the budget's count, not one more."""
+    backend = taylorseer_backend(policy=AutoPolicy(budget=budget), inner="eager", num_steps=n)
+    compiled = torch.compile(_Denoiser(), backend=backend)
+    x, ts = torch.randn(2, 8), torch.linspace(999, 0, n)
+    with torch.no_grad():
+        for t in ts:
+            for _ in ("cond", "uncond"):
+                compiled(x, t.reshape(1).expand(2))
+    by_stream = _decisions(backend.stats()["trace"])
+    assert by_stream[0][1] == "compute" and by_stream[0] == by_stream[1]
+    assert sum(d == "compute" for d in by_stream[0].values()) == len(AutoPolicy(budget=budget).compute_steps(n))

@@ -113,13 +113,16 @@ class RulesReference:
                     self.sig, self.hist, self.held = sig, {}, {}
                     self.n0 = 0
                     self.sched = self.policy.start(None, first_step=self.step)
+        defer = self.step == 1 and self.stream < self.n0 and self.n0 > 1
         if self.stream == 0:
             self.compute = self.sched.decide(self.step)
             self.derivatives = self.sched.derivatives(self.step)
+            if defer and not self.compute:    # a deferred step 1 computes: the schedule counts it
+                self.sched.computed_anyway(self.step)
+                self.compute = True
         p = self.policy
         xc = float(t) if p.form == "newton" and p.forecast.coordinate == "timestep" else float(self.step)
         value = _region(torch.full((x.shape[0],), float(t)), x)
-        defer = self.step == 1 and self.stream < self.n0 and self.n0 > 1
         hist = self.hist.get(self.stream, [])
         if self.compute or defer or not hist:
             (self.held if defer else self.hist).setdefault(self.stream, []).append((xc, value, self.derivatives))

@@ -291,6 +291,8 @@ class GraphRuntime:
             gen = owner.generation
             x = self._forecaster_x(gen, pos.step, coord)
             plan = gen.plan(self.index, pos.step, n, x, self.device, gen.per_region)
+        if pos.defer and not all(plan.compute):     # step 1 computes while its streams are unknown: counted
+            plan = gen.computed_anyway(self.index, pos.step)
         label = self.ctx.generation_label(scope, owner, pos.generation, coord, pos.step)
         return _Call(label, pos.step, pos.stream, coord, x, gen, plan, pos.defer, scope, owner=owner)
 

@@ -256,6 +256,19 @@ class Generation:
                            est if est is not None and math.isfinite(est) else None)
         return gs.plan
 
+    def computed_anyway(self, graph: int, step: int) -> StepPlan | None:
+        """The graph computes every region at ``step`` whatever its plan said (a deferred step 1:
+        ``steps.py``): its schedules count the compute (a budget re-paces the rest, keeping its count)
+        and the plan, shared by the step's other streams, says compute. Returns the plan."""
+        gs = self._graphs.get(graph)
+        if gs is None or gs.plan is None or gs.plan.step != step:
+            return None
+        if not all(gs.plan.compute):
+            for s in gs.schedules:
+                s.computed_anyway(step)
+            gs.plan = StepPlan(step, [True] * len(gs.plan.compute), gs.plan.derivatives, gs.plan.estimate)
+        return gs.plan
+
     def estimates(self, graph: int, n_regions: int, x: float, device=None, per_region: bool = False) -> list:
         """Estimated relative error of forecasting each region of ``graph`` (stream 0) at ``x``; one
         host read. A region that cannot forecast (no state, a non-finite output) gives +inf, one with
