@@ -10,6 +10,7 @@ arguments. See :func:`taylorseer_fx.testing.check_cache` for what is checked.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -36,6 +37,9 @@ def load_pipeline(path, device: str = "cpu", prompts=None, labels=range(10)) -> 
     download) with one input per digit label in ``labels`` (true CFG); else
     ``DiffusionPipeline.from_pretrained(path)`` with one input per prompt (default: one prompt)."""
     if path is None:
+        if prompts:
+            raise ValueError("--prompt needs a pipeline folder: the demo Flux (no folder given) is conditioned "
+                             "on digit labels, not prompts")
         from .demo.flux_model import PIXEL_SIZE
         from .demo.flux_pipeline import build_pipeline, pipeline_inputs
 
@@ -44,7 +48,12 @@ def load_pipeline(path, device: str = "cpu", prompts=None, labels=range(10)) -> 
         return pipe, [dict(pipeline_inputs([k], device=device), **extra) for k in labels], "demo Flux"
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(path).to(device)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path)
+    except (OSError, ValueError) as e:       # a missing folder reads as a bad hub id: say both
+        where = "a folder that is not a pipeline" if os.path.isdir(path) else "no such folder here"
+        raise ValueError(f"cannot load the pipeline {str(path)!r} ({where}; as a model id: {e})") from None
+    pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     prompts = prompts or ["a photograph of an astronaut riding a horse"]
     return pipe, [{"prompt": p, "output_type": "pt"} for p in prompts], path

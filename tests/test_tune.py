@@ -300,6 +300,8 @@ def test_a_tuned_preset_as_the_base_is_tuned_afresh():
 @pytest.mark.parametrize("kw, match", [
     ({"budget": 1.5}, "budget must be a fraction"),
     ({"steps": [1]}, "tune: steps must be an int >= 2"),
+    ({"steps": [6]}, r"steps \[6\] are below the policy's min_steps=8: .* min_steps=0"),
+    ({"seeds": [0, 0]}, "tune: seeds must not repeat a value"),
     ({"holdout": 3}, r"holdout \(3\) must leave at least one"),
     ({"progress": "yes"}, "progress must be True, False or a callable"),
     ({"policy": "official-flux"}, "policy must be an AutoPolicy"),
@@ -351,6 +353,10 @@ def test_the_command_writes_a_preset_and_refuses_a_bad_budget(tmp_path):
     assert (tmp_path / "tuned.toml.progress.json").exists()
     bad = subprocess.run(cmd[:4] + ["5"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "budget must be a fraction" in bad.stderr
+    for extra, said in ((["--prompt", "a cat"], "--prompt needs a pipeline folder"),
+                        ([str(tmp_path / "missing")], "no such folder here")):
+        bad = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and said in bad.stderr, bad.stderr[-1000:]
 
 
 def test_the_example_tunes_writes_and_runs_the_preset(tmp_path):

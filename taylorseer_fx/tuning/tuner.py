@@ -63,6 +63,8 @@ def _ints(name: str, value, low: int) -> tuple:
     vals = (value,) if isinstance(value, int) else tuple(value) if hasattr(value, "__iter__") else None
     if not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in vals):
         raise ValueError(f"tune: {name} must be an int >= {low} or a non-empty list of them, got {value!r}")
+    if len(set(vals)) != len(vals):          # a repeated seed or count would count its runs twice
+        raise ValueError(f"tune: {name} must not repeat a value, got {value!r}")
     return vals
 
 
@@ -171,6 +173,12 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
     seeds, reach, sweeps = _ints("seeds", seeds, 0), _ints("reach", reach, 1)[0], _ints("sweeps", sweeps, 1)[0]
     fresh = tuple(s + 1000 for s in seeds) if fresh_seeds is None else _ints("fresh_seeds", fresh_seeds, 0)
     base = _base_policy(policy, budget)
+    short = [n for n in step_counts if n < base.min_steps]
+    if short:
+        raise ValueError(f"tune: steps {short} are below the policy's min_steps={base.min_steps}: runs that short "
+                         "compute every step (too few to forecast well), so there is nothing to tune; pass "
+                         "policy=AutoPolicy(budget=..., min_steps=0) (on the command line: --policy with a TOML "
+                         "that sets min_steps = 0) to forecast them anyway")
     say = _say(progress)
     runner, n_inputs = make_target(target, inputs, sample, who="tune", guidance_arg=guidance_arg, inner=inner,
                                    regions=regions, options=options)
@@ -203,7 +211,8 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
             searched[name] = [_tune_steps(runner, forecasters[name], n, fraction, cases[n], reach, sweeps, store,
                                           say, tag) for n in step_counts]
     except KeyboardInterrupt:
-        where = (f"call tune again with checkpoint={str(checkpoint)!r} to resume" if checkpoint is not None
+        where = (f"call tune again with checkpoint={str(checkpoint)!r} (or run the same command again) to resume"
+                 if checkpoint is not None
                  else "pass checkpoint=PATH to be able to resume")
         say(f"[tune] interrupted after {sum(len(d) for d in store.values.values())} measured candidates; {where}")
         raise
