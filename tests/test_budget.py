@@ -156,6 +156,9 @@ def test_even_pacing_reads_no_estimate_unless_a_threshold_asks():
     assert 2 in spiky and len(spiky) == 7
     with pytest.raises(ValueError, match="pacing must be one of"):
         AutoPolicy(budget=0.25, pacing="uniform")
+    for field in ({"pacing": "estimate"}, {"final_compute": True}):     # would do nothing without a budget
+        with pytest.raises(ValueError, match=f"{next(iter(field))}=.* applies to a budget's computes"):
+            AutoPolicy(threshold=0.1, **field)
 
 
 def test_the_budget_needs_the_step_count_and_says_so():

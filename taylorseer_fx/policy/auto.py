@@ -337,6 +337,10 @@ class AutoPolicy(Policy):
         if self.final_compute is not None and not isinstance(self.final_compute, bool):
             raise ValueError(f"{n}: final_compute must be None (where the budget affords it), True or False, "
                              f"got {self.final_compute!r}")
+        if self.budget is None and (self.pacing != "even" or self.final_compute is not None):
+            field, value = ("pacing", self.pacing) if self.pacing != "even" else ("final_compute", self.final_compute)
+            raise ValueError(f"{n}: {field}={value!r} applies to a budget's computes; give a budget too "
+                             "(without one the threshold rule decides every step, and it would do nothing)")
         if self.max_forecast_run is not None and self.min_forecast_run > self.max_forecast_run:
             raise ValueError(f"{n}: min_forecast_run ({self.min_forecast_run}) must be <= "
                              f"max_forecast_run ({self.max_forecast_run})")

@@ -287,7 +287,8 @@ def _start_error(runner, policy, n, fraction, cases: _Cases, store, say, name) -
 def _probe(search: "_Search", case: Case, base: AutoPolicy) -> list:
     """``[(threshold, placement)]``: the threshold rule's placement on ``case`` for each of
     :data:`START_THRESHOLDS` (one run each)."""
-    return [(t, search.error(case, dataclasses.replace(base, budget=None, threshold=t))[1])
+    rule = {"budget": None, "pacing": "even", "final_compute": None}      # the threshold rule: no budget fields
+    return [(t, search.error(case, dataclasses.replace(base, threshold=t, **rule))[1])
             for t in START_THRESHOLDS]
 
 
