@@ -2,9 +2,10 @@
 
     python examples/budget.py           # the shipped demo Flux, offline (~20 s on one CPU thread)
 
-``AutoPolicy(budget=...)`` computes exactly ``round(budget * N)`` of an N-step run (``compile_pipeline``
-tells it N). By default (``pacing="even"``) it computes the first step, the last, and the rest at the
-budget's even spacing, reading no estimate; ``pacing="estimate"`` places them where the estimated error
+``AutoPolicy(budget=...)`` computes exactly ``round(budget * N)`` (halves up) of an N-step run
+(``compile_pipeline`` tells it N). By default (``pacing="even"``) it computes the first step, the last
+(where at least 4 computes are left after the first), and the rest at the budget's even spacing,
+reading no estimate; ``pacing="estimate"`` places them where the estimated error
 grows fastest. Even spacing measured better on both shipped models over many samples (docs/auto.md);
 on the two samples here either may win. Where you know your model, ``taylorseer_fx.tune`` places the
 computes on your inputs (examples/tune_my_model.py).

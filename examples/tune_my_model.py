@@ -27,9 +27,9 @@ result = tune(pipe, INPUTS, budget=0.35, steps=[16], sweeps=1, checkpoint=out + 
 print(result.table())
 result.write(out)
 
-policy = load_policy(out)          # the preset: a tuned placement per step count, the budget elsewhere
+policy = load_policy(out)          # the preset: a tuned placement or threshold per step count, the budget elsewhere
 handle = compile_pipeline(pipe, policy=policy, inner="eager")      # inductor (the default) to deploy
-for steps in (16, 20):             # 16: the tuned placement; 20: not tuned, the budget places (a warning says so)
+for steps in (16, 20):             # 16: tuned (placement or threshold); 20: not tuned, the budget places (warned)
     pipe(**INPUTS[0], num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
     trace = handle.stats()["transformer"]["trace"]
     computed = sorted({c["step"] for c in trace if c["stream"] == 0 and c["decision"] == "compute"})

@@ -222,7 +222,8 @@ class AutoPolicy(Policy):
     :mod:`taylorseer_fx.forecast.forms`). It won over ``newton`` on both shipped models (docs/auto.md).
 
     ``budget`` (instead of, or with, ``threshold``): a fraction of the run's steps in (0, 1] or a
-    speed-up ``"4x"``. The run computes exactly ``round(budget * N)`` of its N steps (counted from the
+    speed-up ``"4x"``. The run computes exactly ``round(budget * N)`` (halves up: ``floor(budget * N + 0.5)``)
+    of its N steps (counted from the
     schedule's first step; raised to what warm-up, cooldown and ``max_forecast_run`` force), so N must
     be known (``num_steps``; the runtime is told it by ``compile_pipeline`` and sessions). Where the
     free steps' computes go is ``pacing``: ``"even"`` (default) at the budget's even spacing (the free
