@@ -20,7 +20,7 @@ from taylorseer_fx.policy.budget import target_computes
 from taylorseer_fx.policy.presets import policy_to_dict
 from taylorseer_fx.tuning.forecasts import FORECASTS, KEEP, candidates, label, ranked
 from taylorseer_fx.tuning.search import descend, even_placement, even_starts, feasible, pinned_steps
-from taylorseer_fx.tuning.tuner import _base_policy
+from taylorseer_fx.tuning.tuner import CHOICES, _base_policy, choose
 
 runs = st.tuples(st.integers(2, 80), st.integers(2, 5), st.integers(0, 3), st.none() | st.integers(1, 8),
                  st.floats(0.05, 1.0))
@@ -180,14 +180,18 @@ def test_tune_finds_a_placement_no_worse_than_its_start_and_the_preset_runs_it(t
     assert cell["calibration"] <= cell["calibration_start"]
     assert cell["start"] in ("even", "even, last step", "budget-auto") and cell["heldout"] is not None   # 3 inputs: 1 held out
     assert any("run 1:" in m for m in said) and any("fresh noise" in m for m in said)
-    assert cell["threshold"] is not None and cell["chosen"] in ("placement", "threshold")
+    assert cell["threshold"] is not None and cell["chosen"] in ("placement", "threshold", "budget")
     assert cell["gain_fresh"] == cell["fresh"] / cell["fresh_budget_auto"] and "placement / budget alone" in r.table()
-    if cell["chosen"] == "placement":         # the one that validates better is the one the preset holds
+    if cell["chosen"] == "placement":         # the one that validates best is the one the preset holds
         assert tuple(r.policy.compute_steps(12)) == tuple(cell["placement"]) and r.policy.thresholds is None
+    elif cell["chosen"] == "budget":          # tuning that validates worse than none is not shipped
+        assert r.policy.compute_steps(12) == AutoPolicy(budget=0.4).compute_steps(12) == cell["budget_placement"]
     else:
         assert dict(r.policy.thresholds) == {12: cell["threshold"]} and r.policy.placements is None
-    both = [(cell["heldout"] + cell["fresh"]) / 2, (cell["threshold_heldout"] + cell["threshold_fresh"]) / 2]
-    assert both[cell["chosen"] == "threshold"] == min(both)
+    validation = {"placement": (cell["heldout"] + cell["fresh"]) / 2,
+                  "threshold": (cell["threshold_heldout"] + cell["threshold_fresh"]) / 2,
+                  "budget": (cell["heldout_budget_auto"] + cell["fresh_budget_auto"]) / 2}
+    assert validation[cell["chosen"]] == min(validation.values())
     path = r.write(tmp_path / "tuned.toml")
     back = load_policy(path)
     assert policy_to_dict(back) == policy_to_dict(r.policy)
@@ -418,3 +422,10 @@ def test_a_tuned_threshold_computes_where_the_estimate_crosses_it():
 def test_a_bad_tuned_threshold_is_refused_naming_the_field(kw, match):
     with pytest.raises(ValueError, match=match):
         AutoPolicy(**kw)
+
+
+@given(st.dictionaries(st.sampled_from(CHOICES), st.sampled_from([0.1, 0.2, 0.3]), min_size=1))
+def test_the_preset_keeps_the_variant_that_validates_best_and_a_tie_keeps_the_untuned_budget(options):
+    got = choose(options)
+    assert options[got] == min(options.values())
+    assert all(CHOICES.index(got) <= CHOICES.index(k) for k, v in options.items() if v == options[got])

@@ -14,7 +14,8 @@ __all__ = ["TuneResult"]
 @dataclasses.dataclass
 class TuneResult:
     """What :func:`~taylorseer_fx.tune` found: ``policy`` (an AutoPolicy with the budget, the chosen
-    forecaster and the tuned ``placements`` / ``thresholds``), ``cells`` (one dict per step count: the
+    forecaster and the tuned ``placements`` / ``thresholds``; a step count whose untuned, evenly spaced
+    budget validated best holds the budget's own placement), ``cells`` (one dict per step count: the
     placement, its error on the calibration, held-out and fresh-noise cases beside the budget alone
     policy's, the tuned threshold's, the forecaster (``forecast``) and every candidate's start and
     validation errors (``forecasts``), the evaluations run) and ``seconds``."""
@@ -27,7 +28,7 @@ class TuneResult:
     def table(self) -> str:
         """Per step count: the forecaster, the tuned placement, the tuned threshold and the budget alone, each
         as mean relative L2 on the calibration / held-out / fresh-noise cases, and which one the preset
-        holds."""
+        holds (``budget``: the budget's own placement validated best, so the preset pins it)."""
         def trio(c, cal, held, fresh):
             return " / ".join("-" if c[k] is None else f"{c[k]:.4g}" for k in (cal, held, fresh))
         rows = [{"steps": c["steps"], "forecast": c.get("forecast", "-"),
@@ -53,10 +54,12 @@ class TuneResult:
     def description(self) -> str:
         parts = []
         for c in self.cells:
-            pre = "threshold" if c["chosen"] == "threshold" else None
-            cal, fresh, held = ((c["threshold_calibration"], c["threshold_fresh"], c["threshold_heldout"]) if pre
-                                else (c["calibration"], c["fresh"], c["heldout"]))
-            what = f"threshold {c['threshold']:g}" if pre else "placement"
+            keys = {"threshold": ("threshold_calibration", "threshold_fresh", "threshold_heldout"),
+                    "budget": ("calibration_budget_auto", "fresh_budget_auto", "heldout_budget_auto")}.get(
+                c["chosen"], ("calibration", "fresh", "heldout"))
+            cal, fresh, held = (c[k] for k in keys)
+            what = {"threshold": f"threshold {c['threshold']:g}" if c["threshold"] is not None else "threshold",
+                    "budget": "the budget's own placement, validated best"}.get(c["chosen"], "placement")
             parts.append(f"{c['steps']} steps ({what}): calibration {cal:.4g}, fresh noise {fresh:.4g} (budget alone "
                          f"{c['fresh_budget_auto']:.4g})" + ("" if held is None else f", held-out {held:.4g}"))
         forecast = self.cells[0].get("forecast") if self.cells else None

@@ -228,7 +228,8 @@ def tune(target, inputs: Sequence | None = None, *, budget, steps=28, sample: Ca
     if len(forecasters) > 1:
         say(f"[tune] forecaster: {best} (validation " + ", ".join(
             f"{k} {geomean([_validated(c) for c in v]):.4g}" for k, v in searched.items()) + ")")
-    placements = {c["steps"]: c["placement"] for c in cells if c["chosen"] == "placement"}
+    placements = {c["steps"]: c["placement"] if c["chosen"] == "placement" else c["budget_placement"]
+                  for c in cells if c["chosen"] in ("placement", "budget")}
     thresholds = {c["steps"]: c["threshold"] for c in cells if c["chosen"] == "threshold"}
     policy = dataclasses.replace(forecasters[best], placements=placements or None, thresholds=thresholds or None)
     return TuneResult(policy, cells, runner.name, time.perf_counter() - t0)
@@ -253,9 +254,11 @@ def _cases(runner, n, calib_inputs, held_inputs, seeds, fresh, say) -> _Cases:
 
 
 def _validated(cell: dict) -> float:
-    """A searched cell's validation error: that of the variant (placement or threshold) it chose."""
+    """A searched cell's validation error: that of the variant (placement, threshold, budget) it chose."""
     if cell["chosen"] == "threshold":
         return _validation(cell["threshold_heldout"], cell["threshold_fresh"])
+    if cell["chosen"] == "budget":
+        return _validation(cell["heldout_budget_auto"], cell["fresh_budget_auto"])
     return _validation(cell["heldout"], cell["fresh"])
 
 
@@ -306,6 +309,17 @@ def _threshold_starts(probes: list, count: int, n: int, pinned, max_run) -> dict
     return out
 
 
+#: the variants a step count's preset may hold, in the order a tie keeps them: the untuned budget's
+#: own placement first (tuning that does not validate better is not shipped), then the tuned ones
+CHOICES = ("budget", "placement", "threshold")
+
+
+def choose(options: dict) -> str:
+    """The variant with the lowest validation error among ``options`` (``{variant: error}``, variants
+    of :data:`CHOICES`); a tie keeps the earlier one in :data:`CHOICES`."""
+    return min(options, key=lambda k: (options[k], CHOICES.index(k)))
+
+
 def _validation(heldout, fresh) -> float:
     """What decides between a tuned placement and a tuned threshold: the mean of the held-out and
     fresh-noise errors (fresh alone without held-out inputs)."""
@@ -353,8 +367,12 @@ def _tune_steps(runner, base, n, fraction, cases: _Cases, reach, sweeps, store, 
             tau = float(f"{math.exp(log_tau):.6g}")
             tau_held = s.mean(held, s.policy_tau(tau)) if held else None
             tau_fresh = s.mean(fresh_cases, s.policy_tau(tau))
-    chosen = "threshold" if tau is not None and \
-        _validation(tau_held, tau_fresh) < _validation(heldout, fresh_err) else "placement"
+    options = {"placement": _validation(heldout, fresh_err)}
+    if tau is not None:
+        options["threshold"] = _validation(tau_held, tau_fresh)
+    if not base.reads_estimate:      # an evenly spaced budget: its own placement is this count's, whatever the input
+        options["budget"] = _validation(heldout_auto, fresh_auto)
+    chosen = choose(options)
     cell = {"steps": n, "computes": count, "placement": list(best), "start": how, "start_placement": list(start),
             "calibration": best_err, "calibration_start": store.get(n, s._key(start)),
             "calibration_budget_auto": auto_calib, "heldout": heldout, "heldout_budget_auto": heldout_auto,
@@ -366,6 +384,7 @@ def _tune_steps(runner, base, n, fraction, cases: _Cases, reach, sweeps, store, 
             "gain_fresh": fresh_err / fresh_auto if fresh_auto > 0 else None,
             "threshold": tau, "threshold_calibration": tau_err, "threshold_heldout": tau_held,
             "threshold_fresh": tau_fresh, "chosen": chosen,
+            "budget_placement": None if base.reads_estimate else base.compute_steps(n),
             "evaluations": len(store.values.get(n, {})), "cases": len(calib)}
     say(f"[tune {n} steps] placement {best_err:.4g} on calibration (budget-auto {auto_calib:.4g}); fresh noise "
         f"{fresh_err:.4g} (budget-auto {fresh_auto:.4g})"
@@ -373,4 +392,7 @@ def _tune_steps(runner, base, n, fraction, cases: _Cases, reach, sweeps, store, 
     if tau is not None:
         say(f"[tune {n} steps] threshold {tau:g}: {tau_err:.4g} on calibration; fresh noise {tau_fresh:.4g}"
             + ("" if tau_held is None else f"; held-out {tau_held:.4g}") + f"; chosen: the {chosen}")
+    if chosen == "budget":
+        say(f"[tune {n} steps] the budget's own placement validates best ({options['budget']:.4g}, the tuned "
+            f"{min(v for k, v in options.items() if k != 'budget'):.4g}): the preset keeps it")
     return cell
