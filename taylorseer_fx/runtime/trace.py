@@ -104,10 +104,11 @@ class Recorder:
         ``"trace"``: one dict per call (graph, generation (a process-unique id), step (0-based index),
         stream, coordinate (the timestep value, model units), decision, estimate (the worst over
         regions read by an adaptive policy at the step's first call, ``forecast.estimates.worst``;
-        None when not read, not finite, or when a region had no estimate yet), regions, orders (at a computed call of stream 0 with an order-selecting policy:
-        {name: degree the region forecasts with until its next compute}, else None), wall_s (host
-        seconds, not synchronised with the device), thread (``threading.get_ident()``)). Reading the
-        orders syncs once here, never during the run."""
+        None when not read, not finite, or when a region had no estimate yet), regions, orders (at a
+        computed call of stream 0 with an order-selecting policy: {name: degree the region forecasts
+        with until its next compute}, else None), wall_s (host seconds, not synchronised with the
+        device), thread (``threading.get_ident()``)). Reading the orders syncs once here, never during
+        the run."""
         with self._lock:
             _read_orders(self._trace)          # in place: the rows keep ints, not device tensors
             rows = [dict(t) for t in self._trace]

@@ -335,7 +335,7 @@ class BatchedCache:
                if q.policy.reads_estimate and not q.forced()}
         owners = [q for q, vs in est.items() for _ in vs]
         read, synced = read_host(v for vs in est.values() for v in vs)      # the one host read
-        self.counts["host_reads"] += synced
+        self.counts["host_reads"] += int(synced)
         values: dict = {q: [] for q in est}
         for q, v in zip(owners, read):
             values[q].append(v)
