@@ -15,10 +15,11 @@ from typing import Sequence
 
 import torch
 
-from ..forecast.estimates import NORM_EPS, read_host, worst
+from ..forecast.estimates import worst
 from ..forecast.forecaster import Forecaster
 from ..forecast.buffers import Scratch, add_back, out_strides
 from ..forecast.forms import DIVIDED
+from .region_estimates import region_estimates
 from .steps import Position, StepTracker
 
 __all__ = ["RegionState", "Generation", "StepPlan", "Owner", "weights_fingerprint"]
@@ -270,50 +271,13 @@ class Generation:
         return gs.plan
 
     def estimates(self, graph: int, n_regions: int, x: float, device=None, per_region: bool = False) -> list:
-        """Estimated relative error of forecasting each region of ``graph`` (stream 0) at ``x``; one
-        host read. A region that cannot forecast (no state, a non-finite output) gives +inf, one with
-        no estimate yet (fewer computes stored than the estimator needs) NaN. Returns one value
-        (:func:`~taylorseer_fx.forecast.estimates.worst` of them: +inf over NaN over the largest) or one
-        per region. Under ``torch.distributed`` (context parallelism: each
-        rank holds a shard of every output) the squared norms behind each estimate are summed over the
-        ranks before dividing (``Forecaster.error_terms``), so every rank takes exactly the decision of
-        the single process that holds the whole output."""
-        method = self.policy.error_estimator
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if dist:
-            return self._estimates_sharded(graph, n_regions, x, method, device, per_region)
+        """Estimated relative error of forecasting each region of ``graph`` (stream 0) at ``x``, one host
+        read (:func:`~.region_estimates.region_estimates`: +inf where a region cannot forecast, NaN where
+        it has no estimate yet; summed over the ranks under context parallelism). Returns one value
+        (:func:`~taylorseer_fx.forecast.estimates.worst` of them) or one per region."""
         states = [self.states.get((graph, i, 0)) for i in range(n_regions)]
-        vals, _ = read_host(math.inf if st is None else st.estimate(x, method, self.policy.order) for st in states)
+        vals = region_estimates(states, x, self.policy.error_estimator, self.policy.order, device)
         return vals if per_region else [worst(vals)]
-
-    def _estimates_sharded(self, graph: int, n_regions: int, x: float, method: str, device, per_region: bool) -> list:
-        """:meth:`estimates` under ``torch.distributed``: one SUM all-reduce of ``(num_sq, den_sq)`` per
-        region (a region this rank cannot estimate contributes +inf, a constant one 0), then the ratio;
-        a region with no estimate yet (too few computes, the same on every rank) is NaN after the read."""
-        terms, scales, unknown = [], [], []
-        for i in range(n_regions):
-            st = self.states.get((graph, i, 0))
-            varies = st is not None and st.ready and not st.all_constant
-            parts = st.forecaster.error_terms(x, method, degree=self.policy.order) if varies else None
-            # no estimate yet (too few computes stored): the same on every rank, NaN after the read
-            unknown.append(varies and parts is None)
-            if st is not None and st.ready and st.all_constant:
-                terms.append((0.0, 1.0)), scales.append(0.0)
-            elif parts is None:
-                terms.append((math.inf, 1.0)), scales.append(1.0)
-            else:
-                terms.append(parts[:2]), scales.append(parts[2])
-        dev = next((v.device for pair in terms for v in pair if isinstance(v, torch.Tensor)),
-                   device or torch.device("cpu"))
-        t = torch.stack([torch.stack([v.to(dev, torch.float32).reshape(()) if isinstance(v, torch.Tensor)
-                                      else torch.tensor(float(v), dtype=torch.float32, device=dev) for v in pair])
-                         for pair in terms])
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-        scale = torch.tensor(scales, dtype=torch.float32, device=dev)
-        est = (t[:, 0].sqrt() / (t[:, 1].sqrt() + NORM_EPS)) * scale
-        est = torch.nan_to_num(est, nan=math.inf, posinf=math.inf).tolist()    # the one host read
-        est = [math.nan if u else v for u, v in zip(unknown, est)]
-        return est if per_region else [worst(est)]
 
     def chosen_orders(self, graph: int, names: Sequence[str]) -> dict:
         """``{region name: chosen degree (0-dim device tensor)}`` of stream 0, order-selecting policies."""
