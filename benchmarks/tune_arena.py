@@ -44,6 +44,7 @@ from common import ROOT, machine, setup, table, write_json  # noqa: E402
 from placement_arena import Runner  # noqa: E402
 
 from taylorseer_fx import AutoPolicy, load_policy, tune  # noqa: E402
+from taylorseer_fx.tuning.result import chosen_errors  # noqa: E402
 
 FIXED = ("fixed stack", "fixed output", "fixed modules", "anchor preset")
 
@@ -122,12 +123,8 @@ def main(argv=None) -> dict:
             cell["budget_auto_over_peer"] = auto_err / peer["rel_l2"] if peer else None
             cell["tuned_over_peer"] = tuned_err / peer["rel_l2"] if peer else None
             cell["tuned_over_fixed"] = tuned_err / fixed["rel_l2"] if fixed else None
-            cal_key, fresh_key = {"threshold": ("threshold_calibration", "threshold_fresh"),
-                                  "budget": ("calibration_budget_auto", "fresh_budget_auto")}.get(
-                c["chosen"], ("calibration", "fresh"))
-            chosen_cal = c[cal_key]
+            chosen_cal, _, chosen_fresh = chosen_errors(c)
             cell["arena_over_calibration"] = tuned_err / chosen_cal if chosen_cal > 0 else None
-            chosen_fresh = c[fresh_key]
             cell["fresh_over_calibration"] = chosen_fresh / chosen_cal if chosen_cal > 0 else None
             cells.append(cell)
             print(f"{steps} steps, {f}: tuned {tuned_err:.4g} ({tuned_frac:.3f}), budget-auto {auto_err:.4g} "

@@ -8,7 +8,20 @@ from ..policy.auto import AutoPolicy
 from ..policy.presets import policy_to_dict, policy_to_toml
 from ..runtime.report import format_table
 
-__all__ = ["TuneResult"]
+__all__ = ["VARIANTS", "TuneResult", "chosen_errors"]
+
+#: the variants a step count's preset may hold, each with its (calibration, held-out, fresh-noise)
+#: error keys in a tuned cell; the order is the one a tie keeps (the untuned budget's own placement
+#: first: tuning that does not validate better is not shipped)
+VARIANTS = {"budget": ("calibration_budget_auto", "heldout_budget_auto", "fresh_budget_auto"),
+            "placement": ("calibration", "heldout", "fresh"),
+            "threshold": ("threshold_calibration", "threshold_heldout", "threshold_fresh")}
+
+
+def chosen_errors(cell: dict) -> tuple:
+    """``(calibration, held-out, fresh-noise)`` errors of the variant a tuned cell chose (held-out
+    None without held-out inputs)."""
+    return tuple(cell[k] for k in VARIANTS[cell["chosen"]])
 
 
 @dataclasses.dataclass
@@ -54,10 +67,7 @@ class TuneResult:
     def description(self) -> str:
         parts = []
         for c in self.cells:
-            keys = {"threshold": ("threshold_calibration", "threshold_fresh", "threshold_heldout"),
-                    "budget": ("calibration_budget_auto", "fresh_budget_auto", "heldout_budget_auto")}.get(
-                c["chosen"], ("calibration", "fresh", "heldout"))
-            cal, fresh, held = (c[k] for k in keys)
+            cal, held, fresh = chosen_errors(c)
             what = {"threshold": f"threshold {c['threshold']:g}" if c["threshold"] is not None else "threshold",
                     "budget": "the budget's own placement, validated best"}.get(c["chosen"], "placement")
             parts.append(f"{c['steps']} steps ({what}): calibration {cal:.4g}, fresh noise {fresh:.4g} (budget alone "

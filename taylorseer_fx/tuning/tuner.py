@@ -38,7 +38,7 @@ from ..integrations.measures import relative_l2
 from ..integrations.targets import Case, make_target
 from .checkpoint import Checkpoint, fingerprint
 from .forecasts import FORECASTS, candidates, fields, geomean, ranked
-from .result import TuneResult
+from .result import VARIANTS, TuneResult, chosen_errors
 from .search import bracket, descend, even_placement, even_starts, fit_count, golden, pinned_steps
 
 #: thresholds whose rule's placements (brought to the budget's count) are tried as starts
@@ -255,11 +255,7 @@ def _cases(runner, n, calib_inputs, held_inputs, seeds, fresh, say) -> _Cases:
 
 def _validated(cell: dict) -> float:
     """A searched cell's validation error: that of the variant (placement, threshold, budget) it chose."""
-    if cell["chosen"] == "threshold":
-        return _validation(cell["threshold_heldout"], cell["threshold_fresh"])
-    if cell["chosen"] == "budget":
-        return _validation(cell["heldout_budget_auto"], cell["fresh_budget_auto"])
-    return _validation(cell["heldout"], cell["fresh"])
+    return _validation(*chosen_errors(cell)[1:])
 
 
 def _count(policy: AutoPolicy, fraction: float, n: int) -> int:
@@ -309,9 +305,8 @@ def _threshold_starts(probes: list, count: int, n: int, pinned, max_run) -> dict
     return out
 
 
-#: the variants a step count's preset may hold, in the order a tie keeps them: the untuned budget's
-#: own placement first (tuning that does not validate better is not shipped), then the tuned ones
-CHOICES = ("budget", "placement", "threshold")
+#: the variants a step count's preset may hold, in the order a tie keeps them (``result.VARIANTS``)
+CHOICES = tuple(VARIANTS)
 
 
 def choose(options: dict) -> str:
